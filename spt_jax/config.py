@@ -1,0 +1,164 @@
+"""Configuration of the T5 backbone and of SPT's memory bank and prompts.
+
+Both are frozen dataclasses so that gin can build them (`@config.T5Config()`)
+and Flax modules can hold them as static attributes.
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax.numpy as jnp
+
+# Shapes of the T5 1.1 and T5-LM-adapt checkpoints (vocabulary 32128).
+T5_1_1_SIZES = {
+    'tiny': dict(emb_dim=64, num_heads=4, num_encoder_layers=2,
+                 num_decoder_layers=2, head_dim=16, mlp_dim=128),
+    'small': dict(emb_dim=512, num_heads=6, num_encoder_layers=8,
+                  num_decoder_layers=8, head_dim=64, mlp_dim=1024),
+    'base': dict(emb_dim=768, num_heads=12, num_encoder_layers=12,
+                 num_decoder_layers=12, head_dim=64, mlp_dim=2048),
+    'large': dict(emb_dim=1024, num_heads=16, num_encoder_layers=24,
+                  num_decoder_layers=24, head_dim=64, mlp_dim=2816),
+    'xl': dict(emb_dim=2048, num_heads=32, num_encoder_layers=24,
+               num_decoder_layers=24, head_dim=64, mlp_dim=5120),
+    'xxl': dict(emb_dim=4096, num_heads=64, num_encoder_layers=24,
+                num_decoder_layers=24, head_dim=64, mlp_dim=10240),
+}
+T5_VOCAB_SIZE = 32128
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5 1.1 encoder-decoder."""
+
+  vocab_size: int = T5_VOCAB_SIZE
+  dtype: Any = jnp.float32  # Activation dtype; parameters stay float32.
+  emb_dim: int = 512
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.1
+  logits_via_embedding: bool = False
+  float32_attention_logits: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  # Recompute each layer's activations in the backward pass ('none', 'full',
+  # 'dots': keep matmul outputs, recompute the rest).
+  remat_policy: str = 'none'
+
+
+def t5_1_1_config(size: str, **overrides) -> T5Config:
+  """The T5 1.1 config of a named size ('tiny', 'small', ..., 'xxl')."""
+  if size not in T5_1_1_SIZES:
+    raise ValueError(
+        f'Unknown T5 1.1 size {size!r}; expected one of {list(T5_1_1_SIZES)}.'
+    )
+  return T5Config(**{**T5_1_1_SIZES[size], **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class SptConfig:
+  """SPT's memory bank, retrieval and prompt settings.
+
+  `num_memories=0` with `soft_prompt_length=0` is the plain backbone; with only
+  `soft_prompt_length > 0` it is prompt tuning.
+  """
+
+  # Memory bank: `num_memories` prompts of `memory_length` vectors, with keys.
+  num_memories: int = 256
+  memory_length: int = 10
+  key_dim: Optional[int] = None  # Defaults to the model width.
+  memory_init: str = 'uniform'  # 'uniform' or 'vocab_sample'.
+  memory_init_scale: float = 0.5
+  # Retrieval (see retrieval.py).
+  top_k: int = 4
+  retrieval: str = 'softmax_topk'
+  combine: str = 'concat'
+  similarity: str = 'cosine'
+  temperature: float = 0.1
+  approx_top_k: bool = False
+  approx_recall_target: float = 0.95
+  top_k_chunks: int = 1
+  perturbed_samples: int = 16
+  perturbed_sigma: float = 0.1
+  # Query from the discrete prompt (see prompts.py).
+  query_pooling: str = 'mean'  # 'mean' or 'max'.
+  query_source: str = 'embeddings'  # 'embeddings' or 'first_layer'.
+  query_stop_gradient: bool = True
+  # Where the prompt is when only encoder tokens are given (T5X's `encode`):
+  # 'all_tokens', or 'before_separator' with `prompt_separator_id`.
+  prompt_span: str = 'all_tokens'
+  prompt_separator_id: Optional[int] = None
+  # Parametric soft prompt, prepended before the memory prompt.
+  soft_prompt_length: int = 0
+  # Weights of the auxiliary losses sown into the `losses` collection.
+  pull_loss_weight: float = 0.1
+  balance_loss_weight: float = 0.01
+
+  def __post_init__(self):
+    # Imported here: the modules that define the choices import this one.
+    from spt_jax import prompts, retrieval  # pylint: disable=g-import-not-at-top
+
+    choices = {
+        'memory_init': ('uniform', 'vocab_sample'),
+        'retrieval': tuple(sorted(retrieval.STRATEGIES)),
+        'combine': retrieval.COMBINATIONS,
+        'similarity': retrieval.SIMILARITIES,
+        'query_pooling': prompts.POOLINGS,
+        'query_source': ('embeddings', 'first_layer'),
+        'prompt_span': prompts.PROMPT_SPANS,
+    }
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+            f'Unknown SptConfig.{name} {getattr(self, name)!r}; expected one '
+            f'of {allowed}.'
+        )
+    for name in ('num_memories', 'soft_prompt_length'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.')
+    if self.num_memories:
+      if not 0 < self.top_k <= self.num_memories:
+        raise ValueError(
+            f'SptConfig.top_k must be in [1, num_memories={self.num_memories}], '
+            f'got {self.top_k}.'
+        )
+      if self.memory_length < 1:
+        raise ValueError(
+            f'SptConfig.memory_length must be >= 1, got {self.memory_length}.'
+        )
+      if self.num_memories % self.top_k_chunks or (
+          self.num_memories // self.top_k_chunks < self.top_k
+      ):
+        raise ValueError(
+            f'SptConfig.top_k_chunks={self.top_k_chunks} must divide '
+            f'num_memories={self.num_memories} into chunks of at least '
+            f'top_k={self.top_k} memories.'
+        )
+    if self.prompt_span == 'before_separator' and self.prompt_separator_id is None:
+      raise ValueError(
+          "SptConfig.prompt_span='before_separator' needs prompt_separator_id."
+      )
+    if self.temperature <= 0:
+      raise ValueError(
+          f'SptConfig.temperature must be positive, got {self.temperature}.'
+      )
+
+  @property
+  def memory_positions(self) -> int:
+    """Encoder positions the retrieved memory prompt occupies."""
+    if self.num_memories == 0:
+      return 0
+    k = self.top_k if self.combine == 'concat' else 1
+    return k * self.memory_length
+
+  @property
+  def prefix_length(self) -> int:
+    """Encoder positions prepended to every example."""
+    return self.soft_prompt_length + self.memory_positions
+
+
+NO_SPT = SptConfig(num_memories=0, soft_prompt_length=0)

@@ -1,0 +1,109 @@
+"""The discrete-prompt query, the soft prompt, and injection into the encoder input.
+
+The query is pooled from token embeddings over the prompt span, which is known
+from a separate prompt feature, from a mask over the encoder tokens, or (when
+only encoder tokens are available, as in T5X's `encode`) derived from the tokens
+themselves. Prompts are prepended to the embedded input and the padding mask
+grows to cover them.
+
+Shape letters: B batch, T encoder length, P prefix length, H model width.
+"""
+
+from typing import Optional
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+from spt_jax import layers
+
+Array = jax.Array
+
+POOLINGS = ('mean', 'max')
+PROMPT_SPANS = ('all_tokens', 'before_separator')
+
+
+def prompt_span_mask(
+    tokens: Array, span: str = 'all_tokens', separator_id: Optional[int] = None
+) -> Array:
+  """Marks the discrete prompt inside encoder tokens [B, T] -> bool [B, T].
+
+  `all_tokens` takes every non-padding token. `before_separator` takes the
+  tokens before the first `separator_id` (inputs laid out as
+  "instruction <sep> data"); a row without a separator counts as all prompt.
+  """
+  not_pad = tokens > 0
+  if span == 'all_tokens':
+    return not_pad
+  if span == 'before_separator':
+    if separator_id is None:
+      raise ValueError("prompt_span='before_separator' needs prompt_separator_id.")
+    seen_separator = jnp.cumsum(tokens == separator_id, axis=-1) > 0
+    return jnp.logical_and(not_pad, jnp.logical_not(seen_separator))
+  raise ValueError(f'Unknown prompt span {span!r}; expected one of {PROMPT_SPANS}.')
+
+
+def pool_query(embedded: Array, mask: Array, pooling: str = 'mean') -> Array:
+  """Pools embeddings [B, T, H] over mask [B, T] into queries [B, H].
+
+  A row whose mask is empty pools to zeros (and scores equally against every
+  key) rather than to NaN.
+  """
+  if embedded.ndim != 3 or mask.shape != embedded.shape[:2]:
+    raise ValueError(
+        f'Expected embeddings [B, T, H] and a mask [B, T], got '
+        f'{embedded.shape} and {mask.shape}.'
+    )
+  mask = mask.astype(jnp.float32)[..., None]
+  embedded = embedded.astype(jnp.float32)
+  if pooling == 'mean':
+    return jnp.sum(embedded * mask, axis=1) / jnp.maximum(
+        jnp.sum(mask, axis=1), 1.0
+    )
+  if pooling == 'max':
+    pooled = jnp.max(jnp.where(mask > 0, embedded, -jnp.inf), axis=1)
+    return jnp.where(jnp.isfinite(pooled), pooled, 0.0)
+  raise ValueError(f'Unknown query pooling {pooling!r}; expected one of {POOLINGS}.')
+
+
+def prepend(prefixes, embedded: Array) -> Array:
+  """Concatenates prefixes [B, P_i, H] (None skipped) before embedded [B, T, H]."""
+  parts = [p.astype(embedded.dtype) for p in prefixes if p is not None]
+  x = jnp.concatenate(parts + [embedded], axis=1) if parts else embedded
+  return layers.with_sharding_constraint(x, ('batch', 'length', 'embed'))
+
+
+def input_mask_with_prefix(tokens: Array, prefix_length: int) -> Array:
+  """Non-padding mask [B, P + T] of encoder tokens [B, T] after P prefix positions."""
+  prefix = jnp.ones((tokens.shape[0], prefix_length), dtype=bool)
+  return jnp.concatenate([prefix, tokens > 0], axis=1)
+
+
+def symmetric_uniform(scale: float):
+  """Initializer drawing uniformly from [-scale, scale], as prompt tuning does."""
+
+  def init(rng, shape, dtype=jnp.float32):
+    return jax.random.uniform(rng, shape, dtype, -scale, scale)
+
+  return init
+
+
+class SoftPrompt(nn.Module):
+  """A parametric prompt [L, H] shared by every example (prompt tuning)."""
+
+  length: int
+  features: int
+  init_scale: float = 0.5
+
+  @nn.compact
+  def __call__(self, batch_size: int, dtype=jnp.float32) -> Array:
+    """Returns the prompt broadcast to [B, L, H]."""
+    prompt = layers.param_with_axes(
+        'prompt',
+        symmetric_uniform(self.init_scale),
+        (self.length, self.features),
+        jnp.float32,
+        axes=('prompt', 'embed'),
+    )
+    prompt = jnp.asarray(prompt, dtype)
+    return jnp.broadcast_to(prompt, (batch_size,) + prompt.shape)

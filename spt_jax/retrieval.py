@@ -1,0 +1,316 @@
+"""Differentiable top-k retrieval from a memory bank, as pure functions.
+
+A query [B, D] scores every key [M, D]; the k best memories are selected and
+given weights through which gradients reach the keys (via the scores) and the
+values (via the gather). Strategies, selected by name:
+
+* `softmax_topk` (default): hard top-k; weights are a softmax over the k
+  selected scores.
+* `straight_through`: hard top-k with unit weights in the forward pass; the
+  backward pass uses the softmax over the selected scores.
+* `perturbed_topk`: weights are the probabilities that each selected memory is
+  in the top-k of Gaussian-perturbed scores, differentiated with the perturbed
+  optimizer estimator (Berthet et al., 2020). Costs [B, S, M] for S samples, so
+  it suits banks of thousands, not millions.
+
+For banks too large for exact top-k, `top_k(..., approx=True)` uses
+`jax.lax.approx_max_k`, and `num_chunks > 1` does a two-stage top-k whose first
+stage stays local to each shard of a bank split along the `memory` axis.
+
+Shape letters: B batch, M memories, D key width, k selected, P memory length,
+H model width, S perturbation samples.
+"""
+
+import functools
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from spt_jax import layers
+
+Array = jax.Array
+
+SIMILARITIES = ('cosine', 'dot')
+COMBINATIONS = ('concat', 'weighted_sum')
+
+
+class Retrieved(NamedTuple):
+  """The outcome of one retrieval.
+
+  Attributes:
+    indices: [B, k] int32 ids of the selected memories, best first.
+    scores: [B, k] their similarity scores (after the temperature).
+    weights: [B, k] the differentiable weights applied to their values.
+  """
+
+  indices: Array
+  scores: Array
+  weights: Array
+
+
+def similarity(
+    query: Array, keys: Array, kind: str = 'cosine', temperature: float = 1.0
+) -> Array:
+  """Scores [B, M] of queries [B, D] against keys [M, D], divided by temperature."""
+  if query.ndim != 2 or keys.ndim != 2 or query.shape[-1] != keys.shape[-1]:
+    raise ValueError(
+        f'Expected query [B, D] and keys [M, D] with equal D, got query '
+        f'{query.shape} and keys {keys.shape}.'
+    )
+  if temperature <= 0:
+    raise ValueError(f'temperature must be positive, got {temperature}.')
+  query = query.astype(jnp.float32)
+  keys = keys.astype(jnp.float32)
+  if kind == 'cosine':
+    query = query * lax.rsqrt(jnp.sum(query**2, -1, keepdims=True) + 1e-12)
+    keys = keys * lax.rsqrt(jnp.sum(keys**2, -1, keepdims=True) + 1e-12)
+  elif kind != 'dot':
+    raise ValueError(
+        f'Unknown similarity {kind!r}; expected one of {SIMILARITIES}.'
+    )
+  scores = jnp.einsum('bd,md->bm', query, keys) / temperature
+  # Scores follow the bank's sharding; queries are small enough to replicate.
+  return layers.with_sharding_constraint(scores, (None, 'memory'))
+
+
+def top_k(
+    scores: Array,
+    k: int,
+    approx: bool = False,
+    recall_target: float = 0.95,
+    num_chunks: int = 1,
+) -> Tuple[Array, Array]:
+  """The k largest scores of each row and their indices, best first.
+
+  Args:
+    scores: [B, M].
+    k: how many to select; at most M.
+    approx: use `jax.lax.approx_max_k` (fast on TPU; exact on CPU).
+    recall_target: the recall `approx_max_k` aims for.
+    num_chunks: split M into this many chunks, select k in each, then k among
+      the chunk winners. Matching the number of bank shards keeps the first
+      stage local to each device.
+
+  Returns:
+    values [B, k] and int32 indices [B, k].
+  """
+  num_memories = scores.shape[-1]
+  if not 0 < k <= num_memories:
+    raise ValueError(
+        f'top_k must be in [1, num_memories={num_memories}], got {k}.'
+    )
+  select = (
+      functools.partial(lax.approx_max_k, recall_target=recall_target)
+      if approx
+      else lax.top_k
+  )
+  if num_chunks == 1:
+    values, indices = select(scores, k)
+    return values, indices.astype(jnp.int32)
+  if num_memories % num_chunks or num_memories // num_chunks < k:
+    raise ValueError(
+        f'num_chunks={num_chunks} must divide num_memories={num_memories} '
+        f'into chunks of at least top_k={k} memories.'
+    )
+  chunk = num_memories // num_chunks
+  chunked = scores.reshape(scores.shape[0], num_chunks, chunk)
+  chunked = layers.with_sharding_constraint(chunked, (None, 'memory', None))
+  # [B, C, k] local winners, then [B, C*k] -> [B, k].
+  local_values, local_indices = select(chunked, k)
+  offsets = (jnp.arange(num_chunks, dtype=jnp.int32) * chunk)[None, :, None]
+  candidates = (local_indices.astype(jnp.int32) + offsets).reshape(
+      scores.shape[0], -1
+  )
+  values, positions = select(local_values.reshape(scores.shape[0], -1), k)
+  indices = jnp.take_along_axis(candidates, positions, axis=-1)
+  return values, indices
+
+
+def _selected_softmax(selected_scores: Array, combine: str) -> Array:
+  """Softmax over the k selected scores; times k for `concat`, so weights average 1."""
+  probs = jax.nn.softmax(selected_scores, axis=-1)
+  return probs * probs.shape[-1] if combine == 'concat' else probs
+
+
+def softmax_topk(
+    scores: Array, k: int, combine: str = 'concat', **top_k_kwargs
+) -> Retrieved:
+  """Hard top-k selection weighted by a softmax over the selected scores."""
+  values, indices = top_k(scores, k, **top_k_kwargs)
+  return Retrieved(indices, values, _selected_softmax(values, combine))
+
+
+def straight_through(
+    scores: Array, k: int, combine: str = 'concat', **top_k_kwargs
+) -> Retrieved:
+  """Hard top-k with constant weights forward and softmax gradients backward."""
+  values, indices = top_k(scores, k, **top_k_kwargs)
+  soft = _selected_softmax(values, combine)
+  hard = jnp.full_like(soft, 1.0 if combine == 'concat' else 1.0 / k)
+  return Retrieved(indices, values, hard + soft - lax.stop_gradient(soft))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def perturbed_topk_marginals(
+    scores: Array, noise: Array, k: int, sigma: float
+) -> Array:
+  """P(memory in top-k) under scores + sigma * noise, averaged over samples.
+
+  Args:
+    scores: [B, M].
+    noise: [B, S, M] standard normal samples.
+    k: number selected.
+    sigma: perturbation scale.
+
+  Returns:
+    [B, M] marginal selection probabilities; they sum to k over M.
+  """
+  return _perturbed_forward(scores, noise, k, sigma)[0]
+
+
+def _perturbed_forward(scores, noise, k, sigma):
+  perturbed = scores[:, None, :] + sigma * noise
+  _, indices = lax.top_k(perturbed, k)
+  # [B, S, M] indicator of each sample's top-k set.
+  indicators = jnp.sum(
+      jax.nn.one_hot(indices, scores.shape[-1], dtype=scores.dtype), axis=-2
+  )
+  return jnp.mean(indicators, axis=1), (indicators, noise)
+
+
+def _perturbed_fwd(scores, noise, k, sigma):
+  marginals, residuals = _perturbed_forward(scores, noise, k, sigma)
+  return marginals, residuals
+
+
+def _perturbed_bwd(k, sigma, residuals, cotangent):
+  del k
+  indicators, noise = residuals
+  # d E[y(s + sigma Z)] / ds = E[y(s + sigma Z) Z^T] / sigma.
+  projected = jnp.einsum('bsm,bm->bs', indicators, cotangent)
+  grad_scores = jnp.einsum('bs,bsm->bm', projected, noise) / (
+      sigma * noise.shape[1]
+  )
+  return grad_scores, jnp.zeros_like(noise)
+
+
+perturbed_topk_marginals.defvjp(_perturbed_fwd, _perturbed_bwd)
+
+
+def perturbed_topk(
+    scores: Array,
+    k: int,
+    combine: str = 'concat',
+    *,
+    rng: Array,
+    num_samples: int = 16,
+    sigma: float = 0.1,
+    **top_k_kwargs,
+) -> Retrieved:
+  """Hard top-k ids; weights are their perturbed top-k marginal probabilities."""
+  values, indices = top_k(scores, k, **top_k_kwargs)
+  noise = jax.random.normal(
+      rng, (scores.shape[0], num_samples, scores.shape[1]), scores.dtype
+  )
+  marginals = perturbed_topk_marginals(scores, noise, k, sigma)
+  weights = jnp.take_along_axis(marginals, indices, axis=-1)
+  if combine == 'weighted_sum':
+    weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-9)
+  return Retrieved(indices, values, weights)
+
+
+STRATEGIES: Dict[str, Callable[..., Retrieved]] = {
+    'softmax_topk': softmax_topk,
+    'straight_through': straight_through,
+    'perturbed_topk': perturbed_topk,
+}
+
+
+def retrieve(
+    scores: Array,
+    k: int,
+    strategy: str = 'softmax_topk',
+    combine: str = 'concat',
+    rng: Optional[Array] = None,
+    **kwargs,
+) -> Retrieved:
+  """Selects k memories per row of `scores` [B, M] with the named strategy."""
+  if strategy not in STRATEGIES:
+    raise ValueError(
+        f'Unknown retrieval strategy {strategy!r}; expected one of '
+        f'{sorted(STRATEGIES)}.'
+    )
+  if combine not in COMBINATIONS:
+    raise ValueError(
+        f'Unknown combination {combine!r}; expected one of {COMBINATIONS}.'
+    )
+  if strategy == 'perturbed_topk':
+    if rng is None:
+      raise ValueError('The perturbed_topk strategy needs an rng.')
+    kwargs['rng'] = rng
+  return STRATEGIES[strategy](scores, k, combine, **kwargs)
+
+
+def combine_values(values: Array, retrieved: Retrieved, combine: str) -> Array:
+  """Gathers and combines the selected memory prompts.
+
+  Args:
+    values: [M, P, H] memory prompts.
+    retrieved: selection with indices and weights [B, k].
+    combine: `concat` -> [B, k*P, H]; `weighted_sum` -> [B, P, H].
+
+  Returns:
+    The memory prompt to prepend.
+  """
+  selected = jnp.take(values, retrieved.indices, axis=0)  # [B, k, P, H]
+  weighted = selected * retrieved.weights[..., None, None].astype(selected.dtype)
+  if combine == 'concat':
+    batch, k, length, width = weighted.shape
+    return weighted.reshape(batch, k * length, width)
+  if combine == 'weighted_sum':
+    return jnp.sum(weighted, axis=1)
+  raise ValueError(
+      f'Unknown combination {combine!r}; expected one of {COMBINATIONS}.'
+  )
+
+
+def pull_loss(query: Array, keys: Array, indices: Array) -> Array:
+  """L2P's surrogate loss: 1 - cosine(query, key) averaged over selected keys.
+
+  Args:
+    query: [B, D].
+    keys: [M, D].
+    indices: [B, k] selected memories.
+
+  Returns:
+    Scalar; minimising it pulls the selected keys towards their queries.
+  """
+  def normalize(x):
+    x = x.astype(jnp.float32)
+    return x * lax.rsqrt(jnp.sum(x**2, -1, keepdims=True) + 1e-12)
+
+  selected = jnp.take(normalize(keys), indices, axis=0)  # [B, k, D]
+  cosine = jnp.einsum('bd,bkd->bk', normalize(query), selected)
+  return jnp.mean(1.0 - cosine)
+
+
+def balance_loss(scores: Array, indices: Array) -> Array:
+  """Switch-Transformer style usage balance over the bank.
+
+  M * sum_m f_m * p_m, where f_m is the fraction of selections that chose
+  memory m and p_m its mean softmax probability; 1 when usage is uniform.
+
+  Args:
+    scores: [B, M].
+    indices: [B, k].
+
+  Returns:
+    Scalar, minimised by spreading selections over the bank.
+  """
+  num_memories = scores.shape[-1]
+  probs = jnp.mean(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), axis=0)
+  counts = jnp.zeros((num_memories,), jnp.float32).at[indices.reshape(-1)].add(1.0)
+  fraction = counts / indices.size
+  return num_memories * jnp.sum(lax.stop_gradient(fraction) * probs)

@@ -1,0 +1,214 @@
+"""Discrete prompt templates in the promptsource/P3 style.
+
+A template file `tasks/templates/<collection>.json` holds the templates of one
+dataset (the format is documented in `tasks/templates/README.md`):
+
+    {"dataset": "super_glue/cb",
+     "templates": [{"name": "can_we_infer",
+                    "jinja": "Suppose {{ premise }} Can we infer that ... ||| "
+                             "{{ answer_choices[label] }}",
+                    "answer_choices": "Yes ||| No ||| Maybe"}]}
+
+`jinja` renders the prompted input and, after `|||`, the target.
+`answer_choices` (optional) renders the `|||`-separated choices used for rank
+classification; it may refer to the example's fields (COPA's two choices) or
+be constant (Yes/No/Maybe). Inside `jinja`, `answer_choices` is the rendered
+list. Field names that are not Python identifiers (TREC's `label-coarse`) are
+exposed with `_` in place of the other characters (`label_coarse`).
+
+The *instruction* of a template is its input text with every data field
+removed: the template rendered with each field blank, fixed answer choices
+kept, whitespace collapsed and emptied quotes/brackets dropped. A template may
+give it explicitly with an `instruction` entry. It is the discrete prompt from
+which SPT forms its retrieval query, so it is constant per template.
+"""
+import dataclasses
+import functools
+import json
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import jinja2
+from jinja2 import meta
+
+TEMPLATES_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'templates')
+SEPARATOR = '|||'
+
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+class _NoAnswer(Exception):
+  """Raised when a template indexes the answer choices with a negative label."""
+
+
+class _Choices(list):
+  """Answer choices whose negative indices mean "unlabelled" (label -1)."""
+
+  def __getitem__(self, index):
+    if isinstance(index, int) and index < 0:
+      raise _NoAnswer(index)
+    return super().__getitem__(index)
+
+
+class _Blank(jinja2.ChainableUndefined):
+  """A field value that renders as nothing, whatever is done to it."""
+
+  def __call__(self, *args, **kwargs):
+    return self
+
+  def __iter__(self):
+    return iter(())
+
+
+_BLANK_ENV = jinja2.Environment(
+    undefined=_Blank, autoescape=False, keep_trailing_newline=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _compile(source: str, blank: bool = False) -> jinja2.Template:
+  return (_BLANK_ENV if blank else _ENV).from_string(source)
+
+
+def _split_choices(text: str) -> list[str]:
+  return [c.strip() for c in text.split(SEPARATOR)]
+
+
+def _identifier(key: str) -> str:
+  return re.sub(r'\W', '_', key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+  """One prompted example: input text, target text and answer choices."""
+  inputs: str
+  targets: str
+  answer_choices: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """A P3-style template: instruction + fields, `|||`, target, answer choices.
+
+  Attributes:
+    name: the template's name, unique within its dataset.
+    jinja: the Jinja source; `|||` separates the input from the target.
+    answer_choices: optional Jinja source of the `|||`-separated choices.
+    explicit_instruction: the instruction when given in the file, else None.
+  """
+  name: str
+  jinja: str
+  answer_choices: Optional[str] = None
+  explicit_instruction: Optional[str] = None
+
+  @functools.cached_property
+  def fixed_answer_choices(self) -> Optional[tuple[str, ...]]:
+    """The answer choices when they do not depend on the example, else None."""
+    if self.answer_choices is None:
+      return None
+    if meta.find_undeclared_variables(_ENV.parse(self.answer_choices)):
+      return None
+    return tuple(_split_choices(_compile(self.answer_choices).render()))
+
+  @functools.cached_property
+  def instruction(self) -> str:
+    """The template's input text with every data field removed."""
+    if self.explicit_instruction is not None:
+      return self.explicit_instruction
+    source = self.jinja.split(SEPARATOR)[0]
+    context = {}
+    if self.fixed_answer_choices is not None:
+      context['answer_choices'] = _Choices(self.fixed_answer_choices)
+    try:
+      text = _compile(source, blank=True).render(**context)
+    except (jinja2.TemplateError, TypeError) as e:
+      raise ValueError(
+          f'Cannot derive the instruction of template {self.name!r} by '
+          f'blanking its fields ({e}); give it an explicit "instruction".'
+      ) from e
+    return clean_instruction(text)
+
+  def render(self, example: Mapping[str, Any]) -> Optional[Rendered]:
+    """Renders one example; None when it has no target (e.g. label -1).
+
+    Args:
+      example: the raw example, nested dicts of Python values (str, int,
+        float, lists).
+
+    Returns:
+      The rendered input, target and answer choices, or None when the example
+      cannot be answered (an unlabelled example, an empty target).
+    """
+    context = {_identifier(k): v for k, v in example.items()}
+    choices = _Choices()
+    if self.answer_choices is not None:
+      choices = _Choices(
+          _split_choices(_compile(self.answer_choices).render(**context)))
+    try:
+      text = _compile(self.jinja).render(**context, answer_choices=choices)
+    except _NoAnswer:
+      return None
+    parts = text.split(SEPARATOR)
+    if len(parts) != 2 or not parts[1].strip():
+      return None
+    return Rendered(parts[0].strip(), parts[1].strip(), tuple(choices))
+
+
+def clean_instruction(text: str) -> str:
+  """Collapses whitespace and drops the quotes/brackets emptied of fields."""
+  text = re.sub(r'\s+', ' ', text)
+  previous = None
+  while previous != text:
+    previous = text
+    text = re.sub(r'"\s*"|\'\s*\'|“\s*”|\(\s*\)|\[\s*\]', ' ', text)
+    text = re.sub(r'\s+', ' ', text)
+  text = re.sub(r'\s+([?.,:;!])', r'\1', text)
+  return text.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateCollection:
+  """The templates of one dataset, as read from its JSON file."""
+  name: str
+  dataset: str
+  templates: tuple[Template, ...]
+
+  def __getitem__(self, name: str) -> Template:
+    for template in self.templates:
+      if template.name == name:
+        return template
+    raise KeyError(f'No template {name!r} in {self.name!r}.')
+
+  @property
+  def names(self) -> Sequence[str]:
+    return [t.name for t in self.templates]
+
+
+def template_path(collection: str) -> str:
+  return os.path.join(TEMPLATES_DIR, f'{collection}.json')
+
+
+@functools.lru_cache(maxsize=None)
+def load(collection: str) -> TemplateCollection:
+  """Reads `tasks/templates/<collection>.json`."""
+  with open(template_path(collection)) as f:
+    data = json.load(f)
+  templates = tuple(
+      Template(
+          name=t['name'],
+          jinja=t['jinja'],
+          answer_choices=t.get('answer_choices'),
+          explicit_instruction=t.get('instruction'))
+      for t in data['templates'])
+  names = [t.name for t in templates]
+  if len(set(names)) != len(names):
+    raise ValueError(f'Duplicate template names in {collection}: {names}')
+  return TemplateCollection(collection, data['dataset'], templates)
+
+
+def available() -> list[str]:
+  """The names of every template collection in `tasks/templates/`."""
+  return sorted(
+      f[:-len('.json')] for f in os.listdir(TEMPLATES_DIR) if f.endswith('.json'))

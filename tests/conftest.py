@@ -1,0 +1,14 @@
+"""Test-session setup shared by every test module.
+
+Eight fake CPU devices let the sharding tests build real meshes; the flag must be set
+before JAX is first imported, so it lives here rather than in the tests.
+"""
+import os
+import sys
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# The repository root holds the `spt_jax` and `tasks` packages.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
