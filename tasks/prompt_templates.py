@@ -41,14 +41,14 @@ _ENV = jinja2.Environment(
 
 
 class _NoAnswer(Exception):
-  """Raised when a template indexes the answer choices with a negative label."""
+  """Raised when a label indexes outside the answer choices."""
 
 
 class _Choices(list):
-  """Answer choices whose negative indices mean "unlabelled" (label -1)."""
+  """Answer choices; an index outside them (label -1) means "no answer"."""
 
   def __getitem__(self, index):
-    if isinstance(index, int) and index < 0:
+    if isinstance(index, int) and not 0 <= index < len(self):
       raise _NoAnswer(index)
     return super().__getitem__(index)
 
@@ -117,7 +117,7 @@ class Template:
     """The template's input text with every data field removed."""
     if self.explicit_instruction is not None:
       return self.explicit_instruction
-    source = self.jinja.split(SEPARATOR)[0]
+    source = split_source(self.jinja)[0]
     context = {}
     if self.fixed_answer_choices is not None:
       context['answer_choices'] = _Choices(self.fixed_answer_choices)
@@ -156,8 +156,18 @@ class Template:
     return Rendered(parts[0].strip(), parts[1].strip(), tuple(choices))
 
 
+def split_source(jinja: str) -> tuple[str, str]:
+  """Splits Jinja source at the first `|||` outside `{{ }}`/`{% %}` blocks."""
+  blocks = [m.span() for m in re.finditer(r'{{.*?}}|{%.*?%}|{#.*?#}', jinja,
+                                          re.DOTALL)]
+  for match in re.finditer(re.escape(SEPARATOR), jinja):
+    if not any(start <= match.start() < end for start, end in blocks):
+      return jinja[:match.start()], jinja[match.end():]
+  return jinja, ''
+
+
 def clean_instruction(text: str) -> str:
-  """Collapses whitespace and drops the quotes/brackets emptied of fields."""
+  """Collapses whitespace and drops the punctuation emptied of fields."""
   text = re.sub(r'\s+', ' ', text)
   previous = None
   while previous != text:
@@ -165,7 +175,9 @@ def clean_instruction(text: str) -> str:
     text = re.sub(r'"\s*"|\'\s*\'|“\s*”|\(\s*\)|\[\s*\]', ' ', text)
     text = re.sub(r'\s+', ' ', text)
   text = re.sub(r'\s+([?.,:;!])', r'\1', text)
-  return text.strip()
+  text = re.sub(r'([.?!])[.?!:;,]+|[:;,]([.?!])', r'\1\2', text)
+  text = re.sub(r'^[\s:;,.?!\-]+|[\s\-]+$', '', text)
+  return text
 
 
 @dataclasses.dataclass(frozen=True)

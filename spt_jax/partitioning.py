@@ -1,0 +1,97 @@
+"""Logical axis rules for SPT and the device mesh the local runner shards over.
+
+The rules map the logical names in `params_axes` and in activation constraints
+onto the ('data', 'model') mesh axes, as T5X's `PjitPartitioner` does. SPT adds
+four logical axes, which T5X runs register through
+`standard_logical_axis_rules.additional_rules = @spt_logical_axis_rules()`:
+
+  memory         the bank's memories   -> `data` by default: a bank of 1e5-1e6
+                                          memories is the largest SPT tensor, so
+                                          it is split over the biggest mesh axis
+  memory_length  vectors per memory    -> replicated
+  memory_embed   the key width         -> replicated
+  prompt         soft prompt positions -> replicated
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
+import numpy as np
+
+LogicalRules = Sequence[Tuple[str, Optional[str]]]
+MESH_AXES = ('data', 'model')
+
+
+def spt_logical_axis_rules(memory_mesh_axis: Optional[str] = 'data') -> LogicalRules:
+  """Rules for the logical axes SPT adds to the T5 network."""
+  return (
+      ('memory', memory_mesh_axis),
+      ('memory_length', None),
+      ('memory_embed', None),
+      ('prompt', None),
+  )
+
+
+def standard_logical_axis_rules(
+    additional_rules: LogicalRules = (),
+) -> LogicalRules:
+  """T5X's default rules (1-D parameter and activation partitioning) plus more.
+
+  Data parallelism over `data`, Megatron-style model parallelism over `model`.
+  """
+  return tuple(additional_rules) + (
+      ('batch', 'data'),
+      ('vocab', 'model'),
+      ('embed', None),
+      ('mlp', 'model'),
+      ('heads', 'model'),
+      ('kv', None),
+      ('joined_kv', 'model'),
+      ('relpos_buckets', None),
+      ('abspos_buckets', None),
+      ('length', None),
+      ('layers', None),
+      ('stack', None),
+      ('mlp_activations', None),
+  )
+
+
+def default_rules(memory_mesh_axis: Optional[str] = 'data') -> LogicalRules:
+  """The standard rules with SPT's axes, as the gin configs bind them."""
+  return standard_logical_axis_rules(spt_logical_axis_rules(memory_mesh_axis))
+
+
+def create_mesh(
+    num_partitions: int = 1, devices: Optional[Sequence[Any]] = None
+) -> jax.sharding.Mesh:
+  """A ('data', 'model') mesh with `num_partitions` devices per model replica.
+
+  Args:
+    num_partitions: size of the `model` axis; must divide the device count.
+    devices: devices to use (default: all, across every host).
+
+  Returns:
+    The mesh; its `data` axis spans the remaining factor.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if num_partitions < 1 or len(devices) % num_partitions:
+    raise ValueError(
+        f'num_partitions={num_partitions} must divide the {len(devices)} '
+        f'available devices.'
+    )
+  grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
+  return jax.sharding.Mesh(grid, MESH_AXES)
+
+
+def params_shardings(params_axes: Any, mesh: jax.sharding.Mesh, rules: LogicalRules):
+  """NamedShardings for a parameter tree from its `params_axes` collection."""
+  logical_specs = flax.core.unfreeze(nn_partitioning.get_axis_names(params_axes))
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def data_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Batch arrays split along their leading dimension over `data`."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))

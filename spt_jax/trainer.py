@@ -1,0 +1,192 @@
+"""Train state, optimizers and the sharded training step of the local runner.
+
+Parameters and optimizer state are laid out on a ('data', 'model') mesh by the
+logical axis rules (see partitioning.py); batches are split along `data`. The
+frozen-backbone setting trains only the SPT parameters (memory bank and soft
+prompt) through `optax.multi_transform`, the counterpart of T5X's
+`MultiOptimizer`: the backbone gets no optimizer state and no update.
+"""
+
+import contextlib
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import flax
+from flax import traverse_util
+from flax.linen import partitioning as nn_partitioning
+import jax
+import jax.numpy as jnp
+import optax
+
+from spt_jax import models
+from spt_jax import partitioning
+
+Array = jax.Array
+Params = Any
+
+# Top-level parameter groups that belong to SPT rather than to the backbone.
+SPT_PARAM_GROUPS = ('memory_bank', 'soft_prompt')
+TRAINABLE_CHOICES = ('all', 'spt_only')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Step, parameters and optimizer state, sharded together."""
+
+  step: Array
+  params: Params
+  opt_state: optax.OptState
+
+  @classmethod
+  def create(cls, params: Params, optimizer: optax.GradientTransformation):
+    return cls(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+    )
+
+
+def param_labels(params: Params) -> Params:
+  """'spt' for memory bank and soft prompt leaves, 'backbone' for the rest."""
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  labels = {
+      path: 'spt' if path[0] in SPT_PARAM_GROUPS else 'backbone'
+      for path in flat
+  }
+  return traverse_util.unflatten_dict(labels)
+
+
+def adafactor(
+    learning_rate: float = 1e-3,
+    decay_rate: float = 0.8,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: Optional[float] = 1.0,
+) -> optax.GradientTransformation:
+  """Adafactor with T5X's defaults (T0 trains at a constant 1e-3)."""
+  return optax.adafactor(
+      learning_rate=learning_rate,
+      decay_rate=decay_rate,
+      multiply_by_parameter_scale=multiply_by_parameter_scale,
+      clipping_threshold=clipping_threshold,
+  )
+
+
+def create_optimizer(
+    base_optimizer: Optional[optax.GradientTransformation] = None,
+    trainable: str = 'all',
+) -> optax.GradientTransformation:
+  """The optimizer for a run, with the backbone frozen when asked.
+
+  Args:
+    base_optimizer: the optimizer of trained parameters (default Adafactor).
+    trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone).
+
+  Returns:
+    An optax transformation over the whole parameter tree.
+  """
+  base_optimizer = base_optimizer or adafactor()
+  if trainable == 'all':
+    return base_optimizer
+  if trainable == 'spt_only':
+    return optax.multi_transform(
+        {'spt': base_optimizer, 'backbone': optax.set_to_zero()}, param_labels
+    )
+  raise ValueError(
+      f'Unknown trainable={trainable!r}; expected one of {TRAINABLE_CHOICES}.'
+  )
+
+
+def make_train_step(
+    model: models.SptModel, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Mapping[str, Array], Array], Tuple[TrainState, Dict]]:
+  """A pure training step: (state, batch, dropout rng) -> (state, metrics)."""
+
+  def train_step(state: TrainState, batch, dropout_rng):
+    rng = jax.random.fold_in(dropout_rng, state.step)
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    return (
+        TrainState(step=state.step + 1, params=params, opt_state=opt_state),
+        metrics,
+    )
+
+  return train_step
+
+
+class ShardedTrainer:
+  """Initialises and steps a `TrainState` laid out over a device mesh.
+
+  Attributes:
+    model: loss and network.
+    optimizer: optax transformation (see `create_optimizer`).
+    mesh: ('data', 'model') mesh.
+    rules: logical axis rules mapping parameter and activation axes to it.
+  """
+
+  def __init__(
+      self,
+      model: models.SptModel,
+      optimizer: optax.GradientTransformation,
+      mesh: jax.sharding.Mesh,
+      rules: partitioning.LogicalRules,
+  ):
+    self.model = model
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.rules = rules
+    self.state_shardings = None
+    self._train_step = None
+
+  @contextlib.contextmanager
+  def _context(self):
+    """Activates the mesh and the logical axis rules for tracing."""
+    with self.mesh, nn_partitioning.axis_rules(self.rules):
+      yield
+
+  def init_state(
+      self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]
+  ) -> TrainState:
+    """A sharded initial state; parameters are created in place on the mesh.
+
+    Optimizer slots take the shardings XLA propagates from their parameters
+    (factored Adafactor statistics have shapes of their own).
+    """
+    def init_params(rng):
+      return self.model.get_initial_variables(rng, input_shapes)['params']
+
+    with self._context():
+      abstract = jax.eval_shape(
+          lambda r: self.model.get_initial_variables(r, input_shapes), rng
+      )
+      params_shardings = partitioning.params_shardings(
+          abstract['params_axes'], self.mesh, self.rules
+      )
+      params = jax.jit(init_params, out_shardings=params_shardings)(rng)
+      state = jax.jit(functools.partial(TrainState.create, optimizer=self.optimizer))(
+          params
+      )
+    self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    return state
+
+  def shard_batch(self, batch: Mapping[str, Any]) -> Dict[str, Array]:
+    """Places a host batch on the mesh, split along `data`."""
+    sharding = partitioning.data_sharding(self.mesh)
+    return {k: jax.device_put(jnp.asarray(v), sharding) for k, v in batch.items()}
+
+  def train_step(
+      self, state: TrainState, batch: Mapping[str, Array], dropout_rng: Array
+  ) -> Tuple[TrainState, Dict[str, Array]]:
+    """One jitted, sharded step; the state is donated."""
+    if self._train_step is None:
+      step = make_train_step(self.model, self.optimizer)
+      self._train_step = jax.jit(
+          step,
+          in_shardings=(self.state_shardings, partitioning.data_sharding(self.mesh), None),
+          out_shardings=(self.state_shardings, None),
+          donate_argnums=(0,),
+      )
+    with self._context():
+      return self._train_step(state, batch, dropout_rng)

@@ -1,0 +1,131 @@
+"""SeqIO preprocessors: prompt templates and rank-classification expansion.
+
+`apply_template` turns raw examples into prompted text examples:
+
+    inputs          string []   the rendered input (instruction + fields)
+    targets         string []   the rendered target
+    prompt          string []   the template's instruction (no field values)
+    answer_choices  string [C]  the rendered answer choices (C may be 0)
+
+`rank_classification` expands each prompted example into one row per answer
+choice for scoring:
+
+    inputs, prompt  string []     repeated on every row
+    targets         string []     the choice
+    idx             int32 [2]     (example index, choice index)
+    is_correct      bool []       whether the choice is the example's target
+"""
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tasks import prompt_templates
+from tasks import vocab
+
+ANSWER_CHOICES = 'answer_choices'
+IDX = 'idx'
+IS_CORRECT = 'is_correct'
+_KEEP = '_keep'
+
+
+def to_python(value: Any) -> Any:
+  """Numpy values from tf.numpy_function -> str/int/float/bool/list."""
+  if isinstance(value, np.ndarray):
+    if value.ndim == 0:
+      return to_python(value.item())
+    return [to_python(v) for v in value]
+  if isinstance(value, bytes):
+    return value.decode('utf-8', errors='replace')
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def _get(example: Mapping[str, Any], path: str) -> Any:
+  for key in path.split('.'):
+    example = example[key]
+  return example
+
+
+def apply_template(
+    dataset: tf.data.Dataset,
+    template: prompt_templates.Template,
+    keep_features: Optional[Mapping[str, str]] = None,
+) -> tf.data.Dataset:
+  """Renders raw examples with a template; drops those without a target.
+
+  Args:
+    dataset: raw examples (any nest of scalar or 1-D tensors).
+    template: the template to render.
+    keep_features: output name -> dotted path of raw features to keep beside
+      the prompted text (e.g. {'answers': 'answers'} for ReCoRD's metric).
+
+  Returns:
+    Examples with `inputs`, `targets`, `prompt`, `answer_choices` (see the
+    module docstring) and the kept features.
+  """
+  structure = dataset.element_spec
+  instruction = template.instruction
+
+  def render(*flat_values):
+    example = to_python(tf.nest.pack_sequence_as(structure, list(flat_values)))
+    rendered = template.render(example)
+    if rendered is None:
+      return b'', b'', np.zeros([0], dtype=object), False
+    choices = np.array(
+        [c.encode('utf-8') for c in rendered.answer_choices], dtype=object)
+    return (rendered.inputs.encode('utf-8'), rendered.targets.encode('utf-8'),
+            choices, True)
+
+  def prompt_example(example):
+    inputs, targets, choices, keep = tf.numpy_function(
+        render, tf.nest.flatten(example),
+        [tf.string, tf.string, tf.string, tf.bool], stateful=False)
+    inputs.set_shape([])
+    targets.set_shape([])
+    choices.set_shape([None])
+    keep.set_shape([])
+    features = {
+        vocab.INPUTS: inputs,
+        vocab.TARGETS: targets,
+        vocab.PROMPT: tf.constant(instruction),
+        ANSWER_CHOICES: choices,
+        _KEEP: keep,
+    }
+    for name, path in (keep_features or {}).items():
+      features[name] = _get(example, path)
+    return features
+
+  dataset = dataset.map(prompt_example, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.filter(lambda ex: ex[_KEEP])
+  return dataset.map(lambda ex: {k: v for k, v in ex.items() if k != _KEEP})
+
+
+def rank_classification(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """One row per answer choice, for scoring by log-likelihood.
+
+  Args:
+    dataset: prompted examples with `inputs`, `targets`, `prompt` and
+      `answer_choices` (see `apply_template`); other features are dropped.
+
+  Returns:
+    Rows with `inputs`, `prompt`, `targets` (the choice), `idx` int32 [2]
+    (example index, choice index) and `is_correct` bool (choice == target).
+    Examples without choices give no row.
+  """
+
+  def expand(index, example):
+    choices = example[ANSWER_CHOICES]
+    num_choices = tf.shape(choices)[0]
+    example_idx = tf.fill([num_choices], tf.cast(index, tf.int32))
+    return {
+        vocab.INPUTS: tf.fill([num_choices], example[vocab.INPUTS]),
+        vocab.PROMPT: tf.fill([num_choices], example[vocab.PROMPT]),
+        vocab.TARGETS: choices,
+        IDX: tf.stack([example_idx, tf.range(num_choices)], axis=1),
+        IS_CORRECT: tf.equal(choices, example[vocab.TARGETS]),
+    }
+
+  return dataset.enumerate().map(
+      expand, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

@@ -1,0 +1,282 @@
+"""SptTransformer: T5X's module contract, gradients, masks and input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spt_jax import config
+from spt_jax import network
+
+VOCAB = 64
+T5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.1)
+SPT = config.SptConfig(
+    num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2
+)
+
+
+def _tokens(shape, seed=0, pad_from=None):
+  tokens = np.random.default_rng(seed).integers(2, VOCAB, size=shape)
+  if pad_from is not None:
+    tokens[:, pad_from:] = 0
+  return jnp.asarray(tokens, jnp.int32)
+
+
+def _init(spt=SPT, t5=T5, enc_len=9, dec_len=5, **kwargs):
+  net = network.SptTransformer(t5, spt)
+  variables = net.init(
+      jax.random.PRNGKey(0),
+      jnp.ones((2, enc_len), jnp.float32),  # T5X's dummy inputs are float ones.
+      jnp.ones((2, dec_len), jnp.float32),
+      jnp.ones((2, dec_len), jnp.float32),
+      encoder_positions=None, decoder_positions=None,
+      encoder_segment_ids=None, decoder_segment_ids=None,
+      decode=False, enable_dropout=False, **kwargs,
+  )
+  return net, variables
+
+
+def test_init_returns_only_params_and_their_axes():
+  _, variables = _init()
+  assert set(variables) == {'params', 'params_axes'}
+  bank = variables['params']['memory_bank']
+  assert bank['keys'].shape == (16, T5.emb_dim)
+  assert bank['values'].shape == (16, 3, T5.emb_dim)
+  axes = variables['params_axes']['memory_bank']
+  assert axes['keys_axes'].names == ('memory', 'memory_embed')
+  assert axes['values_axes'].names == ('memory', 'memory_length', 'embed')
+  assert variables['params']['soft_prompt']['prompt'].shape == (2, T5.emb_dim)
+  # Every parameter has logical axes.
+  params = jax.tree_util.tree_leaves_with_path(variables['params'])
+  axes = jax.tree_util.tree_leaves(
+      variables['params_axes'], is_leaf=lambda x: hasattr(x, 'names')
+  )
+  assert len(params) == len(axes)
+
+
+def test_t5x_contract_calls():
+  """init / apply / encode / decode with cache, exactly as T5X calls them."""
+  net, variables = _init()
+  params = variables['params']
+  enc, dec = _tokens((2, 9), pad_from=7), _tokens((2, 5), seed=1)
+  logits = net.apply(
+      {'params': params}, enc, dec, dec,
+      encoder_segment_ids=None, decoder_segment_ids=None,
+      encoder_positions=None, decoder_positions=None,
+      decode=False, enable_dropout=True, rngs={'dropout': jax.random.PRNGKey(1)},
+  )
+  assert logits.shape == (2, 5, VOCAB)
+
+  encoded = net.apply(
+      {'params': params}, enc, enable_dropout=False, method=net.encode
+  )
+  assert encoded.shape == (2, SPT.prefix_length + 9, T5.emb_dim)
+  assert SPT.prefix_length == 2 + 2 * 3
+
+  max_len = 4
+  _, cache_vars = net.apply(
+      {'params': params},
+      encoder_input_tokens=jnp.ones((2, 9), jnp.int32),
+      decoder_input_tokens=jnp.ones((2, max_len), jnp.int32),
+      decoder_target_tokens=jnp.ones((2, max_len), jnp.int32),
+      mutable=['cache'], decode=True, enable_dropout=False,
+  )
+  cache = cache_vars['cache']
+  ids = jnp.zeros((2, 1), jnp.int32)
+  # Targets only shape the padding mask; any non-padding id will do.
+  teacher_forced = net.apply(
+      {'params': params}, enc, ids, jnp.ones_like(ids), enable_dropout=False,
+  )
+  step_logits, new_vars = net.apply(
+      {'params': params, 'cache': cache}, encoded, enc, ids, ids,
+      enable_dropout=False, decode=True, max_decode_length=max_len,
+      mutable=['cache'], method=net.decode,
+  )
+  assert step_logits.shape == (2, 1, VOCAB)
+  np.testing.assert_allclose(step_logits, teacher_forced, atol=1e-5)
+  assert int(new_vars['cache']['decoder']['layers_0']['self_attention']['cache_index']) == 1
+
+
+def test_retrieval_telemetry_and_losses_are_sown_on_request():
+  net, variables = _init()
+  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
+  _, sown = net.apply(
+      {'params': variables['params']}, enc, dec, dec, enable_dropout=False,
+      mutable=['intermediates', 'losses'],
+  )
+  (indices,) = sown['intermediates']['retrieval_indices']
+  (scores,) = sown['intermediates']['retrieval_scores']
+  assert indices.shape == scores.shape == (2, SPT.top_k)
+  assert np.all(np.diff(np.asarray(scores), axis=-1) <= 0)  # Best first.
+  assert set(sown['losses']) == {'pull_loss', 'balance_loss'}
+  assert all(np.isfinite(v) for v in sown['losses'].values())
+
+
+@pytest.mark.parametrize('strategy', ['softmax_topk', 'straight_through', 'perturbed_topk'])
+@pytest.mark.parametrize('combine', ['concat', 'weighted_sum'])
+def test_gradients_reach_every_part(strategy, combine):
+  spt = config.SptConfig(
+      num_memories=16, memory_length=3, top_k=3, soft_prompt_length=2,
+      retrieval=strategy, combine=combine,
+  )
+  net, variables = _init(spt)
+  enc, dec = _tokens((4, 9)), _tokens((4, 5), seed=1)
+
+  def loss(params):
+    logits = net.apply(
+        {'params': params}, enc, dec, dec, enable_dropout=True,
+        rngs={'dropout': jax.random.PRNGKey(3)},
+    )
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  grads = jax.grad(loss)(variables['params'])
+  for leaf in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(leaf))
+  for name, grad in [
+      ('keys', grads['memory_bank']['keys']),
+      ('values', grads['memory_bank']['values']),
+      ('soft prompt', grads['soft_prompt']['prompt']),
+      ('backbone', grads['encoder']['layers_0']['attention']['query']['kernel']),
+  ]:
+    assert np.abs(grad).sum() > 0, f'no gradient for {name}'
+
+
+def test_padding_does_not_change_outputs():
+  """A padded example and its unpadded twin: the masks cover exactly the prompts."""
+  net, variables = _init()
+  params = variables['params']
+  enc = _tokens((1, 6))
+  padded = jnp.concatenate([enc, jnp.zeros((1, 5), jnp.int32)], axis=1)
+  dec = _tokens((1, 4), seed=1)
+  short = net.apply({'params': params}, enc, dec, dec, enable_dropout=False)
+  long = net.apply({'params': params}, padded, dec, dec, enable_dropout=False)
+  np.testing.assert_allclose(short, long, atol=1e-5)
+
+
+def test_prompt_feature_and_mask_drive_the_query():
+  net, variables = _init(encoder_prompt_tokens=jnp.ones((2, 4), jnp.int32))
+  params = variables['params']
+  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
+
+  def indices(**kwargs):
+    _, sown = net.apply(
+        {'params': params}, enc, dec, dec, enable_dropout=False,
+        mutable=['intermediates'], **kwargs,
+    )
+    return np.asarray(sown['intermediates']['retrieval_indices'][0])
+
+  # The first four encoder tokens as a separate feature, or as a mask, give
+  # the same query and so the same memories.
+  mask = jnp.zeros((2, 9), jnp.int32).at[:, :4].set(1)
+  from_feature = indices(encoder_prompt_tokens=enc[:, :4])
+  from_mask = indices(encoder_prompt_mask=mask)
+  np.testing.assert_array_equal(from_feature, from_mask)
+  net_sep = network.SptTransformer(
+      T5, config.SptConfig(
+          num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2,
+          prompt_span='before_separator', prompt_separator_id=int(enc[0, 4]),
+      ),
+  )
+  enc_sep = enc.at[:, 4].set(enc[0, 4])
+  _, sown = net_sep.apply(
+      {'params': params}, enc_sep, dec, dec, enable_dropout=False,
+      mutable=['intermediates'],
+  )
+  np.testing.assert_array_equal(
+      sown['intermediates']['retrieval_indices'][0], from_feature
+  )
+
+
+def test_first_layer_query_source_runs():
+  spt = config.SptConfig(
+      num_memories=8, memory_length=2, top_k=2, query_source='first_layer',
+      query_stop_gradient=False,
+  )
+  net, variables = _init(spt)
+  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
+  logits = net.apply({'params': variables['params']}, enc, dec, dec, enable_dropout=False)
+  assert logits.shape == (2, 5, VOCAB)
+
+
+def test_vocab_sample_init_draws_embedding_rows():
+  spt = config.SptConfig(num_memories=4, memory_length=2, top_k=1, memory_init='vocab_sample')
+  _, variables = _init(spt)
+  params = variables['params']
+  table = np.asarray(params['token_embedder']['embedding'])
+  values = np.asarray(params['memory_bank']['values']).reshape(-1, T5.emb_dim)
+  for row in values:
+    assert np.any(np.all(np.isclose(table, row), axis=1))
+
+
+def test_disabled_spt_has_no_spt_parameters():
+  _, variables = _init(config.NO_SPT)
+  assert set(variables['params']) == {'token_embedder', 'encoder', 'decoder'}
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(encoder_segment_ids=jnp.ones((2, 9), jnp.int32)), 'packed inputs'),
+    (dict(decoder_positions=jnp.ones((2, 5), jnp.int32)), 'packed inputs'),
+    (dict(encoder_prompt_tokens=jnp.ones((3, 4), jnp.int32)), 'encoder_prompt_tokens of shape'),
+    (dict(encoder_prompt_mask=jnp.ones((2, 8), jnp.int32)), 'encoder_prompt_mask of shape'),
+])
+def test_bad_inputs_are_named(kwargs, message):
+  net, variables = _init()
+  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
+  with pytest.raises(ValueError, match=message):
+    net.apply({'params': variables['params']}, enc, dec, dec, enable_dropout=False, **kwargs)
+
+
+def test_wrong_token_rank_and_encoded_length_are_named():
+  net, variables = _init()
+  params = variables['params']
+  with pytest.raises(ValueError, match='encoder_input_tokens of shape'):
+    net.apply({'params': params}, jnp.ones((2, 9, 1), jnp.int32),
+              enable_dropout=False, method=net.encode)
+  encoded = jnp.zeros((2, 9, T5.emb_dim))  # Missing the prefix positions.
+  with pytest.raises(ValueError, match='plus the prefix'):
+    net.apply({'params': params}, encoded, _tokens((2, 9)), _tokens((2, 5)),
+              _tokens((2, 5)), enable_dropout=False, method=net.decode)
+
+
+@pytest.mark.parametrize('fields, message', [
+    (dict(num_memories=4, top_k=5), 'top_k must be in'),
+    (dict(retrieval='gumbel'), 'Unknown SptConfig.retrieval'),
+    (dict(similarity='l2'), 'Unknown SptConfig.similarity'),
+    (dict(combine='mean'), 'Unknown SptConfig.combine'),
+    (dict(query_pooling='cls'), 'Unknown SptConfig.query_pooling'),
+    (dict(prompt_span='before_separator'), 'needs prompt_separator_id'),
+    (dict(num_memories=10, top_k=4, top_k_chunks=3), 'must divide'),
+    (dict(temperature=0.0), 'temperature must be positive'),
+])
+def test_bad_spt_config_is_named(fields, message):
+  with pytest.raises(ValueError, match=message):
+    config.SptConfig(**fields)
+
+
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_remat_matches_plain_gradients(policy):
+  t5_remat = config.t5_1_1_config('tiny', vocab_size=VOCAB, remat_policy=policy, dropout_rate=0.0)
+  t5_plain = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
+  net_plain, variables = _init(SPT, t5_plain)
+  net_remat = network.SptTransformer(t5_remat, SPT)
+  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
+
+  def loss(net):
+    return lambda p: jnp.sum(net.apply({'params': p}, enc, dec, dec, enable_dropout=False) ** 2)
+
+  g_plain = jax.grad(loss(net_plain))(variables['params'])
+  g_remat = jax.grad(loss(net_remat))(variables['params'])
+  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_activations_stay_close_to_float32():
+  t5_bf16 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dtype=jnp.bfloat16)
+  net32, variables = _init()
+  net16 = network.SptTransformer(t5_bf16, SPT)
+  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
+  out32 = net32.apply(variables, enc, dec, dec, enable_dropout=False)
+  out16 = net16.apply(variables, enc, dec, dec, enable_dropout=False)
+  assert out16.dtype == jnp.float32  # Logits stay float32.
+  assert jax.tree.leaves(variables['params'])[0].dtype == jnp.float32
+  np.testing.assert_allclose(out16, out32, atol=0.25)

@@ -1,0 +1,132 @@
+"""Top-k strategies, their gradients, combination and auxiliary losses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spt_jax import retrieval
+
+
+def _scores(batch=3, memories=12, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), (batch, memories))
+
+
+def test_similarity_cosine_and_dot():
+  query = jnp.array([[3.0, 4.0]])
+  keys = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  np.testing.assert_allclose(
+      retrieval.similarity(query, keys, 'cosine', 0.5), [[1.2, 1.6]], rtol=1e-6
+  )
+  np.testing.assert_allclose(retrieval.similarity(query, keys, 'dot'), [[3.0, 8.0]])
+  with pytest.raises(ValueError, match='equal D'):
+    retrieval.similarity(query, jnp.ones((2, 3)))
+  with pytest.raises(ValueError, match='Unknown similarity'):
+    retrieval.similarity(query, keys, 'l2')
+
+
+@pytest.mark.parametrize('approx', [False, True])
+@pytest.mark.parametrize('num_chunks', [1, 3])
+def test_top_k_finds_the_largest(approx, num_chunks):
+  scores = _scores()
+  values, indices = retrieval.top_k(scores, 4, approx=approx, num_chunks=num_chunks)
+  expected = np.argsort(-np.asarray(scores), axis=-1)[:, :4]
+  np.testing.assert_array_equal(indices, expected)
+  np.testing.assert_allclose(values, np.take_along_axis(np.asarray(scores), expected, -1))
+
+
+@pytest.mark.parametrize('k, chunks, message', [(13, 1, 'top_k must be'), (4, 5, 'must divide'), (5, 3, 'must divide')])
+def test_top_k_rejects_bad_sizes(k, chunks, message):
+  with pytest.raises(ValueError, match=message):
+    retrieval.top_k(_scores(), k, num_chunks=chunks)
+
+
+def test_softmax_weights():
+  scores = _scores()
+  concat = retrieval.retrieve(scores, 3, 'softmax_topk', 'concat')
+  summed = retrieval.retrieve(scores, 3, 'softmax_topk', 'weighted_sum')
+  np.testing.assert_allclose(jnp.sum(concat.weights, -1), 3.0, rtol=1e-6)
+  np.testing.assert_allclose(jnp.sum(summed.weights, -1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(
+      summed.weights, jax.nn.softmax(summed.scores, axis=-1), rtol=1e-6
+  )
+
+
+def test_straight_through_is_hard_forward_soft_backward():
+  scores = _scores()
+  hard = retrieval.retrieve(scores, 3, 'straight_through', 'concat')
+  np.testing.assert_allclose(hard.weights, 1.0, rtol=1e-6)
+
+  def weighted(s, strategy):
+    r = retrieval.retrieve(s, 3, strategy, 'concat')
+    return jnp.sum(r.weights * jnp.arange(3.0))
+
+  np.testing.assert_allclose(
+      jax.grad(weighted)(scores, 'straight_through'),
+      jax.grad(weighted)(scores, 'softmax_topk'),
+      rtol=1e-6,
+  )
+
+
+def test_perturbed_marginals_and_their_gradient():
+  scores = jnp.array([[2.0, 1.0, 0.5, -1.0]])
+  noise = jax.random.normal(jax.random.PRNGKey(0), (1, 4000, 4))
+  marginals = retrieval.perturbed_topk_marginals(scores, noise, 2, 0.5)
+  np.testing.assert_allclose(jnp.sum(marginals), 2.0, rtol=1e-6)
+  assert marginals[0, 0] > marginals[0, 1] > marginals[0, 2] > marginals[0, 3]
+  # The estimator's gradient agrees with finite differences of the smoothed
+  # (fixed-noise) marginal within Monte-Carlo error.
+  cotangent = jnp.array([[0.0, 1.0, 0.0, 0.0]])
+  grad = jax.grad(lambda s: jnp.sum(retrieval.perturbed_topk_marginals(s, noise, 2, 0.5) * cotangent))(scores)
+  eps = 0.1
+  finite = []
+  for m in range(4):
+    delta = jnp.zeros_like(scores).at[0, m].set(eps)
+    up = retrieval.perturbed_topk_marginals(scores + delta, noise, 2, 0.5)[0, 1]
+    down = retrieval.perturbed_topk_marginals(scores - delta, noise, 2, 0.5)[0, 1]
+    finite.append((up - down) / (2 * eps))
+  np.testing.assert_allclose(grad[0], finite, atol=0.08)
+  assert grad[0, 1] > 0 > grad[0, 0]
+
+
+def test_perturbed_needs_rng_and_unknown_names_fail():
+  with pytest.raises(ValueError, match='needs an rng'):
+    retrieval.retrieve(_scores(), 2, 'perturbed_topk')
+  with pytest.raises(ValueError, match='Unknown retrieval strategy'):
+    retrieval.retrieve(_scores(), 2, 'gumbel')
+  with pytest.raises(ValueError, match='Unknown combination'):
+    retrieval.retrieve(_scores(), 2, 'softmax_topk', 'mean')
+
+
+@pytest.mark.parametrize('combine, length', [('concat', 6), ('weighted_sum', 3)])
+def test_combine_values(combine, length):
+  values = jnp.arange(12 * 3 * 2, dtype=jnp.float32).reshape(12, 3, 2)
+  retrieved = retrieval.Retrieved(
+      indices=jnp.array([[4, 7]]), scores=jnp.zeros((1, 2)),
+      weights=jnp.array([[0.25, 0.75]]),
+  )
+  out = retrieval.combine_values(values, retrieved, combine)
+  assert out.shape == (1, length, 2)
+  if combine == 'concat':
+    np.testing.assert_allclose(out[0, :3], 0.25 * values[4])
+    np.testing.assert_allclose(out[0, 3:], 0.75 * values[7])
+  else:
+    np.testing.assert_allclose(out[0], 0.25 * values[4] + 0.75 * values[7])
+
+
+def test_pull_loss_is_zero_for_aligned_keys_and_pulls_them():
+  keys = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+  query = jnp.array([[2.0, 0.0]])
+  assert float(retrieval.pull_loss(query, keys, jnp.array([[0]]))) == pytest.approx(0.0, abs=1e-6)
+  assert float(retrieval.pull_loss(query, keys, jnp.array([[2]]))) == pytest.approx(2.0)
+  grad = jax.grad(lambda k: retrieval.pull_loss(query, k, jnp.array([[1]])))(keys)
+  assert grad[1, 0] < 0  # Moving key 1 towards the query lowers the loss.
+  np.testing.assert_allclose(np.asarray(grad)[[0, 2]], 0.0)
+
+
+def test_balance_loss_prefers_uniform_usage():
+  scores = jnp.zeros((4, 4))
+  uniform = retrieval.balance_loss(scores, jnp.array([[0], [1], [2], [3]]))
+  collapsed = retrieval.balance_loss(scores + jnp.array([5.0, 0, 0, 0]), jnp.zeros((4, 1), jnp.int32))
+  assert float(uniform) == pytest.approx(1.0)
+  assert float(collapsed) > 3.0
