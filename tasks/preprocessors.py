@@ -30,7 +30,11 @@ _KEEP = '_keep'
 
 
 def to_python(value: Any) -> Any:
-  """Numpy values from tf.numpy_function -> str/int/float/bool/list."""
+  """Nests of numpy values (tf.numpy_function) -> str/int/float/bool/list."""
+  if isinstance(value, Mapping):
+    return {k: to_python(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_python(v) for v in value]
   if isinstance(value, np.ndarray):
     if value.ndim == 0:
       return to_python(value.item())

@@ -182,10 +182,19 @@ def clean_instruction(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TemplateCollection:
-  """The templates of one dataset, as read from its JSON file."""
+  """The templates of one dataset, as read from its JSON file.
+
+  Attributes:
+    name: the file's stem.
+    dataset: the source dataset, for reference (e.g. 'super_glue/cb').
+    templates: the templates, in file order.
+    heldout: names of templates kept for zero-shot evaluation only (the
+      optional `heldout_templates` entry).
+  """
   name: str
   dataset: str
   templates: tuple[Template, ...]
+  heldout: tuple[str, ...] = ()
 
   def __getitem__(self, name: str) -> Template:
     for template in self.templates:
@@ -196,6 +205,11 @@ class TemplateCollection:
   @property
   def names(self) -> Sequence[str]:
     return [t.name for t in self.templates]
+
+  @property
+  def seen(self) -> Sequence[str]:
+    """The templates that are not held out."""
+    return [n for n in self.names if n not in self.heldout]
 
 
 def template_path(collection: str) -> str:
@@ -217,7 +231,10 @@ def load(collection: str) -> TemplateCollection:
   names = [t.name for t in templates]
   if len(set(names)) != len(names):
     raise ValueError(f'Duplicate template names in {collection}: {names}')
-  return TemplateCollection(collection, data['dataset'], templates)
+  heldout = tuple(data.get('heldout_templates', ()))
+  if not set(heldout) <= set(names):
+    raise ValueError(f'Unknown held-out templates in {collection}: {heldout}')
+  return TemplateCollection(collection, data['dataset'], templates, heldout)
 
 
 def available() -> list[str]:

@@ -17,6 +17,9 @@ from tasks import preprocessors
 from tasks import prompt_templates
 from tasks import registry
 
+# T0 counts a dataset of more than 500k examples as 500k when mixing.
+MAX_EXAMPLES_PER_DATASET = 500_000
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptedDataset:
@@ -39,6 +42,21 @@ class PromptedDataset:
   @property
   def template_collection(self) -> prompt_templates.TemplateCollection:
     return prompt_templates.load(self.templates)
+
+
+def mixing_rate(num_examples: int, num_templates: int,
+                cap: int = MAX_EXAMPLES_PER_DATASET) -> float:
+  """T0's rate of each of a dataset's template tasks: min(N, cap / T).
+
+  Args:
+    num_examples: N, the size of the dataset's training split.
+    num_templates: T, the number of its templates (one task each).
+    cap: the most examples a dataset counts for.
+
+  Returns:
+    The rate of one template task; the dataset's T tasks sum to min(N T, cap).
+  """
+  return float(min(num_examples, cap / num_templates))
 
 
 def preprocessors_for(

@@ -37,7 +37,6 @@ HELDOUT_MIXTURE = 'spt_t0_heldout'
 
 # T0's recipe: inputs 1024, targets 256; the instruction is short.
 FEATURE_LENGTHS = {'inputs': 1024, 'targets': 256, 'prompt': 64}
-MAX_EXAMPLES_PER_DATASET = 500_000
 
 _TRAIN_VALIDATION = {'train': 'train', 'validation': 'validation'}
 _TRAIN = {'train': 'train'}
@@ -197,19 +196,13 @@ HELDOUT_DATASETS = (
 )
 
 
-def mixing_rate(num_examples: int, num_templates: int,
-                cap: int = MAX_EXAMPLES_PER_DATASET) -> float:
-  """T0's rate of one template task: min(N, cap / number of templates)."""
-  return float(min(num_examples, cap / num_templates))
-
-
 def register() -> None:
   """Registers the T0 tasks and the two mixtures (idempotent)."""
   features = vocab.output_features(vocab.t5_vocabulary())
   train = []
   for dataset in TRAIN_DATASETS:
     names = prompted.register(COLLECTION, dataset, features)
-    rate = mixing_rate(dataset.train_examples, len(names))
+    rate = prompted.mixing_rate(dataset.train_examples, len(names))
     train.extend((name, rate) for name in names)
   registry.add_mixture(TRAIN_MIXTURE, train)
   heldout = []
