@@ -13,7 +13,8 @@ four logical axes, which T5X runs register through
   prompt         soft prompt positions -> replicated
 """
 
-from typing import Any, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -95,3 +96,21 @@ def params_shardings(params_axes: Any, mesh: jax.sharding.Mesh, rules: LogicalRu
 def data_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """Batch arrays split along their leading dimension over `data`."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+
+
+def global_batch(
+    local_batch: Mapping[str, Any], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
+  """Assembles each host's rows of a batch into arrays split over `data`."""
+  sharding = data_sharding(mesh)
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }
+
+
+@contextlib.contextmanager
+def mesh_and_rules(mesh: jax.sharding.Mesh, rules: LogicalRules):
+  """Activates a mesh and logical axis rules for tracing sharded code."""
+  with mesh, nn_partitioning.axis_rules(rules):
+    yield

@@ -7,13 +7,11 @@ prompt) through `optax.multi_transform`, the counterpart of T5X's
 `MultiOptimizer`: the backbone gets no optimizer state and no update.
 """
 
-import contextlib
 import functools
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
 from flax import traverse_util
-from flax.linen import partitioning as nn_partitioning
 import jax
 import jax.numpy as jnp
 import optax
@@ -46,11 +44,20 @@ class TrainState:
     )
 
 
+def is_spt_param(path: str, value: Any = None) -> bool:
+  """Whether a '/'-joined parameter path is SPT's (memory bank, soft prompt).
+
+  Also the `filter_fn` of T5X's `ModelParamTraversal` for a frozen backbone.
+  """
+  del value
+  return path.strip('/').split('/')[0] in SPT_PARAM_GROUPS
+
+
 def param_labels(params: Params) -> Params:
   """'spt' for memory bank and soft prompt leaves, 'backbone' for the rest."""
   flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
   labels = {
-      path: 'spt' if path[0] in SPT_PARAM_GROUPS else 'backbone'
+      path: 'spt' if is_spt_param('/'.join(path)) else 'backbone'
       for path in flat
   }
   return traverse_util.unflatten_dict(labels)
@@ -140,11 +147,8 @@ class ShardedTrainer:
     self.state_shardings = None
     self._train_step = None
 
-  @contextlib.contextmanager
   def _context(self):
-    """Activates the mesh and the logical axis rules for tracing."""
-    with self.mesh, nn_partitioning.axis_rules(self.rules):
-      yield
+    return partitioning.mesh_and_rules(self.mesh, self.rules)
 
   def init_state(
       self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]
@@ -171,10 +175,18 @@ class ShardedTrainer:
     self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
     return state
 
-  def shard_batch(self, batch: Mapping[str, Any]) -> Dict[str, Array]:
-    """Places a host batch on the mesh, split along `data`."""
-    sharding = partitioning.data_sharding(self.mesh)
-    return {k: jax.device_put(jnp.asarray(v), sharding) for k, v in batch.items()}
+  def state_from_params(self, params: Params) -> TrainState:
+    """A fresh state (step 0, new optimizer slots) around given parameters."""
+    create = jax.jit(
+        functools.partial(TrainState.create, optimizer=self.optimizer),
+        in_shardings=(self.state_shardings.params,),
+        out_shardings=self.state_shardings,
+    )
+    return create(params)
+
+  def shard_batch(self, local_batch: Mapping[str, Any]) -> Dict[str, Array]:
+    """This host's rows of a batch, as global arrays split along `data`."""
+    return partitioning.global_batch(local_batch, self.mesh)
 
   def train_step(
       self, state: TrainState, batch: Mapping[str, Array], dropout_rng: Array

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Sets up what is missing and runs SPT.
+#
+#   ./run_t5x.sh                 the embedded default: a tiny SPT and the same
+#                                model without memory, trained and evaluated on
+#                                the offline synthetic mixture (CPU, minutes)
+#   ./run_t5x.sh test [ARGS]     the test suite (pytest ARGS)
+#   ./run_t5x.sh train ARGS      python -m spt_jax.train ARGS (local runner)
+#   ./run_t5x.sh eval ARGS       python -m spt_jax.eval ARGS
+#   ./run_t5x.sh compare ARGS    python -m spt_jax.compare ARGS
+#   ./run_t5x.sh tpu --tpu NAME --zone ZONE [--project P] [--remote_dir DIR]
+#                    [--t5x_module t5x.train] [--dry-run] -- T5X_ARGS
+#                                runs `python3 -m t5x.train T5X_ARGS` on every
+#                                worker of a Cloud TPU VM (T5X must already be
+#                                installed there; see README.md)
+#
+# The virtualenv lives in $SPT_VENV (default: .venv beside this script) and is
+# re-synced whenever a requirements file changes.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="${SPT_VENV:-$REPO/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+die() { echo "run_t5x.sh: $*" >&2; exit 2; }
+
+# Prints a command so that it can be pasted into a shell: words with shell
+# syntax in them are single-quoted.
+print_command() {
+  local word out=()
+  for word in "$@"; do
+    if [[ "$word" =~ ^[A-Za-z0-9_./:=@,+%~-]+$ ]]; then
+      out+=("$word")
+    else
+      out+=("'${word//\'/\'\\\'\'}'")
+    fi
+  done
+  echo "${out[*]}"
+}
+
+# ensure_venv REQUIREMENTS_FILE: creates the venv and installs the file's
+# pins, skipping the install when the pins are unchanged since the last one.
+ensure_venv() {
+  local requirements="$REPO/$1" stamp want
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "Creating $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+  fi
+  stamp="$VENV/.spt-requirements-$(basename "$1").sha256"
+  want="$(cat "$REPO"/requirements*.txt | sha256sum | cut -d' ' -f1)"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "Installing $1 into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r "$requirements"
+    echo "$want" > "$stamp"
+  fi
+}
+
+run_python() {
+  cd "$REPO"
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+  exec "$VENV/bin/python" "$@"
+}
+
+# Prints (with --dry-run) or runs the gcloud command that starts T5X on every
+# worker of a TPU VM, with this repository's gin files on the search path.
+tpu() {
+  local name="" zone="" project="" remote_dir="~/spt" module="t5x.train" dry_run=0
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --tpu) name="$2"; shift 2 ;;
+      --zone) zone="$2"; shift 2 ;;
+      --project) project="$2"; shift 2 ;;
+      --remote_dir) remote_dir="$2"; shift 2 ;;
+      --t5x_module) module="$2"; shift 2 ;;
+      --dry-run) dry_run=1; shift ;;
+      --) shift; break ;;
+      *) die "tpu: unknown option $1 (T5X flags go after --)" ;;
+    esac
+  done
+  [[ -n "$name" ]] || die "tpu: --tpu NAME is required"
+  [[ -n "$zone" ]] || die "tpu: --zone ZONE is required"
+  [[ $# -gt 0 ]] || die "tpu: give the T5X flags after --, e.g. -- --gin_file=gin_configs/t5x/models/spt_t5_1_1_base.gin ..."
+  local project_flag=()
+  [[ -n "$project" ]] && project_flag=(--project="$project")
+  local t5x_args
+  t5x_args="$(printf ' %q' "$@")"
+  local remote="cd $remote_dir && PYTHONPATH=$remote_dir:\${PYTHONPATH:-} python3 -m $module --gin_search_paths=$remote_dir$t5x_args"
+  local copy=(gcloud compute tpus tpu-vm scp --recurse "$REPO/spt_jax" "$REPO/tasks" "$REPO/gin_configs"
+              "$name:$remote_dir" --zone="$zone" --worker=all "${project_flag[@]}")
+  local launch=(gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all "${project_flag[@]}"
+                --command="$remote")
+  if [[ "$dry_run" == 1 ]]; then
+    print_command "${copy[@]}"
+    print_command "${launch[@]}"
+    return 0
+  fi
+  command -v gcloud >/dev/null || die "tpu: gcloud is not installed"
+  gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all "${project_flag[@]}" \
+    --command="mkdir -p $remote_dir"
+  "${copy[@]}"
+  "${launch[@]}"
+}
+
+command="${1:-default}"
+[[ $# -gt 0 ]] && shift
+case "$command" in
+  default)
+    ensure_venv requirements.txt
+    run_python -m spt_jax.compare "$@" ;;
+  test)
+    ensure_venv requirements-test.txt
+    run_python -m pytest -n 2 "$@" ;;
+  train|eval|compare)
+    ensure_venv requirements.txt
+    run_python -m "spt_jax.$command" "$@" ;;
+  tpu)
+    tpu "$@" ;;
+  -h|--help|help)
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *)
+    die "unknown command '$command' (default, test, train, eval, compare, tpu, help)" ;;
+esac

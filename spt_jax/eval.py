@@ -1,0 +1,213 @@
+r"""Evaluation with `seqio.Evaluator`: rank classification and generation.
+
+Score tasks (one row per answer choice) are scored by the summed target
+log-likelihood; generation tasks decode greedily with the cache. Metrics come
+from each task's seqio metric functions, and per-dataset mean and median over
+templates (as T0 reports them) from `tasks.metrics.aggregate_over_templates`.
+
+    python -m spt_jax.eval --gin_file=gin_configs/local/eval.gin \
+      --gin.CHECKPOINT_DIR=/tmp/spt --gin.MIXTURE_OR_TASK_NAME=spt_synthetic_heldout
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Type
+
+from absl import logging
+import gin
+import jax
+import numpy as np
+import seqio
+
+from spt_jax import checkpoints
+from spt_jax import gin_utils
+from spt_jax import models
+from spt_jax import partitioning
+
+# The model features scoring and decoding read from a batch.
+_MODEL_FEATURES = (
+    'encoder_input_tokens',
+    'decoder_input_tokens',
+    'decoder_target_tokens',
+    'decoder_loss_weights',
+    'encoder_prompt_tokens',
+)
+
+
+@dataclasses.dataclass
+class EvalResults:
+  """Metrics per task, and per dataset over its templates."""
+
+  tasks: Dict[str, Dict[str, float]]
+  datasets: Dict[str, Dict[str, Any]]
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _padded_batches(dataset, batch_size: int):
+  """(indices, batch, real rows) from an enumerated dataset, padded to batch_size."""
+  for indices, batch in dataset.batch(batch_size).as_numpy_iterator():
+    real = len(indices)
+    features = {k: v for k, v in batch.items() if k in _MODEL_FEATURES}
+    if real < batch_size:
+      features = {
+          k: np.pad(v, [(0, batch_size - real)] + [(0, 0)] * (v.ndim - 1))
+          for k, v in features.items()
+      }
+    yield indices, features, real
+
+
+class ModelFns:
+  """Jitted scoring and decoding of one model on this host's devices.
+
+  Every host evaluates whole datasets, so parameters are replicated over the
+  local devices and each batch is split over them.
+  """
+
+  def __init__(
+      self,
+      model: models.SptModel,
+      params: Any,
+      batch_size: int,
+      rules: partitioning.LogicalRules = partitioning.default_rules(),
+  ):
+    self.mesh = partitioning.create_mesh(1, jax.local_devices())
+    if batch_size % self.mesh.size:
+      raise ValueError(
+          f'The eval batch size {batch_size} must be a multiple of the '
+          f'{self.mesh.size} local devices.'
+      )
+    self.model = model
+    self.params = jax.device_put(
+        params, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    )
+    self.batch_size = batch_size
+    self.rules = rules
+    self._score = jax.jit(model.score_batch)
+    self._predict = jax.jit(model.predict_batch)
+
+  def _run(self, fn, batch):
+    batch = partitioning.global_batch(batch, self.mesh)
+    with partitioning.mesh_and_rules(self.mesh, self.rules):
+      return np.asarray(jax.device_get(fn(self.params, batch)))
+
+  def score_fn(self, dataset, model_feature_shapes=None):
+    """seqio score_fn: [(index, log-likelihood)] for an enumerated dataset."""
+    del model_feature_shapes
+    results = []
+    for indices, batch, real in _padded_batches(dataset, self.batch_size):
+      scores = self._run(self._score, batch)
+      results.extend(zip(indices[:real].tolist(), scores[:real].tolist()))
+    return results
+
+  def predict_fn(self, dataset, model_feature_shapes=None):
+    """seqio predict_fn: [(index, token ids)] by greedy decoding."""
+    del model_feature_shapes
+    results = []
+    for indices, batch, real in _padded_batches(dataset, self.batch_size):
+      tokens = self._run(self._predict, batch)
+      results.extend(zip(indices[:real].tolist(), tokens[:real].tolist()))
+    return results
+
+
+def _aggregate(task_metrics):
+  # Imported lazily: the task registries are only needed when evaluating.
+  from tasks import metrics as task_metrics_lib  # pylint: disable=g-import-not-at-top
+  return task_metrics_lib.aggregate_over_templates(task_metrics)
+
+
+def evaluate(
+    *,
+    model_fns: ModelFns,
+    mixture_or_task_name: str,
+    feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
+    task_feature_lengths: Optional[Mapping[str, int]] = None,
+    split: str = 'validation',
+    output_dir: Optional[str] = None,
+    step: Optional[int] = None,
+) -> EvalResults:
+  """Evaluates every task of a mixture; writes `eval_results.json` if asked.
+
+  Args:
+    model_fns: the model and parameters to evaluate.
+    mixture_or_task_name: a registered seqio mixture or task.
+    feature_converter_cls: converts task features to model features.
+    task_feature_lengths: feature lengths (None: the longest example).
+    split: dataset split.
+    output_dir: where seqio's JSON logger and the results file go.
+    step: training step, recorded with the metrics.
+
+  Returns:
+    Metrics per task and per dataset (mean and median over templates).
+  """
+  logger_cls = [seqio.JSONLogger] if output_dir else []
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name=mixture_or_task_name,
+      feature_converter=feature_converter_cls(pack=False),
+      eval_split=split,
+      sequence_length=task_feature_lengths,
+      logger_cls=logger_cls,
+      log_dir=output_dir,
+      use_memory_cache=True,
+  )
+  all_metrics, _ = evaluator.evaluate(
+      compute_metrics=True,
+      step=step,
+      predict_fn=model_fns.predict_fn,
+      score_fn=model_fns.score_fn,
+  )
+  task_metrics = {
+      task: {name: float(np.asarray(getattr(v, 'value', v))) for name, v in metrics.items()}
+      for task, metrics in all_metrics.result().items()
+  }
+  results = EvalResults(tasks=task_metrics, datasets=_aggregate(task_metrics))
+  if output_dir:
+    name = 'eval_results.json' if step is None else f'eval_results_{step}.json'
+    with open(os.path.join(output_dir, name), 'w') as f:
+      f.write(results.to_json())
+  return results
+
+
+def run_eval(
+    *,
+    model: models.SptModel,
+    checkpoint_dir: str,
+    mixture_or_task_name: str,
+    feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
+    task_feature_lengths: Optional[Mapping[str, int]] = None,
+    batch_size: int = 32,
+    split: str = 'validation',
+    output_dir: Optional[str] = None,
+    step: Optional[int] = None,
+) -> EvalResults:
+  """Restores a checkpoint of the local runner and evaluates it."""
+  store = checkpoints.TrainCheckpoints(checkpoint_dir)
+  step = store.latest_step() if step is None else step
+  params = store.restore_params(step)
+  results = evaluate(
+      model_fns=ModelFns(model, params, batch_size),
+      mixture_or_task_name=mixture_or_task_name,
+      feature_converter_cls=feature_converter_cls,
+      task_feature_lengths=task_feature_lengths,
+      split=split,
+      output_dir=output_dir or os.path.join(checkpoint_dir, 'eval'),
+      step=step,
+  )
+  logging.info('Evaluation at step %s:\n%s', step, results.to_json())
+  return results
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  # Gin binds the importable module's function, not this `__main__` copy.
+  from spt_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags()
+  print(gin.get_configurable(eval_lib.run_eval)().to_json())
+
+
+if __name__ == '__main__':
+  gin_utils.run(main)

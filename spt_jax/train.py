@@ -1,0 +1,290 @@
+r"""The local runner: train SPT from a gin configuration, without T5X.
+
+The same model gin files as the T5X runs, and T5X's flag conventions:
+
+    python -m spt_jax.train \
+      --gin_file=gin_configs/local/synthetic.gin \
+      --gin.MODEL_DIR=\"/tmp/spt\" --gin.TRAIN_STEPS=2000
+
+Data comes from seqio (packing off), parameters and optimizer state are laid
+out on a ('data', 'model') mesh by the logical axis rules, checkpoints are
+orbax steps under MODEL_DIR/checkpoints (a restarted run resumes from the
+latest one, and its input pipeline skips the batches already seen), metrics go
+to TensorBoard through clu, and a progress bar shows loss and throughput.
+Several hosts run the same command with `--multiprocess` (see
+`jax.distributed.initialize`).
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Type
+
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import gin
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import optax
+import seqio
+import tqdm
+
+from spt_jax import checkpoints
+from spt_jax import eval as eval_lib
+from spt_jax import gin_utils
+from spt_jax import models
+from spt_jax import partitioning
+from spt_jax import trainer
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished run reports."""
+
+  step: int
+  metrics: Dict[str, float]
+  history: list[tuple[int, Dict[str, float]]]
+  eval_results: Optional[eval_lib.EvalResults] = None
+
+
+def check_mixture_or_task(name: str, module: Optional[str] = None) -> None:
+  """Imports the task module and fails early, naming an unknown task."""
+  if module:
+    importlib.import_module(module)
+  try:
+    seqio.get_mixture_or_task(name)
+  except ValueError:
+    mixtures = sorted(seqio.MixtureRegistry.names())
+    raise gin_utils.ConfigError(
+        f'Unknown mixture or task {name!r}. Registered mixtures: '
+        f'{", ".join(mixtures) or "none"} (`python -m tasks.show --list` '
+        f'lists the tasks too).'
+    ) from None
+
+
+def get_train_dataset(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    feature_converter_cls: Type[seqio.FeatureConverter],
+    seed: int,
+):
+  """This host's shard of the shuffled, repeated training batches."""
+  num_hosts = jax.process_count()
+  if batch_size % num_hosts:
+    raise gin_utils.ConfigError(
+        f'BATCH_SIZE={batch_size} must divide over {num_hosts} hosts.'
+    )
+  dataset = seqio.get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths=task_feature_lengths,
+      dataset_split='train',
+      shuffle=True,
+      num_epochs=None,
+      shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=num_hosts),
+      feature_converter=feature_converter_cls(pack=False),
+      seed=seed,
+  )
+  return dataset.batch(batch_size // num_hosts, drop_remainder=True)
+
+
+def _model_input_shapes(dataset) -> Dict[str, tuple]:
+  return {
+      k: (None,) + tuple(spec.shape[1:])
+      for k, spec in dataset.element_spec.items()
+  }
+
+
+def _host_params(params):
+  """Parameters as arrays every host can read (for evaluation)."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(params)
+  return params
+
+
+def train(
+    *,
+    model: models.SptModel,
+    model_dir: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
+    mixture_or_task_module: Optional[str] = None,
+    num_partitions: int = 1,
+    logical_axis_rules: partitioning.LogicalRules = partitioning.default_rules(),
+    checkpoint_period: int = 1000,
+    keep_checkpoints: Optional[int] = 3,
+    log_period: int = 50,
+    random_seed: int = 0,
+    initial_checkpoint_path: Optional[str] = None,
+    eval_mixture_or_task_name: Optional[str] = None,
+    eval_batch_size: int = 64,
+    progress_bar: bool = True,
+) -> TrainResult:
+  """Trains to `train_steps`, resuming from MODEL_DIR; evaluates at the end.
+
+  Args:
+    model: network and loss (`models.SptModel`).
+    model_dir: checkpoints, TensorBoard logs and eval results go here.
+    mixture_or_task_name: the training mixture or task.
+    task_feature_lengths: e.g. {'inputs': 512, 'targets': 64, 'prompt': 32}.
+    train_steps: total steps, counting those of a resumed run.
+    batch_size: global batch size.
+    optimizer: optax optimizer (default: Adafactor, full fine-tuning).
+    feature_converter_cls: task features to model features.
+    mixture_or_task_module: module to import to register the tasks.
+    num_partitions: devices per model replica (the `model` mesh axis).
+    logical_axis_rules: logical -> mesh axis rules.
+    checkpoint_period: steps between checkpoints (one is always written at
+      the end).
+    keep_checkpoints: how many checkpoints to keep (None: all).
+    log_period: steps between metric summaries.
+    random_seed: seeds parameters, dropout and data order.
+    initial_checkpoint_path: parameters to start from when MODEL_DIR has no
+      checkpoint: a `spt_jax.convert_checkpoint` output or another run's
+      MODEL_DIR. Parameters it lacks (e.g. the memory bank) keep their
+      initial values.
+    eval_mixture_or_task_name: evaluated after training if given.
+    eval_batch_size: batch size of that evaluation.
+    progress_bar: show a tqdm progress bar.
+
+  Returns:
+    The final step, the last logged metrics and the evaluation results.
+  """
+  check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
+  if eval_mixture_or_task_name:
+    check_mixture_or_task(eval_mixture_or_task_name)
+  is_chief = jax.process_index() == 0
+  optimizer = optimizer or trainer.create_optimizer()
+  mesh = partitioning.create_mesh(num_partitions)
+  sharded = trainer.ShardedTrainer(model, optimizer, mesh, logical_axis_rules)
+  dataset = get_train_dataset(
+      mixture_or_task_name, task_feature_lengths, batch_size,
+      feature_converter_cls, random_seed,
+  )
+  input_shapes = {
+      k: (batch_size,) + shape[1:]
+      for k, shape in _model_input_shapes(dataset).items()
+  }
+
+  rng = jax.random.PRNGKey(random_seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  state = sharded.init_state(init_rng, input_shapes)
+  store = checkpoints.TrainCheckpoints(model_dir, max_to_keep=keep_checkpoints)
+  start_step = store.latest_step()
+  if start_step is not None:
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        state,
+    )
+    state = store.restore(abstract, start_step)
+    logging.info('Resumed from step %d in %s.', start_step, store.directory)
+  else:
+    start_step = 0
+    if initial_checkpoint_path:
+      state = _with_initial_params(sharded, state, initial_checkpoint_path)
+    store.save(0, state)
+
+  writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, 'train'), just_logging=not is_chief
+  )
+  batches = dataset.skip(start_step).as_numpy_iterator()
+  tokens_per_batch = batch_size * (
+      input_shapes['encoder_input_tokens'][1]
+      + input_shapes['decoder_target_tokens'][1]
+  )
+  metrics_host: Dict[str, float] = {}
+  history = []
+  pending = []
+  bar = tqdm.tqdm(
+      total=train_steps, initial=start_step, desc='train', unit='step',
+      disable=not (progress_bar and is_chief), dynamic_ncols=True,
+  )
+  period_start = time.time()
+  step = start_step
+  for step in range(start_step + 1, train_steps + 1):
+    batch = sharded.shard_batch(next(batches))
+    state, step_metrics = sharded.train_step(state, batch, dropout_rng)
+    pending.append(step_metrics)
+    bar.update(1)
+    if step % log_period == 0 or step == train_steps:
+      metrics_host = {
+          k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+          for k in pending[0]
+      }
+      elapsed = time.time() - period_start
+      metrics_host['steps_per_second'] = len(pending) / elapsed
+      metrics_host['tokens_per_second'] = len(pending) * tokens_per_batch / elapsed
+      writer.write_scalars(step, metrics_host)
+      history.append((step, metrics_host))
+      bar.set_postfix(
+          loss=f'{metrics_host["loss"]:.3f}',
+          tok_s=f'{metrics_host["tokens_per_second"]:.0f}',
+      )
+      pending, period_start = [], time.time()
+    if step % checkpoint_period == 0 or step == train_steps:
+      store.save(step, state)
+  bar.close()
+  writer.flush()
+
+  eval_results = None
+  if eval_mixture_or_task_name:
+    eval_results = eval_lib.evaluate(
+        model_fns=eval_lib.ModelFns(model, _host_params(state.params), eval_batch_size),
+        mixture_or_task_name=eval_mixture_or_task_name,
+        feature_converter_cls=feature_converter_cls,
+        task_feature_lengths=task_feature_lengths,
+        output_dir=os.path.join(model_dir, 'eval') if is_chief else None,
+        step=step,
+    )
+  store.close()
+  return TrainResult(
+      step=step, metrics=metrics_host, history=history, eval_results=eval_results
+  )
+
+
+def _with_initial_params(sharded, state, path):
+  """The state with parameters from `path` put in place (partial restore)."""
+  pretrained = checkpoints.load_params(path)
+  params = checkpoints.merge_params(jax.device_get(state.params), pretrained)
+  return sharded.state_from_params(params)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  if FLAGS.multiprocess:
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.process_count,
+        process_id=FLAGS.process_index,
+    )
+  # Gin binds the importable module's function, not this `__main__` copy.
+  from spt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags()
+  result = gin.get_configurable(train_lib.train)()
+  if jax.process_index() == 0:
+    summary = {'step': result.step, 'metrics': result.metrics}
+    if result.eval_results is not None:
+      summary['eval'] = result.eval_results.datasets
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+if __name__ == '__main__':
+  # Defined here, as in T5X, so that importing this module defines no flags.
+  flags.DEFINE_bool(
+      'multiprocess', False,
+      'Call jax.distributed.initialize() first (one process per host).',
+  )
+  flags.DEFINE_string(
+      'coordinator_address', None, 'host:port of process 0 (--multiprocess).'
+  )
+  flags.DEFINE_integer('process_count', None, 'Processes (--multiprocess).')
+  flags.DEFINE_integer('process_index', None, 'This process (--multiprocess).')
+  FLAGS = flags.FLAGS
+  gin_utils.run(main)

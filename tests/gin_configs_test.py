@@ -1,0 +1,192 @@
+"""Every gin file in gin_configs/ parses and builds what it configures.
+
+Local-runner files are checked everywhere; T5X files only where T5X imports.
+"""
+
+import contextlib
+import glob
+import importlib
+import os
+import sys
+
+import gin
+import jax
+import pytest
+
+from spt_jax import config
+from spt_jax import gin_utils
+from spt_jax import network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL_REQUIRED = [
+    'MODEL_DIR = "/tmp/unused"',
+    'MIXTURE_OR_TASK_NAME = "spt_synthetic_train"',
+    "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8, 'prompt': 16}",
+    'TRAIN_STEPS = 1',
+]
+
+
+@contextlib.contextmanager
+def _clean_gin():
+  gin.clear_config()
+  try:
+    yield
+  finally:
+    gin.clear_config()
+
+
+def _gin_files(folder):
+  return sorted(
+      os.path.relpath(p, REPO)
+      for p in glob.glob(os.path.join(REPO, 'gin_configs', folder, '*.gin'))
+  )
+
+
+def test_every_gin_folder_is_a_package():
+  for folder, _, _ in os.walk(os.path.join(REPO, 'gin_configs')):
+    if '__pycache__' not in folder:
+      assert os.path.exists(os.path.join(folder, '__init__.py')), folder
+
+
+@pytest.mark.parametrize('size', _gin_files('sizes'))
+@pytest.mark.parametrize('spt', _gin_files('spt'))
+def test_local_train_with_every_size_and_spt_setting(size, spt):
+  with _clean_gin():
+    gin_utils.parse_gin(['gin_configs/local/train.gin', size, spt], LOCAL_REQUIRED)
+    net = gin.get_configurable(network.SptTransformer)()
+  name = os.path.basename(size)[:-4]
+  expected = config.T5_1_1_SIZES[name]
+  assert {k: getattr(net.config, k) for k in expected} == expected
+  assert net.config.vocab_size == 32128
+  if spt.endswith('no_memory.gin'):
+    assert net.spt.prefix_length == 0
+  elif spt.endswith('prompt_tuning.gin'):
+    assert (net.spt.num_memories, net.spt.soft_prompt_length) == (0, 40)
+  elif spt.endswith('defaults.gin'):
+    assert (net.spt.num_memories, net.spt.memory_length, net.spt.top_k) == (256, 10, 4)
+
+
+@pytest.mark.parametrize('files', [
+    ['gin_configs/local/synthetic.gin'],
+    ['gin_configs/local/synthetic.gin', 'gin_configs/local/frozen_backbone.gin'],
+])
+def test_local_run_files_build_a_runnable_model(files):
+  with _clean_gin():
+    gin_utils.parse_gin(files, ['MODEL_DIR = "/tmp/unused"'])
+    net = gin.get_configurable(network.SptTransformer)()
+    trainable = gin.query_parameter('%TRAINABLE')
+  assert net.config.vocab_size == 512 and net.spt.num_memories == 32
+  assert trainable == ('spt_only' if len(files) == 2 else 'all')
+  variables = net.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 8), int),
+                       jax.numpy.ones((1, 4), int), jax.numpy.ones((1, 4), int),
+                       enable_dropout=False)
+  assert 'memory_bank' in variables['params']
+
+
+def test_local_eval_file_parses():
+  with _clean_gin():
+    gin_utils.parse_gin(
+        ['gin_configs/local/eval.gin', 'gin_configs/sizes/tiny.gin'],
+        ['CHECKPOINT_DIR = "/tmp/unused"', 'MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"'],
+    )
+    assert gin.query_parameter('%EVAL_BATCH_SIZE') == 64
+    assert gin.query_parameter('%CHECKPOINT_DIR') == '/tmp/unused'
+    net = gin.get_configurable(network.SptTransformer)()
+  assert net.config.emb_dim == config.T5_1_1_SIZES['tiny']['emb_dim']
+
+
+def test_missing_gin_file_is_named():
+  with _clean_gin(), pytest.raises(gin_utils.ConfigError, match='no_such.gin'):
+    gin_utils.parse_gin(['gin_configs/local/no_such.gin'])
+
+
+# ---- T5X ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _as_main(module_name):
+  """T5X run files import `__main__` as the T5X script they configure."""
+  saved = sys.modules['__main__']
+  sys.modules['__main__'] = importlib.import_module(module_name)
+  try:
+    yield
+  finally:
+    sys.modules['__main__'] = saved
+
+
+def _parse_t5x(files, bindings, script, monkeypatch):
+  t5x = pytest.importorskip('t5x')
+  from t5x import gin_utils as t5x_gin_utils  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  vocab = os.path.join(os.path.dirname(seqio.__file__), 'test_data/sentencepiece/sentencepiece.model')
+  t5x_root = os.path.dirname(os.path.dirname(t5x.__file__))
+  # The offline test vocabulary stands in for T5's (read when models are built).
+  monkeypatch.setenv('SPT_VOCAB_PATH', vocab)
+  with _as_main(script):
+    t5x_gin_utils.parse_gin_flags([REPO, t5x_root], files, bindings)
+
+
+T5X_MODELS = _gin_files('t5x/models')
+
+
+@pytest.mark.parametrize('model_file', T5X_MODELS)
+def test_t5x_model_files(model_file, monkeypatch):
+  pytest.importorskip('t5x')
+  from spt_jax import t5x_models  # pylint: disable=g-import-not-at-top
+  with _clean_gin():
+    _parse_t5x([model_file], [], 't5x.train', monkeypatch)
+    model = gin.get_configurable(t5x_models.SptEncoderDecoderModel)()
+  assert isinstance(model.module, network.SptTransformer)
+  assert model.module.spt.num_memories == 256
+  size = os.path.basename(model_file)[len('spt_t5_1_1_'):-4]
+  if size in config.T5_1_1_SIZES:
+    assert model.module.config.emb_dim == config.T5_1_1_SIZES[size]['emb_dim']
+
+
+@pytest.mark.parametrize('run_file, script, bindings', [
+    ('gin_configs/t5x/runs/spt_finetune.gin', 't5x.train',
+     ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']),
+    ('gin_configs/t5x/runs/spt_finetune_frozen.gin', 't5x.train',
+     ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']),
+    ('gin_configs/t5x/runs/spt_eval.gin', 't5x.eval',
+     ['CHECKPOINT_PATH = "/tmp/ckpt"', 'EVAL_OUTPUT_DIR = "/tmp/unused"']),
+    ('gin_configs/t5x/runs/spt_infer.gin', 't5x.infer',
+     ['MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"', 'CHECKPOINT_PATH = "/tmp/ckpt"',
+      'INFER_OUTPUT_DIR = "/tmp/unused"']),
+])
+def test_t5x_run_files(run_file, script, bindings, monkeypatch):
+  pytest.importorskip('t5x')
+  from t5x import partitioning as t5x_partitioning  # pylint: disable=g-import-not-at-top
+  from t5x import utils  # pylint: disable=g-import-not-at-top
+  with _clean_gin():
+    _parse_t5x(
+        ['gin_configs/t5x/models/spt_t5_1_1.gin', 'gin_configs/sizes/tiny.gin', run_file],
+        bindings, script, monkeypatch,
+    )
+    rules = gin.get_configurable(t5x_partitioning.standard_logical_axis_rules)()
+    assert ('memory', 'data') in rules
+    assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'tasks'
+    if 'finetune' in run_file:
+      assert gin.query_parameter('train/utils.DatasetConfig.pack') is False
+      restore = gin.get_configurable(utils.RestoreCheckpointConfig)()
+      assert restore.fallback_to_scratch
+      assert restore.assignment_map == ((r'^.*(memory_bank|soft_prompt).*$', None),)
+    if 'frozen' in run_file:
+      _check_frozen_optimizer()
+
+
+def _check_frozen_optimizer():
+  """The MultiOptimizer gives optimizer state to SPT parameters only."""
+  from spt_jax import t5x_models  # pylint: disable=g-import-not-at-top
+  from t5x import optimizers  # pylint: disable=g-import-not-at-top
+  from t5x import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+  model = gin.get_configurable(t5x_models.SptEncoderDecoderModel)()
+  assert isinstance(model.optimizer_def, optimizers.MultiOptimizer)
+  shapes = {'encoder_input_tokens': (2, 8), 'decoder_input_tokens': (2, 4),
+            'decoder_target_tokens': (2, 4)}
+  variables = model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+  state = train_state_lib.FlaxOptimTrainState.create(model.optimizer_def, variables)
+  states = state.param_states
+  trained = {k for k, v in states.items() if any(
+      x is not None and getattr(x, 'size', 0) for x in jax.tree.leaves(v))}
+  assert trained == {'memory_bank'}

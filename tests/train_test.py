@@ -1,0 +1,147 @@
+"""The local runner end to end on the offline mixture: train, resume, evaluate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from spt_jax import checkpoints
+from spt_jax import gin_utils
+from spt_jax import train as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_RUN = [
+    'BATCH_SIZE = 8',
+    'LOG_PERIOD = 5',
+    'EVAL_MIXTURE_OR_TASK_NAME = None',
+]
+
+
+def _train(model_dir, *bindings, files=('gin_configs/local/synthetic.gin',)):
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(
+        list(files),
+        SMALL_RUN + [f'MODEL_DIR = "{model_dir}"'] + list(bindings),
+    )
+    return gin.get_configurable(train_lib.train)(progress_bar=False)
+  finally:
+    gin.clear_config()
+
+
+def _cli(model_dir, *bindings, env_devices=None):
+  """`python -m spt_jax.train` as a subprocess (argv, env)."""
+  argv = [sys.executable, '-m', 'spt_jax.train',
+          '--gin_file=gin_configs/local/synthetic.gin',
+          f'--gin.MODEL_DIR="{model_dir}"']
+  argv += [f'--gin.{b.replace(" = ", "=")}' for b in SMALL_RUN + list(bindings)]
+  env = dict(os.environ)
+  if env_devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={env_devices}'
+  return argv, env
+
+
+def test_train_checkpoint_resume_and_evaluate(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  first = _train(model_dir, 'TRAIN_STEPS = 40', 'CHECKPOINT_PERIOD = 20')
+  assert first.step == 40
+  losses = [m['loss'] for _, m in first.history]
+  assert losses[-1] < losses[0] - 0.5, losses
+  assert sorted(os.listdir(os.path.join(model_dir, 'checkpoints'))) == ['0', '20', '40']
+  assert os.listdir(os.path.join(model_dir, 'train'))  # TensorBoard events.
+
+  resumed = _train(
+      model_dir, 'TRAIN_STEPS = 50', 'CHECKPOINT_PERIOD = 20',
+      'EVAL_MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout_tasks"',
+  )
+  assert [step for step, _ in resumed.history] == [45, 50]
+  assert resumed.history[0][1]['loss'] < losses[0]
+  datasets = resumed.eval_results.datasets
+  assert set(datasets) == {'category_last', 'cipher_first'}
+  for stats in datasets.values():
+    assert 0.0 <= stats['median'] <= 100.0 and stats['num_templates'] == 4
+  with open(os.path.join(model_dir, 'eval', 'eval_results_50.json')) as f:
+    assert json.load(f)['datasets'].keys() == datasets.keys()
+
+
+def test_frozen_backbone_changes_only_spt_parameters(tmp_path):
+  model_dir = str(tmp_path / 'frozen')
+  _train(model_dir, 'TRAIN_STEPS = 5',
+         files=('gin_configs/local/synthetic.gin', 'gin_configs/local/frozen_backbone.gin'))
+  store = checkpoints.TrainCheckpoints(model_dir)
+  before, after = store.restore_params(0), store.restore_params(5)
+  for group in before:
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group]))
+    ]
+    if group == 'memory_bank':
+      assert all(changed)
+    else:
+      assert not any(changed), f'{group} changed with a frozen backbone'
+
+
+def test_sharded_run_matches_a_single_device_run(tmp_path):
+  """8 fake devices (data 4 x model 2) in-process vs 1 device in a subprocess."""
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  bindings = ['TRAIN_STEPS = 10', 'DROPOUT_RATE = 0.0']
+  sharded = _train(str(tmp_path / 'sharded'), *bindings, 'NUM_PARTITIONS = 2')
+  argv, env = _cli(str(tmp_path / 'single'), *bindings, env_devices=1)
+  out = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, check=True)
+  single = json.loads(out.stdout[out.stdout.index('{'):])
+  assert single['step'] == sharded.step == 10
+  np.testing.assert_allclose(sharded.metrics['loss'], single['metrics']['loss'], rtol=1e-4)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+  model_dir = str(tmp_path / 'killed')
+  argv, env = _cli(model_dir, 'TRAIN_STEPS = 100000', 'CHECKPOINT_PERIOD = 5')
+  process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  checkpoint_dir = os.path.join(model_dir, 'checkpoints')
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      if os.path.isdir(os.path.join(checkpoint_dir, '10')):
+        break
+      time.sleep(0.5)
+    else:
+      pytest.fail('no checkpoint at step 10 within 4 minutes')
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  last = checkpoints.TrainCheckpoints(model_dir).latest_step()
+  assert last >= 10
+  resumed = _train(model_dir, f'TRAIN_STEPS = {last + 5}', 'CHECKPOINT_PERIOD = 5')
+  assert resumed.history[0][0] == last + 5
+  assert resumed.step == last + 5
+
+
+def test_missing_macro_is_named():
+  gin.clear_config()
+  try:
+    with pytest.raises(gin_utils.ConfigError, match='MODEL_DIR'):
+      gin_utils.parse_gin(['gin_configs/local/train.gin'], [
+          'MIXTURE_OR_TASK_NAME = "spt_synthetic_train"', 'TRAIN_STEPS = 1',
+          "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 8}",
+      ])
+  finally:
+    gin.clear_config()
+
+
+def test_unknown_task_fails_at_start_with_its_name(tmp_path):
+  argv, env = _cli(str(tmp_path / 'x'), 'MIXTURE_OR_TASK_NAME = "no_such_mixture"',
+                   'TRAIN_STEPS = 1')
+  out = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 2
+  assert "Unknown mixture or task 'no_such_mixture'" in out.stderr
+  assert 'Traceback' not in out.stderr
+  assert not os.path.exists(tmp_path / 'x' / 'checkpoints')
