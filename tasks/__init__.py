@@ -1,0 +1,31 @@
+"""SeqIO tasks and mixtures of SPT (semi-parametric prompt tuning).
+
+Importing `tasks` registers every task and mixture (T5X:
+`MIXTURE_OR_TASK_MODULE = 'tasks'`); nothing is downloaded or read until a
+dataset is requested. Mixtures:
+
+  spt_t0_train                     T0's multitask prompted training mixture
+  spt_t0_heldout                   T0's held-out datasets, rank classification
+  spt_glue                         GLUE, for SPT pretraining
+  spt_super_glue, spt_super_glue_<dataset>   SuperGLUE fine-tuning
+  spt_synthetic_train              offline synthetic mixture (training)
+  spt_synthetic_seen               ... its seen templates, rank classification
+  spt_synthetic_heldout_templates  ... held-out templates, rank classification
+  spt_synthetic_heldout_tasks      ... held-out task families, rank classif.
+  spt_synthetic_heldout            ... both held-out sets, rank classification
+  spt_synthetic_heldout_gen        ... both held-out sets, generation
+
+Tasks are named `<collection>__<dataset>__<template>[__score]`
+(`tasks.registry.template_info` reads the name back). Every task outputs
+`inputs`, `targets` and `prompt` (the template's instruction, SPT's retrieval
+query), int32 token ids ending in EOS; `__score` tasks add `idx` int32 [2] and
+`is_correct` bool, one row per answer choice. Feature lengths:
+`tasks.t0.FEATURE_LENGTHS`, `tasks.glue.FEATURE_LENGTHS`,
+`tasks.super_glue.FEATURE_LENGTHS`, `tasks.synthetic.SYNTHETIC_FEATURE_LENGTHS`.
+Models read them through `tasks.feature_converters.SptEncDecFeatureConverter`.
+List them with `python -m tasks.show --list`.
+"""
+from tasks import glue
+from tasks import super_glue
+from tasks import synthetic
+from tasks import t0

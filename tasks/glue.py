@@ -11,6 +11,7 @@ Registered names:
 * `spt_glue`: their mixture, example-proportional (capped as in T0).
 """
 import functools
+from typing import Any, Callable
 
 from tasks import metrics
 from tasks import prompt_templates
@@ -27,7 +28,7 @@ _SPLITS = {'train': 'train', 'validation': 'validation'}
 _MNLI_SPLITS = {'train': 'train', 'validation': 'validation_matched',
                 'validation_mismatched': 'validation_mismatched'}
 
-# (GLUE config, training examples, metric functions on label indices).
+# GLUE config -> (training examples, metric functions on label indices).
 _CONFIGS = {
     'cola': (8_551, (metrics.matthews_corrcoef, metrics.accuracy)),
     'sst2': (67_349, (metrics.accuracy,)),
@@ -51,7 +52,8 @@ DATASETS = tuple(
     for config, (size, _) in _CONFIGS.items())
 
 
-def label_postprocessor(template: prompt_templates.Template):
+def label_postprocessor(
+    template: prompt_templates.Template) -> Callable[..., Any]:
   """Text -> label index among the template's choices (STS-B: a float)."""
   if template.fixed_answer_choices is None:
     return metrics.string_to_float
@@ -69,7 +71,7 @@ def register() -> None:
     names = prompted.register(
         COLLECTION, dataset, features,
         postprocess_fn=label_postprocessor,
-        metric_fns=lambda _, m=metric_fns: m)
+        metric_fns=metric_fns)
     rate = prompted.mixing_rate(dataset.train_examples, len(names))
     mixture.extend((name, rate) for name in names)
   registry.add_mixture(MIXTURE, mixture)

@@ -37,7 +37,8 @@ TEMPLATES_DIR = os.path.join(
 SEPARATOR = '|||'
 
 _ENV = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    undefined=jinja2.StrictUndefined, autoescape=False,
+    keep_trailing_newline=False)
 
 
 class _NoAnswer(Exception):
@@ -123,7 +124,7 @@ class Template:
       context['answer_choices'] = _Choices(self.fixed_answer_choices)
     try:
       text = _compile(source, blank=True).render(**context)
-    except (jinja2.TemplateError, TypeError) as e:
+    except (jinja2.TemplateError, TypeError, ValueError) as e:
       raise ValueError(
           f'Cannot derive the instruction of template {self.name!r} by '
           f'blanking its fields ({e}); give it an explicit "instruction".'
@@ -146,14 +147,17 @@ class Template:
     if self.answer_choices is not None:
       choices = _Choices(
           _split_choices(_compile(self.answer_choices).render(**context)))
+    # The halves render separately, so data containing `|||` is harmless.
+    input_source, target_source = split_source(self.jinja)
     try:
-      text = _compile(self.jinja).render(**context, answer_choices=choices)
+      inputs, targets = (
+          _compile(source).render(**context, answer_choices=choices).strip()
+          for source in (input_source, target_source))
     except _NoAnswer:
       return None
-    parts = text.split(SEPARATOR)
-    if len(parts) != 2 or not parts[1].strip():
+    if not targets:
       return None
-    return Rendered(parts[0].strip(), parts[1].strip(), tuple(choices))
+    return Rendered(inputs, targets, tuple(choices))
 
 
 def split_source(jinja: str) -> tuple[str, str]:
@@ -239,5 +243,5 @@ def load(collection: str) -> TemplateCollection:
 
 def available() -> list[str]:
   """The names of every template collection in `tasks/templates/`."""
-  return sorted(
-      f[:-len('.json')] for f in os.listdir(TEMPLATES_DIR) if f.endswith('.json'))
+  return sorted(f[:-len('.json')] for f in os.listdir(TEMPLATES_DIR)
+                if f.endswith('.json'))

@@ -82,12 +82,9 @@ def register(
     dataset: PromptedDataset,
     output_features: Mapping[str, seqio.Feature],
     score: bool = False,
-    template_names: Optional[Sequence[str]] = None,
     postprocess_fn: Optional[
         Callable[[prompt_templates.Template], Callable[..., Any]]] = None,
-    metric_fns: Optional[
-        Callable[[prompt_templates.Template], Sequence[Callable[..., Any]]]
-    ] = None,
+    metric_fns: Sequence[Callable[..., Any]] = (),
 ) -> list[str]:
   """Registers a task per template of `dataset`; returns their names.
 
@@ -95,26 +92,23 @@ def register(
     collection: the first part of the task names (e.g. 'spt_t0').
     dataset: the dataset and its templates.
     output_features: `inputs`, `targets`, `prompt` features.
-    score: register rank-classification tasks (scored, `__score` names).
-    template_names: a subset of the templates; None registers them all.
-    postprocess_fn: template -> postprocessor, for generation metrics.
-    metric_fns: template -> metric functions, for generation metrics.
+    score: register rank-classification tasks (scored, `__score` names)
+      instead of generation tasks.
+    postprocess_fn: template -> postprocessor of generation tasks.
+    metric_fns: the metric functions of generation tasks.
 
   Returns:
     The registered task names, in template order.
   """
-  collection_ = dataset.template_collection
   names = []
-  for template in collection_.templates:
-    if template_names is not None and template.name not in template_names:
-      continue
+  for template in dataset.template_collection.templates:
     name = registry.task_name(collection, dataset.name, template.name, score)
     if score:
       postprocess = metrics.rank_classification_postprocessor
       task_metrics = [metrics.rank_classification_accuracy]
     else:
       postprocess = postprocess_fn(template) if postprocess_fn else None
-      task_metrics = list(metric_fns(template)) if metric_fns else []
+      task_metrics = list(metric_fns)
     registry.add_task(
         name,
         source=dataset.source,

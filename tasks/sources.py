@@ -12,11 +12,11 @@
 When the data is missing both raise `DataNotFoundError` naming the dataset and
 how to provide it, instead of an error from deep inside TFDS or tf.data.
 """
-import glob
 import json
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -64,11 +64,11 @@ class TfdsSource(seqio.TfdsDataSource):
   def _not_found(self, split: str, error: Exception) -> DataNotFoundError:
     name = self.tfds_dataset.name.split(':')[0]
     data_dir = self.tfds_dataset.data_dir or os.environ.get(
-        'TFDS_DATA_DIR', '~/tensorflow_datasets')
-    how = (f'  tfds build {name} --data_dir={data_dir}')
+        'TFDS_DATA_DIR', tfds.core.constants.DATA_DIR)
+    how = f'  tfds build {name} --data_dir={data_dir}'
     if self._manual_download:
-      how += (' --manual_dir=<dir with the files>  (this dataset needs a manual '
-              'download; `tfds build` prints where to get the files)')
+      how += (' --manual_dir=<dir with the files>  (this dataset needs a '
+              'manual download; `tfds build` prints where to get the files)')
     first_line = str(error).strip().splitlines()[0] if str(error) else ''
     return DataNotFoundError(
         f"TFDS dataset '{self.tfds_dataset.name}' (split '{split}') is not "
@@ -160,48 +160,56 @@ class LocalSource(seqio.DataSource):
     """('jsonl' | 'tfrecord', files) of the split; raises when none exist."""
     data_dir = self._data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
-      folder = os.path.join(os.path.expanduser(data_dir), self._name)
-      jsonl = os.path.join(folder, f'{split}.jsonl')
+      where = os.path.join(os.path.expanduser(data_dir), self._name)
+      unset = ''
+      jsonl = os.path.join(where, f'{split}.jsonl')
       if tf.io.gfile.exists(jsonl):
         return 'jsonl', [jsonl]
       records = sorted(
-          tf.io.gfile.glob(os.path.join(folder, f'{split}.tfrecord*')))
+          tf.io.gfile.glob(os.path.join(where, f'{split}.tfrecord*')))
       if records:
         return 'tfrecord', records
-    where = (os.path.join(data_dir, self._name) if data_dir else
-             f'${DATA_DIR_ENV}/{self._name} (${DATA_DIR_ENV} is not set)')
+    else:
+      where = f'${DATA_DIR_ENV}/{self._name}'
+      unset = f' (${DATA_DIR_ENV} is not set)'
     fields = ', '.join(f'{p} ({t})' for p, t in self._fields.items())
     export = (
         f'  datasets.load_dataset({self._hf_name}, split={split!r})'
         f".to_json('<{DATA_DIR_ENV}>/{self._name}/{split}.jsonl')")
     raise DataNotFoundError(
         f"Dataset '{self._name}' (split '{split}') not found: expected "
-        f'{where}/{split}.jsonl or {split}.tfrecord*. TFDS does not have it; '
-        f'export it from Hugging Face as JSON lines:\n{export}\n'
-        f'and set ${DATA_DIR_ENV}. Fields read: {fields}.')
+        f'{where}/{split}.jsonl or {where}/{split}.tfrecord*{unset}. TFDS '
+        f'does not have it; export it from Hugging Face as JSON lines:\n'
+        f'{export}\nand set ${DATA_DIR_ENV}. Fields read: {fields}.')
 
   def list_shards(self, split: str) -> Sequence[str]:
     return self._files(split)[1]
 
-  def _signature(self) -> dict[str, Any]:
-    return _nest({
-        p: tf.TensorSpec(_DTYPES[t][1], _DTYPES[t][0])
-        for p, t in self._fields.items()})
+  def _parse_json(self, line: tf.Tensor) -> dict[str, tf.Tensor]:
+    """One JSON line -> the declared fields (missing ones empty/zero)."""
+    paths = list(self._fields)
+    kinds = [_DTYPES[self._fields[p]] for p in paths]
 
-  def _read_jsonl(self, path: str) -> Iterator[dict[str, Any]]:
-    with tf.io.gfile.GFile(path) as f:
-      for line in f:
-        if not line.strip():
-          continue
-        record = json.loads(line)
-        flat = {}
-        for p, t in self._fields.items():
-          value = _lookup(record, p)
-          dtype, shape = _DTYPES[t]
-          if value is None:
-            value = [] if shape else _DEFAULTS[dtype]
-          flat[p] = value
-        yield _nest(flat)
+    def parse(line_bytes: bytes) -> list[np.ndarray]:
+      record = json.loads(line_bytes)
+      values = []
+      for path, (dtype, shape) in zip(paths, kinds):
+        value = _lookup(record, path)
+        if value is None:
+          value = [] if shape else _DEFAULTS[dtype]
+        if dtype == tf.string:
+          value = ([v.encode('utf-8') for v in value] if shape else
+                   value.encode('utf-8'))
+          values.append(np.array(value, dtype=object))
+        else:
+          values.append(np.array(value, dtype=dtype.as_numpy_dtype))
+      return values
+
+    values = tf.numpy_function(
+        parse, [line], [dtype for dtype, _ in kinds], stateful=False)
+    for value, (_, shape) in zip(values, kinds):
+      value.set_shape(shape)
+    return _nest(dict(zip(paths, values)))
 
   def _parse_tfrecord(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     spec = {}
@@ -237,9 +245,9 @@ class LocalSource(seqio.DataSource):
     if shard_info:
       files = files[shard_info.index::shard_info.num_shards]
     if kind == 'jsonl':
-      return tf.data.Dataset.from_generator(
-          lambda: self._read_jsonl(files[0]),
-          output_signature=self._signature())
+      lines = tf.data.TextLineDataset(files).filter(
+          lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
+      return lines.map(self._parse_json, num_parallel_calls=tf.data.AUTOTUNE)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
       ds = ds.shuffle(len(files), seed=seed)
@@ -249,7 +257,7 @@ class LocalSource(seqio.DataSource):
 
 def write_tfrecord(path: str, examples: Sequence[Mapping[str, Any]],
                    fields: Mapping[str, str]) -> None:
-  """Writes examples (nested dicts) as tf.train.Example keyed by dotted paths."""
+  """Writes examples (nested dicts) as tf.train.Examples keyed by paths."""
 
   def feature(value, kind):
     values = value if _DTYPES[kind][1] else [value]

@@ -82,7 +82,7 @@ def register() -> None:
     names = prompted.register(
         COLLECTION, dataset, features,
         postprocess_fn=postprocess_fn,
-        metric_fns=lambda _, m=metric_fns: m)
+        metric_fns=metric_fns)
     registry.add_mixture(f'{MIXTURE}_{config}', names, default_rate=1.0)
     rate = prompted.mixing_rate(dataset.train_examples, len(names))
     everything.extend((name, rate) for name in names)

@@ -4,9 +4,10 @@ Registered names (see `tasks.registry` for the naming scheme):
 
 * `spt_t0__<dataset>__<template>`: one training task per template of each
   T0 training dataset (splits `train`, and `validation` where it exists).
-* `spt_t0_train`: their mixture. Rates follow T0: example-proportional, with
-  datasets of more than 500k examples counted as 500k; the rate of each of a
-  dataset's T templates is min(N, 500k / T).
+* `spt_t0_train`: their mixture. Rates follow T0: example-proportional over
+  prompted examples, a dataset of N examples and T templates counting as at
+  most 500k: each of its T template tasks has rate min(N, 500k / T)
+  (`tasks.prompted.mixing_rate`; N is the training-split size listed below).
 * `spt_t0__<dataset>__<template>__score`: one rank-classification task per
   template of each held-out dataset (split `validation`): one row per answer
   choice, accuracy of the best-scored choice.

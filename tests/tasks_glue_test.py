@@ -1,0 +1,72 @@
+"""Tests of the prompted GLUE tasks on mocked TFDS data."""
+import importlib
+
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+import tasks  # pylint: disable=unused-import
+from tasks import feature_converters
+from tasks import glue
+from tasks import registry
+from tasks import vocab
+from tests import tasks_test_utils as tu
+
+
+@pytest.mark.parametrize('dataset', glue.DATASETS, ids=lambda d: d.name)
+def test_glue_task(dataset):
+  template = dataset.template_collection.templates[-1]
+  task = tu.offline_task(
+      registry.task_name(glue.COLLECTION, dataset.name, template.name))
+
+  examples = tu.preprocess(
+      task, tu.mocked_source_dataset(task, 'validation', num_examples=4))
+
+  assert len(examples) == 4
+  for example in examples:
+    tu.check_prompted(example, template.instruction)
+  targets, results = tu.score_own_targets(task, examples)
+  if dataset.name == 'glue_stsb':
+    assert all(0 <= t <= 5 for t in targets)
+    assert set(results) == {'pearson_corrcoef', 'spearman_corrcoef'}
+  else:
+    assert all(0 <= t < len(template.fixed_answer_choices) for t in targets)
+    assert results['accuracy'] == 100.0
+  if dataset.name == 'glue_cola':
+    assert 'mcc' in results
+  if dataset.name in ('glue_mrpc', 'glue_qqp'):
+    assert 'f1' in results
+
+
+def test_glue_mixture():
+  mixture = seqio.get_mixture_or_task(glue.MIXTURE)
+  assert len(mixture.tasks) == 27
+  rates = {registry.template_info(t.name)[0]: mixture.get_rate(t)
+           for t in mixture.tasks}
+  assert rates['glue_qqp'] == pytest.approx(500_000 / 3)
+  assert rates['glue_rte'] == 2_490
+  mnli = seqio.get_mixture_or_task(
+      registry.task_name(glue.COLLECTION, 'glue_mnli', 'premise_entails'))
+  assert set(mnli.splits) == {'train', 'validation', 'validation_mismatched'}
+
+
+def test_glue_mixture_batches_for_the_model(monkeypatch):
+  monkeypatch.setenv(vocab.VOCAB_PATH_ENV, tu.TEST_VOCAB_PATH)
+  importlib.reload(glue)
+  try:
+    with tfds.testing.mock_data(num_examples=2):
+      ds = seqio.get_dataset(
+          glue.MIXTURE, tu.LENGTHS, dataset_split='train', shuffle=False,
+          batch_size=8,
+          feature_converter=feature_converters.SptEncDecFeatureConverter())
+      batches = list(ds.as_numpy_iterator())
+  finally:
+    monkeypatch.delenv(vocab.VOCAB_PATH_ENV)
+    importlib.reload(glue)
+
+  assert batches
+  for batch in batches:
+    assert batch['encoder_input_tokens'].shape == (8, tu.LENGTHS['inputs'])
+    assert batch['encoder_prompt_tokens'].shape == (8, tu.LENGTHS['prompt'])
+    assert batch['decoder_target_tokens'].shape == (8, tu.LENGTHS['targets'])
+    assert (batch['encoder_prompt_tokens'] == 1).sum() == 8  # One EOS each.
