@@ -16,6 +16,7 @@ import statistics
 from typing import Dict, Mapping, Sequence, Tuple
 
 from absl import flags
+from absl import logging
 import gin
 import jax
 
@@ -96,6 +97,9 @@ def results_table(results: Mapping[str, train_lib.TrainResult]) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  if not FLAGS['verbosity'].present:
+    # Progress bars and the table; --verbosity=0 shows the runner's logs.
+    logging.set_verbosity(logging.WARNING)
   variants = [parse_variant(v) for v in FLAGS.variant or DEFAULT_VARIANTS]
   gin_files = FLAGS.gin_file or ['gin_configs/local/synthetic.gin']
   results = {

@@ -328,7 +328,6 @@ class Embed(nn.Module):
   dtype: DType = jnp.float32
   attend_dtype: Optional[DType] = None
   embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
-  one_hot: bool = False
 
   def setup(self):
     self.embedding = param_with_axes(
@@ -343,14 +342,7 @@ class Embed(nn.Module):
     """[B, T] int -> [B, T, H]."""
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
       raise ValueError(f'Token ids must be integers, got {inputs.dtype}.')
-    embedding = jnp.asarray(self.embedding, self.dtype)
-    if self.one_hot:
-      # A one-hot matmul partitions better than a gather on TPU meshes.
-      iota = lax.iota(jnp.int32, self.num_embeddings)
-      one_hot = jnp.asarray(inputs[..., None] == iota, self.dtype)
-      output = jnp.dot(one_hot, embedding)
-    else:
-      output = embedding[inputs]
+    output = jnp.asarray(self.embedding, self.dtype)[inputs]
     return with_sharding_constraint(output, ('batch', 'length', 'embed'))
 
   def attend(self, query: Array) -> Array:
