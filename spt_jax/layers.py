@@ -412,9 +412,10 @@ class RelativePositionBiases(nn.Module):
     )
     table = jnp.asarray(table, self.dtype)
     # A one-hot contraction instead of a gather: cheap, and shards over heads.
-    one_hot = jnp.asarray(
-        buckets[..., None] == np.arange(self.num_buckets), self.dtype
-    )
+    # Only the int32 [Q, K] buckets are a constant; the one-hot is built on
+    # the device, so long sequences do not embed a [Q, K, buckets] constant.
+    iota = lax.broadcasted_iota(jnp.int32, (1, 1, self.num_buckets), 2)
+    one_hot = jnp.asarray(jnp.asarray(buckets)[..., None] == iota, self.dtype)
     bias = jnp.einsum('nb,qkb->nqk', table, one_hot)
     return bias[None]
 
