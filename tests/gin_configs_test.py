@@ -75,7 +75,7 @@ def test_local_run_files_build_a_runnable_model(files):
     gin_utils.parse_gin(files, ['MODEL_DIR = "/tmp/unused"'])
     net = gin.get_configurable(network.SptTransformer)()
     trainable = gin.query_parameter('%TRAINABLE')
-  assert net.config.vocab_size == 512 and net.spt.num_memories == 32
+  assert net.config.vocab_size == 512 and net.spt.num_memories == 8
   assert trainable == ('spt_only' if len(files) == 2 else 'all')
   variables = net.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 8), int),
                        jax.numpy.ones((1, 4), int), jax.numpy.ones((1, 4), int),
