@@ -114,6 +114,7 @@ def train(
     train_steps: int,
     batch_size: int,
     optimizer: Optional[optax.GradientTransformation] = None,
+    trainable: str = 'all',
     feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
     mixture_or_task_module: Optional[str] = None,
     num_partitions: int = 1,
@@ -136,7 +137,9 @@ def train(
     task_feature_lengths: e.g. {'inputs': 512, 'targets': 64, 'prompt': 32}.
     train_steps: total steps, counting those of a resumed run.
     batch_size: global batch size.
-    optimizer: optax optimizer (default: Adafactor, full fine-tuning).
+    optimizer: optax optimizer of the trained parameters (default: Adafactor).
+    trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone: only
+      the memory bank and soft prompt train).
     feature_converter_cls: task features to model features.
     mixture_or_task_module: module to import to register the tasks.
     num_partitions: devices per model replica (the `model` mesh axis).
@@ -161,9 +164,10 @@ def train(
   if eval_mixture_or_task_name:
     check_mixture_or_task(eval_mixture_or_task_name)
   is_chief = jax.process_index() == 0
-  optimizer = optimizer or trainer.create_optimizer()
   mesh = partitioning.create_mesh(num_partitions)
-  sharded = trainer.ShardedTrainer(model, optimizer, mesh, logical_axis_rules)
+  sharded = trainer.ShardedTrainer(
+      model, optimizer or trainer.adafactor(), mesh, logical_axis_rules, trainable
+  )
   dataset = get_train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size,
       feature_converter_cls, random_seed,

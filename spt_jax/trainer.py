@@ -103,18 +103,49 @@ def create_optimizer(
   )
 
 
+def split_spt_params(params: Params) -> Tuple[Params, Params]:
+  """(SPT groups, backbone groups) of a parameter tree."""
+  spt = {k: v for k, v in params.items() if k in SPT_PARAM_GROUPS}
+  backbone = {k: v for k, v in params.items() if k not in SPT_PARAM_GROUPS}
+  return spt, backbone
+
+
 def make_train_step(
-    model: models.SptModel, optimizer: optax.GradientTransformation
+    model: models.SptModel,
+    optimizer: optax.GradientTransformation,
+    trainable: str = 'all',
 ) -> Callable[[TrainState, Mapping[str, Array], Array], Tuple[TrainState, Dict]]:
-  """A pure training step: (state, batch, dropout rng) -> (state, metrics)."""
+  """A pure training step: (state, batch, dropout rng) -> (state, metrics).
+
+  With `trainable='spt_only'` only the SPT parameters are differentiated, so
+  the backbone's weight gradients are never computed (the optimizer from
+  `create_optimizer(..., 'spt_only')` leaves the backbone unchanged anyway).
+  `grad_norm` is the norm of the trained parameters' gradients.
+  """
+  if trainable not in TRAINABLE_CHOICES:
+    raise ValueError(
+        f'Unknown trainable={trainable!r}; expected one of {TRAINABLE_CHOICES}.'
+    )
+
+  def gradients(params, batch, rng):
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    if trainable == 'all':
+      (_, metrics), grads = grad_fn(params, batch, rng)
+      return metrics, grads, grads
+    spt, backbone = split_spt_params(params)
+    (_, metrics), spt_grads = jax.value_and_grad(
+        lambda trained: model.loss_fn({**backbone, **trained}, batch, rng),
+        has_aux=True,
+    )(spt)
+    zeros = jax.tree.map(jnp.zeros_like, backbone)
+    return metrics, {**zeros, **spt_grads}, spt_grads
 
   def train_step(state: TrainState, batch, dropout_rng):
     rng = jax.random.fold_in(dropout_rng, state.step)
-    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, rng)
+    metrics, grads, trained_grads = gradients(state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.global_norm(trained_grads)
     return (
         TrainState(step=state.step + 1, params=params, opt_state=opt_state),
         metrics,
@@ -128,7 +159,9 @@ class ShardedTrainer:
 
   Attributes:
     model: loss and network.
-    optimizer: optax transformation (see `create_optimizer`).
+    optimizer: the optax transformation of the whole tree (`create_optimizer`
+      of the base optimizer and `trainable`).
+    trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone).
     mesh: ('data', 'model') mesh.
     rules: logical axis rules mapping parameter and activation axes to it.
   """
@@ -136,12 +169,14 @@ class ShardedTrainer:
   def __init__(
       self,
       model: models.SptModel,
-      optimizer: optax.GradientTransformation,
+      base_optimizer: optax.GradientTransformation,
       mesh: jax.sharding.Mesh,
       rules: partitioning.LogicalRules,
+      trainable: str = 'all',
   ):
     self.model = model
-    self.optimizer = optimizer
+    self.trainable = trainable
+    self.optimizer = create_optimizer(base_optimizer, trainable)
     self.mesh = mesh
     self.rules = rules
     self.state_shardings = None
@@ -193,7 +228,7 @@ class ShardedTrainer:
   ) -> Tuple[TrainState, Dict[str, Array]]:
     """One jitted, sharded step; the state is donated."""
     if self._train_step is None:
-      step = make_train_step(self.model, self.optimizer)
+      step = make_train_step(self.model, self.optimizer, self.trainable)
       self._train_step = jax.jit(
           step,
           in_shardings=(self.state_shardings, partitioning.data_sharding(self.mesh), None),

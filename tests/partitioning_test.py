@@ -39,7 +39,7 @@ def _trainer(devices, num_partitions):
   model = models.SptModel(network.SptTransformer(t5, spt))
   mesh = partitioning.create_mesh(num_partitions, devices)
   return trainer.ShardedTrainer(
-      model, trainer.create_optimizer(trainer.adafactor(1e-2)), mesh,
+      model, trainer.adafactor(1e-2), mesh,
       partitioning.default_rules(),
   )
 
