@@ -145,3 +145,34 @@ def test_unknown_task_fails_at_start_with_its_name(tmp_path):
   assert "Unknown mixture or task 'no_such_mixture'" in out.stderr
   assert 'Traceback' not in out.stderr
   assert not os.path.exists(tmp_path / 'x' / 'checkpoints')
+
+
+def test_retrieval_analysis_of_a_trained_run(tmp_path):
+  """The analysis command's work on an offline-mixture model: table and PNG."""
+  from spt_jax import analysis  # pylint: disable=g-import-not-at-top
+  from spt_jax import models  # pylint: disable=g-import-not-at-top
+  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  from tasks import feature_converters  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / 'run')
+  _train(model_dir, 'TRAIN_STEPS = 5')
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(['gin_configs/local/synthetic.gin'], [f'MODEL_DIR = "{model_dir}"'])
+    model = models.SptModel(gin.get_configurable(network.SptTransformer)())
+    lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
+  finally:
+    gin.clear_config()
+  paths = analysis.analyze(
+      model=model, model_dir=model_dir,
+      mixture_or_task_names=['spt_synthetic_heldout_gen'],
+      task_feature_lengths=lengths,
+      feature_converter_cls=feature_converters.SptEncDecFeatureConverter,
+      output_dir=str(tmp_path / 'analysis'), group_by='dataset',
+  )
+  with open(paths['table_tsv']) as f:
+    rows = [line.split('\t') for line in f.read().splitlines()]
+  assert rows[0][:3] == ['name', 'examples', 'distinct_memories']
+  families = {r[0] for r in rows[1:]}
+  assert {'category_last', 'cipher_first', 'first'} <= families
+  with open(paths['heatmap'], 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -1,0 +1,154 @@
+"""Retrieval analysis: collected indices, usage statistics, report files."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spt_jax import analysis
+from spt_jax import config
+from spt_jax import models
+from spt_jax import network
+
+VOCAB = 64
+NUM_MEMORIES = 16
+T5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
+SPT = config.SptConfig(
+    num_memories=NUM_MEMORIES, memory_length=2, top_k=3, temperature=0.05
+)
+
+
+@pytest.fixture(scope='module')
+def trained():
+  model = models.SptModel(network.SptTransformer(T5, SPT))
+  shapes = {
+      'encoder_input_tokens': (2, 8),
+      'decoder_input_tokens': (2, 4),
+      'decoder_target_tokens': (2, 4),
+  }
+  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)['params']
+  return model, params
+
+
+def _batches(seed, num_batches=3, batch_size=4, length=8, pad_last_row=False):
+  """Batches whose prompts come from a task-specific slice of the vocabulary."""
+  rng = np.random.default_rng(seed)
+  low = 2 + 15 * seed
+  for i in range(num_batches):
+    tokens = rng.integers(low, low + 15, size=(batch_size, length))
+    tokens[:, length - 2:] = 0
+    if pad_last_row and i == num_batches - 1:
+      tokens[-1] = 0
+    yield {
+        'encoder_input_tokens': tokens,
+        'decoder_target_tokens': np.ones((batch_size, 2), np.int32),
+    }
+
+
+def test_collect_retrievals_matches_the_network(trained):
+  model, params = trained
+  indices = analysis.collect_retrievals(
+      model, params, _batches(0, pad_last_row=True)
+  )
+  # 12 rows, one of them padding.
+  assert indices.shape == (11, 3) and indices.dtype == np.int32
+  assert indices.min() >= 0 and indices.max() < NUM_MEMORIES
+  assert all(len(set(row)) == 3 for row in indices)  # k distinct memories.
+  # The same indices the full forward pass sows.
+  batch = next(_batches(0))
+  _, state = model.module.apply(
+      {'params': params}, batch['encoder_input_tokens'],
+      jnp.ones((4, 2), jnp.int32), jnp.ones((4, 2), jnp.int32),
+      enable_dropout=False, mutable=['intermediates'],
+  )
+  np.testing.assert_array_equal(
+      indices[:4], state['intermediates']['retrieval_indices'][0]
+  )
+
+
+def test_collect_retrievals_uses_the_prompt_feature(trained):
+  model, params = trained
+  tokens = np.random.default_rng(0).integers(2, VOCAB, size=(4, 8))
+  prompts = np.random.default_rng(1).integers(2, VOCAB, size=(4, 5))
+  with_prompt = analysis.collect_retrievals(
+      model, params,
+      [{'encoder_input_tokens': tokens, 'encoder_prompt_tokens': prompts}],
+  )
+  from_prompt_alone = analysis.collect_retrievals(
+      model, params, [{'encoder_input_tokens': prompts}]
+  )
+  np.testing.assert_array_equal(with_prompt, from_prompt_alone)
+
+
+def test_collect_retrievals_needs_a_memory_bank():
+  model = models.SptModel(network.SptTransformer(T5))
+  with pytest.raises(ValueError, match='no memory bank'):
+    analysis.collect_retrievals(model, {}, [])
+
+
+def test_usage_statistics():
+  indices = {
+      'one_memory': np.full((5, 1), 3),
+      'uniform': np.arange(NUM_MEMORIES)[:, None],
+      'pair': np.array([[3], [4], [3], [4]]),
+  }
+  counts = analysis.usage_counts(indices, NUM_MEMORIES)
+  assert {k: int(v.sum()) for k, v in counts.items()} == {
+      'one_memory': 5, 'uniform': 16, 'pair': 4
+  }
+  rows = {r['name']: r for r in analysis.retrieval_table(counts, top_k=1)}
+  assert rows['one_memory']['entropy_bits'] == 0.0
+  assert rows['one_memory']['top_memories'] == '3:1.00'
+  assert rows['uniform']['normalized_entropy'] == pytest.approx(1.0)
+  assert rows['pair']['entropy_bits'] == pytest.approx(1.0)
+  assert rows['pair']['distinct_memories'] == 2
+  jaccard = analysis.overlap_matrix(counts, 'jaccard')
+  np.testing.assert_allclose(jaccard[0], [1.0, 1 / 16, 0.5])
+  cosine = analysis.overlap_matrix(counts, 'cosine')
+  assert cosine[0, 2] == pytest.approx(1 / np.sqrt(2))
+  with pytest.raises(ValueError, match='outside a bank of 16'):
+    analysis.usage_counts({'bad': np.array([[16]])}, NUM_MEMORIES)
+  grouped = analysis.group_indices(
+      {'rte/t0': np.zeros((2, 1)), 'rte/t1': np.ones((3, 1)),
+       'cb/t0': np.ones((1, 1))},
+      lambda name: name.split('/')[0],
+  )
+  shapes = {k: v.shape for k, v in grouped.items()}
+  assert shapes == {'rte': (5, 1), 'cb': (1, 1)}
+
+
+def test_report_on_a_model(trained, tmp_path):
+  model, params = trained
+  indices = {
+      f'task_{i}/template_{j}': analysis.collect_retrievals(
+          model, params, _batches(i + 2 * j, num_batches=2)
+      )
+      for i in range(2) for j in range(2)
+  }
+  paths = analysis.write_report(indices, NUM_MEMORIES, str(tmp_path / 'report'))
+  assert set(paths) == {
+      'table_tsv', 'table_md', 'jaccard', 'cosine', 'counts', 'heatmap'
+  }
+  for path in paths.values():
+    assert os.path.getsize(path) > 0
+  with open(paths['heatmap'], 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(paths['table_tsv']) as f:
+    lines = f.read().splitlines()
+  assert lines[0].split('\t') == list(analysis.TABLE_COLUMNS)
+  assert len(lines) == 1 + 4
+  saved = np.load(paths['counts'])
+  assert list(saved['names']) == list(indices)
+  # Every example's k selections are counted.
+  np.testing.assert_array_equal(saved['counts'].sum(1), [8 * 3] * 4)
+  for kind in ('jaccard', 'cosine'):
+    matrix = analysis.overlap_matrix(
+        dict(zip(saved['names'], saved['counts'])), kind
+    )
+    np.testing.assert_allclose(matrix, matrix.T)
+    np.testing.assert_array_equal(np.diag(matrix), 1.0)
+    assert np.all((matrix >= 0) & (matrix <= 1))
+  with open(paths['table_md']) as f:
+    assert f.readline().startswith('| name | examples |')
