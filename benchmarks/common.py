@@ -17,6 +17,7 @@ from typing import (
     Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 )
 
+import jax
 import numpy as np
 
 RESULTS_DIR = os.path.join(
@@ -109,6 +110,23 @@ def time_interleaved(
     log(f'round {i + 1}/{repeats}: ' + ', '.join(
         f'{n} {times[n]["wall_s"][-1]:.3g}s' for n in names))
   return times
+
+
+def stepper(compiled, state, batch) -> Callable[[], Any]:
+  """A zero-argument callable: `compiled` stepped on its own (donated) state."""
+  holder = {'state': state}
+
+  def run():
+    holder['state'], _ = compiled(holder['state'], batch, jax.random.PRNGKey(1))
+    return holder['state']
+
+  return run
+
+
+def xla_cost(compiled) -> Dict[str, float]:
+  """XLA's cost analysis of a compiled function (one dict on every backend)."""
+  cost = compiled.cost_analysis()
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
 def summarize(timing: Mapping[str, Sequence[float]]) -> Dict[str, Any]:

@@ -97,17 +97,8 @@ def main() -> None:
       )
     model = models.SptModel(network.SptTransformer(cfg, spt))
     compiled, state = step_time.compiled_step(model, optimizer, params, batch)
-    holder = {'state': state}
-
-    def run(compiled=compiled, holder=holder):
-      holder['state'], _ = compiled(
-          holder['state'], batch, jax.random.PRNGKey(1)
-      )
-      return holder['state']
-
-    steps[name] = run
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    steps[name] = common.stepper(compiled, state, batch)
+    cost = common.xla_cost(compiled)
     flops[name] = {
         'analytic_flops': common.t5_train_flops(
             cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,

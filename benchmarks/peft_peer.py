@@ -154,13 +154,7 @@ def jax_step(cfg, spt, backbone, batch, seed):
   compiled, state = step_time.compiled_step(
       model, optimizer, params, batch, trainable='spt_only'
   )
-  holder = {'state': state}
-
-  def run():
-    holder['state'], _ = compiled(holder['state'], batch, jax.random.PRNGKey(1))
-    return holder['state']
-
-  return run
+  return common.stepper(compiled, state, batch)
 
 
 def main() -> None:

@@ -140,17 +140,8 @@ def main() -> None:
     compiled, state = compiled_step(
         model, optimizer, params, batch, args.trainable
     )
-    holder = {'state': state}
-
-    def run(compiled=compiled, holder=holder):
-      holder['state'], _ = compiled(
-          holder['state'], batch, jax.random.PRNGKey(1)
-      )
-      return holder['state']
-
-    steps[name] = run
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    steps[name] = common.stepper(compiled, state, batch)
+    cost = common.xla_cost(compiled)
     memory = compiled.memory_analysis()
     info[name] = {
         'prefix_positions': spt.prefix_length,
