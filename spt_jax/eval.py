@@ -12,7 +12,7 @@ templates (as T0 reports them) from `tasks.metrics.aggregate_over_templates`.
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Type
+from typing import Any, Dict, Mapping, Optional, Sequence, Type
 
 from absl import logging
 import gin

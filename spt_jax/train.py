@@ -20,7 +20,7 @@ import importlib
 import json
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence, Type
+from typing import Dict, Mapping, Optional, Sequence, Type
 
 from absl import flags
 from absl import logging

@@ -1,6 +1,5 @@
 """Parity of the network (SPT disabled) with `transformers`' T5 1.1 in fp32."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

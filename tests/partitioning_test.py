@@ -1,7 +1,6 @@
 """Sharding over 8 fake CPU devices: the bank splits along `memory`, losses agree."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.linen import partitioning as nn_partitioning
