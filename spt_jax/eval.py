@@ -5,13 +5,17 @@ log-likelihood; generation tasks decode greedily with the cache. Metrics come
 from each task's seqio metric functions, and per-dataset mean and median over
 templates (as T0 reports them) from `tasks.metrics.aggregate_over_templates`.
 
-    python -m spt_jax.eval --gin_file=gin_configs/local/eval.gin \
-      --gin.CHECKPOINT_DIR=/tmp/spt --gin.MIXTURE_OR_TASK_NAME=spt_synthetic_heldout
+    python -m spt_jax.eval --gin_file=gin_configs/local/synthetic.gin \
+      --gin_file=gin_configs/local/eval.gin --gin.MODEL_DIR=\"runs/default/spt\"
+
+(the run's own gin files, then eval.gin, so that the model matches the
+checkpoint).
 """
 
 import dataclasses
 import json
 import os
+import importlib
 from typing import Any, Dict, Mapping, Optional, Sequence, Type
 
 from absl import logging
@@ -44,6 +48,21 @@ class EvalResults:
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def check_mixture_or_task(name: str, module: Optional[str] = None) -> None:
+  """Imports the task module and fails early, naming an unknown task."""
+  if module:
+    importlib.import_module(module)
+  try:
+    seqio.get_mixture_or_task(name)
+  except ValueError:
+    mixtures = sorted(seqio.MixtureRegistry.names())
+    raise gin_utils.ConfigError(
+        f'Unknown mixture or task {name!r}. Registered mixtures: '
+        f'{", ".join(mixtures) or "none"} (`python -m tasks.show --list` '
+        f'lists the tasks too).'
+    ) from None
 
 
 def _padded_batches(dataset, batch_size: int):
@@ -177,6 +196,7 @@ def run_eval(
     model: models.SptModel,
     checkpoint_dir: str,
     mixture_or_task_name: str,
+    mixture_or_task_module: Optional[str] = None,
     feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
     task_feature_lengths: Optional[Mapping[str, int]] = None,
     batch_size: int = 32,
@@ -185,6 +205,7 @@ def run_eval(
     step: Optional[int] = None,
 ) -> EvalResults:
   """Restores a checkpoint of the local runner and evaluates it."""
+  check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
   store = checkpoints.TrainCheckpoints(checkpoint_dir)
   step = store.latest_step() if step is None else step
   params = store.restore_params(step)

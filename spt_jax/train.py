@@ -16,7 +16,6 @@ Several hosts run the same command with `--multiprocess` (see
 """
 
 import dataclasses
-import importlib
 import json
 import os
 import time
@@ -48,21 +47,6 @@ class TrainResult:
   metrics: Dict[str, float]
   history: list[tuple[int, Dict[str, float]]]
   eval_results: Optional[eval_lib.EvalResults] = None
-
-
-def check_mixture_or_task(name: str, module: Optional[str] = None) -> None:
-  """Imports the task module and fails early, naming an unknown task."""
-  if module:
-    importlib.import_module(module)
-  try:
-    seqio.get_mixture_or_task(name)
-  except ValueError:
-    mixtures = sorted(seqio.MixtureRegistry.names())
-    raise gin_utils.ConfigError(
-        f'Unknown mixture or task {name!r}. Registered mixtures: '
-        f'{", ".join(mixtures) or "none"} (`python -m tasks.show --list` '
-        f'lists the tasks too).'
-    ) from None
 
 
 def get_train_dataset(
@@ -160,9 +144,9 @@ def train(
   Returns:
     The final step, the last logged metrics and the evaluation results.
   """
-  check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
+  eval_lib.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
   if eval_mixture_or_task_name:
-    check_mixture_or_task(eval_mixture_or_task_name)
+    eval_lib.check_mixture_or_task(eval_mixture_or_task_name)
   is_chief = jax.process_index() == 0
   mesh = partitioning.create_mesh(num_partitions)
   sharded = trainer.ShardedTrainer(

@@ -83,16 +83,16 @@ def test_local_run_files_build_a_runnable_model(files):
   assert 'memory_bank' in variables['params']
 
 
-def test_local_eval_file_parses():
+def test_local_eval_file_adds_to_a_run_configuration():
   with _clean_gin():
     gin_utils.parse_gin(
-        ['gin_configs/local/eval.gin', 'gin_configs/sizes/tiny.gin'],
-        ['CHECKPOINT_DIR = "/tmp/unused"', 'MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"'],
+        ['gin_configs/local/synthetic.gin', 'gin_configs/local/eval.gin'],
+        ['MODEL_DIR = "/tmp/unused"'],
     )
-    assert gin.query_parameter('%EVAL_BATCH_SIZE') == 64
-    assert gin.query_parameter('%CHECKPOINT_DIR') == '/tmp/unused'
+    assert gin.query_parameter('%EVAL_MIXTURE_OR_TASK_NAME') == 'spt_synthetic_heldout'
     net = gin.get_configurable(network.SptTransformer)()
-  assert net.config.emb_dim == config.T5_1_1_SIZES['tiny']['emb_dim']
+  # The run's model, not the architecture's defaults.
+  assert (net.spt.num_memories, net.config.vocab_size) == (8, 512)
 
 
 def test_missing_gin_file_is_named():
