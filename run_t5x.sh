@@ -80,7 +80,7 @@ tpu() {
   done
   [[ -n "$name" ]] || die "tpu: --tpu NAME is required"
   [[ -n "$zone" ]] || die "tpu: --zone ZONE is required"
-  [[ $# -gt 0 ]] || die "tpu: give the T5X flags after --, e.g. -- --gin_file=gin_configs/t5x/models/spt_t5_1_1_base.gin ..."
+  [[ $# -gt 0 ]] || die "tpu: give the T5X flags after --, e.g. -- --gin_file=gin_configs/models/spt_t5_1_1_base.gin ..."
   local project_flag=()
   [[ -n "$project" ]] && project_flag=(--project="$project")
   local t5x_args

@@ -126,7 +126,7 @@ def _parse_t5x(files, bindings, script, monkeypatch):
     t5x_gin_utils.parse_gin_flags([REPO, t5x_root], files, bindings)
 
 
-T5X_MODELS = _gin_files('t5x/models')
+T5X_MODELS = _gin_files('models')
 
 
 @pytest.mark.parametrize('model_file', T5X_MODELS)
@@ -144,13 +144,13 @@ def test_t5x_model_files(model_file, monkeypatch):
 
 
 @pytest.mark.parametrize('run_file, script, bindings', [
-    ('gin_configs/t5x/runs/spt_finetune.gin', 't5x.train',
+    ('gin_configs/runs/spt_finetune.gin', 't5x.train',
      ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']),
-    ('gin_configs/t5x/runs/spt_finetune_frozen.gin', 't5x.train',
+    ('gin_configs/runs/spt_finetune_frozen.gin', 't5x.train',
      ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']),
-    ('gin_configs/t5x/runs/spt_eval.gin', 't5x.eval',
+    ('gin_configs/runs/spt_eval.gin', 't5x.eval',
      ['CHECKPOINT_PATH = "/tmp/ckpt"', 'EVAL_OUTPUT_DIR = "/tmp/unused"']),
-    ('gin_configs/t5x/runs/spt_infer.gin', 't5x.infer',
+    ('gin_configs/runs/spt_infer.gin', 't5x.infer',
      ['MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"', 'CHECKPOINT_PATH = "/tmp/ckpt"',
       'INFER_OUTPUT_DIR = "/tmp/unused"']),
 ])
@@ -160,7 +160,7 @@ def test_t5x_run_files(run_file, script, bindings, monkeypatch):
   from t5x import utils  # pylint: disable=g-import-not-at-top
   with _clean_gin():
     _parse_t5x(
-        ['gin_configs/t5x/models/spt_t5_1_1.gin', 'gin_configs/sizes/tiny.gin', run_file],
+        ['gin_configs/models/spt_t5_1_1.gin', 'gin_configs/sizes/tiny.gin', run_file],
         bindings, script, monkeypatch,
     )
     rules = gin.get_configurable(t5x_partitioning.standard_logical_axis_rules)()

@@ -14,8 +14,8 @@ def _run(*args):
 
 def test_tpu_dry_run_prints_the_exact_gcloud_commands():
   t5x_args = [
-      '--gin_file=gin_configs/t5x/models/spt_t5_1_1_base.gin',
-      '--gin_file=gin_configs/t5x/runs/spt_finetune.gin',
+      '--gin_file=gin_configs/models/spt_t5_1_1_base.gin',
+      '--gin_file=gin_configs/runs/spt_finetune.gin',
       '--gin.MODEL_DIR="gs://bucket/spt base"',
   ]
   out = _run('tpu', '--tpu', 'my-tpu', '--zone', 'us-central2-b', '--project', 'proj',
