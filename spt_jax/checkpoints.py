@@ -190,6 +190,16 @@ def load_hf_config(path: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+def load_hf_t5(path: str) -> Tuple[T5Config, Params]:
+  """(T5Config, backbone params) of a Hugging Face T5 folder or weights file.
+
+  The config is read from `config.json` beside the weights.
+  """
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  cfg = t5_config_from_hf(load_hf_config(folder))
+  return cfg, params_from_hf_state_dict(load_hf_state_dict(path), cfg)
+
+
 def merge_params(initial: Params, pretrained: Params, where: str = '') -> Params:
   """`initial` with every leaf that `pretrained` has replaced by it.
 
@@ -724,6 +734,5 @@ def load_params(path: str) -> Params:
     finally:
       store.close()
   if os.path.isfile(os.path.join(path, 'config.json')):
-    cfg = t5_config_from_hf(load_hf_config(path))
-    return params_from_hf_state_dict(load_hf_state_dict(path), cfg)
+    return load_hf_t5(path)[1]
   return load_t5x_params(path)

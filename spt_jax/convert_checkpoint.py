@@ -77,10 +77,7 @@ def _load_backbone(hf_path: Optional[str], t5x_path: Optional[str]):
   if (hf_path is None) == (t5x_path is None):
     raise ValueError('Give exactly one of hf_path and t5x_path.')
   if hf_path is not None:
-    folder = hf_path if os.path.isdir(hf_path) else os.path.dirname(hf_path)
-    cfg = checkpoints.t5_config_from_hf(checkpoints.load_hf_config(folder))
-    state = checkpoints.load_hf_state_dict(hf_path)
-    return cfg, checkpoints.params_from_hf_state_dict(state, cfg)
+    return checkpoints.load_hf_t5(hf_path)
   params = checkpoints.load_t5x_params(t5x_path)
   return checkpoints.t5_config_from_params(params), params
 

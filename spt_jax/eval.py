@@ -112,23 +112,23 @@ class ModelFns:
     with partitioning.mesh_and_rules(self.mesh, self.rules):
       return np.asarray(jax.device_get(fn(self.params, batch)))
 
+  def _map_batches(self, fn, dataset):
+    """[(index, fn's row)] over an enumerated dataset, padding rows dropped."""
+    results = []
+    for indices, batch, real in _padded_batches(dataset, self.batch_size):
+      rows = self._run(fn, batch)
+      results.extend(zip(indices[:real].tolist(), rows[:real].tolist()))
+    return results
+
   def score_fn(self, dataset, model_feature_shapes=None):
     """seqio score_fn: [(index, log-likelihood)] for an enumerated dataset."""
     del model_feature_shapes
-    results = []
-    for indices, batch, real in _padded_batches(dataset, self.batch_size):
-      scores = self._run(self._score, batch)
-      results.extend(zip(indices[:real].tolist(), scores[:real].tolist()))
-    return results
+    return self._map_batches(self._score, dataset)
 
   def predict_fn(self, dataset, model_feature_shapes=None):
     """seqio predict_fn: [(index, token ids)] by greedy decoding."""
     del model_feature_shapes
-    results = []
-    for indices, batch, real in _padded_batches(dataset, self.batch_size):
-      tokens = self._run(self._predict, batch)
-      results.extend(zip(indices[:real].tolist(), tokens[:real].tolist()))
-    return results
+    return self._map_batches(self._predict, dataset)
 
 
 def _aggregate(task_metrics):
