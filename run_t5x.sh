@@ -68,6 +68,10 @@ tpu() {
   local name="" zone="" project="" remote_dir="~/spt" module="t5x.train" dry_run=0
   while [[ $# -gt 0 ]]; do
     case "$1" in
+      --tpu|--zone|--project|--remote_dir|--t5x_module)
+        [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || die "tpu: $1 needs a value, e.g. $1 VALUE" ;;
+    esac
+    case "$1" in
       --tpu) name="$2"; shift 2 ;;
       --zone) zone="$2"; shift 2 ;;
       --project) project="$2"; shift 2 ;;
@@ -117,7 +121,8 @@ case "$command" in
   tpu)
     tpu "$@" ;;
   -h|--help|help)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+    # The header comment: from line 2 to the first line that is not a comment.
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;
   *)
     die "unknown command '$command' (default, test, train, eval, compare, tpu, help)" ;;
 esac

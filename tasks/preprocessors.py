@@ -52,6 +52,13 @@ def _get(example: Mapping[str, Any], path: str) -> Any:
   return example
 
 
+def _stand_in(spec: tf.TensorSpec) -> Any:
+  """A Python value of a feature's type: 'x', 0, 0.0, False, or a list of one."""
+  value = {tf.string: 'x', tf.bool: False}.get(
+      spec.dtype, 0.0 if spec.dtype.is_floating else 0)
+  return [value] * (spec.shape.rank or 0) if spec.shape.rank else value
+
+
 def apply_template(
     dataset: tf.data.Dataset,
     template: prompt_templates.Template,
@@ -68,8 +75,13 @@ def apply_template(
   Returns:
     Examples with `inputs`, `targets`, `prompt`, `answer_choices` (see the
     module docstring) and the kept features.
+
+  Raises:
+    prompt_templates.TemplateError: the template uses a variable the dataset
+      does not have (checked here, before any example is read).
   """
   structure = dataset.element_spec
+  template.check_fields(tf.nest.map_structure(_stand_in, structure))
   instruction = template.instruction
 
   def render(*flat_values):
@@ -123,12 +135,22 @@ def rank_classification(dataset: tf.data.Dataset) -> tf.data.Dataset:
     choices = example[ANSWER_CHOICES]
     num_choices = tf.shape(choices)[0]
     example_idx = tf.fill([num_choices], tf.cast(index, tf.int32))
+    is_correct = tf.equal(choices, example[vocab.TARGETS])
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(num_choices, 0), tf.reduce_any(is_correct)),
+        ['The target is not among the answer choices, so no choice would be '
+         'scored as correct: fix the template (its target must render to one '
+         'of its answer_choices). Template instruction:', example[vocab.PROMPT],
+         'target:', example[vocab.TARGETS], 'choices:', choices],
+        summarize=20)
+    with tf.control_dependencies([check]):
+      is_correct = tf.identity(is_correct)
     return {
         vocab.INPUTS: tf.fill([num_choices], example[vocab.INPUTS]),
         vocab.PROMPT: tf.fill([num_choices], example[vocab.PROMPT]),
         vocab.TARGETS: choices,
         IDX: tf.stack([example_idx, tf.range(num_choices)], axis=1),
-        IS_CORRECT: tf.equal(choices, example[vocab.TARGETS]),
+        IS_CORRECT: is_correct,
     }
 
   return dataset.enumerate().map(

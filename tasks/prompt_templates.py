@@ -1,7 +1,9 @@
 """Discrete prompt templates in the promptsource/P3 style.
 
 A template file `tasks/templates/<collection>.json` holds the templates of one
-dataset (the format is documented in `tasks/templates/README.md`):
+dataset (the format is documented in `tasks/templates/README.md`); templates
+kept elsewhere, e.g. in a user's own package, are loaded by path
+(`load('/path/to/my_dataset.json')`):
 
     {"dataset": "super_glue/cb",
      "templates": [{"name": "can_we_infer",
@@ -21,6 +23,11 @@ removed: the template rendered with each field blank, fixed answer choices
 kept, whitespace collapsed and emptied quotes/brackets dropped. A template may
 give it explicitly with an `instruction` entry. It is the discrete prompt from
 which SPT forms its retrieval query, so it is constant per template.
+
+`load` rejects, naming the file and the template, JSON and Jinja syntax errors;
+`Template.check_fields` rejects variables that are not fields of the dataset
+(`tasks.preprocessors.apply_template` calls it when the dataset is built, so
+the error comes before any example is read).
 """
 import dataclasses
 import functools
@@ -39,6 +46,10 @@ SEPARATOR = '|||'
 _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined, autoescape=False,
     keep_trailing_newline=False)
+
+
+class TemplateError(ValueError):
+  """A template file or template that cannot be used; the message names it."""
 
 
 class _NoAnswer(Exception):
@@ -131,6 +142,58 @@ class Template:
       ) from e
     return clean_instruction(text)
 
+  @property
+  def sources(self) -> dict[str, str]:
+    """The Jinja sources of the template: input, target, answer choices."""
+    input_source, target_source = split_source(self.jinja)
+    parts = {'input': input_source, 'target': target_source}
+    if self.answer_choices is not None:
+      parts['answer_choices'] = self.answer_choices
+    return parts
+
+  def check_syntax(self) -> None:
+    """Raises TemplateError at the first Jinja syntax error."""
+    for part, source in self.sources.items():
+      try:
+        _ENV.parse(source)
+      except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(
+            f'Template {self.name!r}: Jinja syntax error in its {part} (line '
+            f'{e.lineno} of that part): {e.message}.') from None
+
+  def check_fields(self, example: Mapping[str, Any]) -> None:
+    """Renders against a stand-in example; fails on an undefined variable.
+
+    Args:
+      example: a stand-in example with every field of the dataset, e.g. empty
+        strings, zeros and one-element lists of the declared types.
+
+    Raises:
+      TemplateError: naming the variable, or the field reached through an
+        undefined attribute, and the dataset's fields.
+    """
+    fields = {_identifier(k) for k in example}
+    known = fields | {'answer_choices'} | set(_ENV.globals)
+    for part, source in self.sources.items():
+      unknown = sorted(meta.find_undeclared_variables(_ENV.parse(source)) -
+                       known)
+      if unknown:
+        raise TemplateError(
+            f'Template {self.name!r} uses {", ".join(unknown)} in its {part}, '
+            f'which the dataset does not have; its fields are '
+            f'{", ".join(sorted(fields))}.')
+    try:
+      self.render(example)
+    except jinja2.UndefinedError as e:
+      if re.search(r'has no element -?\d+$', e.message or ''):
+        return  # A list index the stand-in's one-element lists lack.
+      raise TemplateError(
+          f'Template {self.name!r} cannot render the dataset\'s fields '
+          f'({e.message}); its fields are {", ".join(sorted(fields))}.'
+      ) from None
+    except Exception:  # pylint: disable=broad-except
+      pass  # Stand-in values may fail where real data does not.
+
   def render(self, example: Mapping[str, Any]) -> Optional[Rendered]:
     """Renders one example; None when it has no target (e.g. label -1).
 
@@ -216,29 +279,70 @@ class TemplateCollection:
     return [n for n in self.names if n not in self.heldout]
 
 
+def _is_path(collection: str) -> bool:
+  return collection.endswith('.json') or os.sep in collection
+
+
 def template_path(collection: str) -> str:
+  """The file of a collection: a name in `tasks/templates/`, or a path."""
+  if _is_path(collection):
+    return os.path.abspath(os.path.expanduser(collection))
   return os.path.join(TEMPLATES_DIR, f'{collection}.json')
 
 
 @functools.lru_cache(maxsize=None)
 def load(collection: str) -> TemplateCollection:
-  """Reads `tasks/templates/<collection>.json`."""
-  with open(template_path(collection)) as f:
-    data = json.load(f)
-  templates = tuple(
-      Template(
-          name=t['name'],
-          jinja=t['jinja'],
-          answer_choices=t.get('answer_choices'),
-          explicit_instruction=t.get('instruction'))
-      for t in data['templates'])
+  """Reads a template file and checks its JSON and Jinja syntax.
+
+  Args:
+    collection: a name in `tasks/templates/` (`'super_glue_cb'`), or the path
+      of a JSON file anywhere (ending in `.json`, or holding a `/`); the
+      collection is named after the file's stem.
+
+  Returns:
+    The file's templates.
+
+  Raises:
+    FileNotFoundError: there is no such file.
+    TemplateError: the file is not valid, naming the file and the template.
+  """
+  path = template_path(collection)
+  name = os.path.splitext(os.path.basename(path))[0]
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(
+        f'No template file {path} (a name is looked up in {TEMPLATES_DIR}; '
+        'give a path ending in .json for a file elsewhere).') from None
+  except json.JSONDecodeError as e:
+    raise TemplateError(f'{path}: not valid JSON: {e}.') from None
+  try:
+    templates = tuple(
+        Template(
+            name=t['name'],
+            jinja=t['jinja'],
+            answer_choices=t.get('answer_choices'),
+            explicit_instruction=t.get('instruction'))
+        for t in data['templates'])
+  except (KeyError, TypeError) as e:
+    raise TemplateError(
+        f'{path}: expected {{"dataset": ..., "templates": [{{"name": ..., '
+        f'"jinja": ...}}, ...]}} (missing {e}); see {TEMPLATES_DIR}/README.md.'
+    ) from None
+  for template in templates:
+    try:
+      template.check_syntax()
+    except TemplateError as e:
+      raise TemplateError(f'{path}: {e}') from None
   names = [t.name for t in templates]
   if len(set(names)) != len(names):
-    raise ValueError(f'Duplicate template names in {collection}: {names}')
+    raise TemplateError(f'{path}: duplicate template names: {names}')
   heldout = tuple(data.get('heldout_templates', ()))
   if not set(heldout) <= set(names):
-    raise ValueError(f'Unknown held-out templates in {collection}: {heldout}')
-  return TemplateCollection(collection, data['dataset'], templates, heldout)
+    raise TemplateError(f'{path}: unknown held-out templates: {heldout}')
+  return TemplateCollection(name, data.get('dataset', name), templates,
+                            heldout)
 
 
 def available() -> list[str]:

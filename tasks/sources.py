@@ -11,7 +11,15 @@
 
 When the data is missing both raise `DataNotFoundError` naming the dataset and
 how to provide it, instead of an error from deep inside TFDS or tf.data.
+
+A JSON lines split is read and checked whole when its dataset is built (and
+kept in memory, once per file): every declared field must be present, not
+null, and of its declared type, or `InvalidRecordError` names the file, the
+line and the field. Nothing is filled with a default. (TFRecord exports, for
+data too large for memory, are parsed by tf.data; missing scalar features are
+errors there too.)
 """
+import functools
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -33,11 +41,21 @@ _DTYPES = {
     'int_list': (tf.int64, (None,)),
     'float_list': (tf.float32, (None,)),
 }
-_DEFAULTS = {tf.string: '', tf.int64: 0, tf.float32: 0.0, tf.bool: False}
+# Python types a JSON value of each field type may have (bool is not an int).
+_JSON_TYPES = {
+    tf.string: (str,),
+    tf.int64: (int,),
+    tf.float32: (int, float),
+    tf.bool: (bool,),
+}
 
 
 class DataNotFoundError(FileNotFoundError):
   """The data of a task is not available; the message says how to provide it."""
+
+
+class InvalidRecordError(ValueError):
+  """A record of a local export lacks a field or has one of the wrong type."""
 
 
 class TfdsSource(seqio.TfdsDataSource):
@@ -80,9 +98,22 @@ class TfdsSource(seqio.TfdsDataSource):
                   **kwargs) -> tf.data.Dataset:
     try:
       return super().get_dataset(split, *args, **kwargs)
-    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError,
+    except (AssertionError, KeyError, FileNotFoundError,
+            tf.errors.NotFoundError,
             tfds.core.registered.DatasetNotFoundError) as e:
       raise self._not_found(split, e) from None
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    """The split's files; raises DataNotFoundError when it is not prepared."""
+    try:
+      shards = super().list_shards(split)
+    except (AssertionError, KeyError, FileNotFoundError,
+            tf.errors.NotFoundError,
+            tfds.core.registered.DatasetNotFoundError) as e:
+      raise self._not_found(split, e) from None
+    if not shards:
+      raise self._not_found(split, KeyError(f'no files for split {split!r}'))
+    return shards
 
   def num_input_examples(self, split: str) -> Optional[int]:
     """The split's size, or None when TFDS does not know it (not prepared)."""
@@ -185,32 +216,6 @@ class LocalSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return self._files(split)[1]
 
-  def _parse_json(self, line: tf.Tensor) -> dict[str, tf.Tensor]:
-    """One JSON line -> the declared fields (missing ones empty/zero)."""
-    paths = list(self._fields)
-    kinds = [_DTYPES[self._fields[p]] for p in paths]
-
-    def parse(line_bytes: bytes) -> list[np.ndarray]:
-      record = json.loads(line_bytes)
-      values = []
-      for path, (dtype, shape) in zip(paths, kinds):
-        value = _lookup(record, path)
-        if value is None:
-          value = [] if shape else _DEFAULTS[dtype]
-        if dtype == tf.string:
-          value = ([v.encode('utf-8') for v in value] if shape else
-                   value.encode('utf-8'))
-          values.append(np.array(value, dtype=object))
-        else:
-          values.append(np.array(value, dtype=dtype.as_numpy_dtype))
-      return values
-
-    values = tf.numpy_function(
-        parse, [line], [dtype for dtype, _ in kinds], stateful=False)
-    for value, (_, shape) in zip(values, kinds):
-      value.set_shape(shape)
-    return _nest(dict(zip(paths, values)))
-
   def _parse_tfrecord(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     spec = {}
     for p, t in self._fields.items():
@@ -218,7 +223,7 @@ class LocalSource(seqio.DataSource):
       io_dtype = {tf.string: tf.string, tf.float32: tf.float32}.get(
           dtype, tf.int64)
       spec[p] = (tf.io.VarLenFeature(io_dtype) if shape else
-                 tf.io.FixedLenFeature((), io_dtype, _DEFAULTS[io_dtype]))
+                 tf.io.FixedLenFeature((), io_dtype))
     parsed = tf.io.parse_single_example(serialized, spec)
     flat = {}
     for p, t in self._fields.items():
@@ -245,14 +250,87 @@ class LocalSource(seqio.DataSource):
     if shard_info:
       files = files[shard_info.index::shard_info.num_shards]
     if kind == 'jsonl':
-      lines = tf.data.TextLineDataset(files).filter(
-          lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
-      return lines.map(self._parse_json, num_parallel_calls=tf.data.AUTOTUNE)
+      columns = [_read_jsonl(f, tuple(self._fields.items())) for f in files]
+      flat = {
+          p: _concat([c[p] for c in columns], _DTYPES[t])
+          for p, t in self._fields.items()
+      }
+      return tf.data.Dataset.from_tensor_slices(_nest(flat))
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
       ds = ds.shuffle(len(files), seed=seed)
     return tf.data.TFRecordDataset(ds).map(
         self._parse_tfrecord, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _concat(parts: Sequence[Any], kind: tuple[tf.DType, tuple[Any, ...]]):
+  """One column from per-file columns: a tensor, or ragged for list fields."""
+  dtype, shape = kind
+  if shape:
+    rows = [row for part in parts for row in part]
+    return tf.ragged.constant(rows, dtype=dtype, ragged_rank=1,
+                              inner_shape=()) if rows else tf.zeros(
+                                  [0, 0], dtype)
+  values = np.concatenate(parts) if parts else np.zeros([0])
+  return tf.constant(values, dtype=dtype)
+
+
+def _check_value(value: Any, path: str, field_type: str, where: str) -> Any:
+  """The value of one field, checked against its declared type."""
+  dtype, shape = _DTYPES[field_type]
+  if value is None:
+    raise InvalidRecordError(
+        f'{where}: field {path!r} ({field_type}) is missing or null. Fix the '
+        'export, or drop the field from the dataset\'s `fields`.')
+  values = value if shape else [value]
+  if shape and not isinstance(value, list):
+    values = None
+  if values is None or not all(
+      isinstance(v, _JSON_TYPES[dtype]) and
+      not (dtype != tf.bool and isinstance(v, bool)) for v in values):
+    raise InvalidRecordError(
+        f'{where}: field {path!r} should be {field_type}, got '
+        f'{json.dumps(value)[:80]}.')
+  if dtype == tf.string:
+    return [v.encode('utf-8') for v in values] if shape else value.encode(
+        'utf-8')
+  return value
+
+
+@functools.lru_cache(maxsize=16)
+def _read_jsonl_cached(path: str, mtime: float,
+                       fields: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+  del mtime  # Part of the cache key only.
+  columns = {p: [] for p, _ in fields}
+  with tf.io.gfile.GFile(path) as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f'{path}, line {number}'
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InvalidRecordError(f'{where}: not valid JSON ({e}).') from None
+      if not isinstance(record, Mapping):
+        raise InvalidRecordError(f'{where}: a JSON object was expected.')
+      for p, t in fields:
+        columns[p].append(_check_value(_lookup(record, p), p, t, where))
+  result = {}
+  for p, t in fields:
+    dtype, shape = _DTYPES[t]
+    if shape:
+      result[p] = columns[p]
+    else:
+      result[p] = np.array(
+          columns[p], dtype=object if dtype == tf.string else
+          dtype.as_numpy_dtype)
+  return result
+
+
+def _read_jsonl(path: str,
+                fields: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+  """The columns of a JSON lines file, checked (see the module docstring)."""
+  return _read_jsonl_cached(path, tf.io.gfile.stat(path).mtime_nsec, fields)
 
 
 def write_tfrecord(path: str, examples: Sequence[Mapping[str, Any]],

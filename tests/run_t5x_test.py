@@ -4,6 +4,8 @@ import os
 import shlex
 import subprocess
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'run_t5x.sh')
 
@@ -51,3 +53,22 @@ def test_tpu_requires_name_zone_and_t5x_flags():
 def test_unknown_command_is_named():
   out = _run('fly')
   assert out.returncode == 2 and "unknown command 'fly'" in out.stderr
+
+
+def test_help_prints_the_header_comment_only():
+  out = _run('help')
+  assert out.returncode == 0
+  assert out.stdout.startswith('Sets up what is missing and runs SPT.')
+  assert 'set -euo pipefail' not in out.stdout
+  assert 're-synced whenever a requirements file changes.' in out.stdout
+
+
+@pytest.mark.parametrize('args', [
+    ['--tpu'],
+    ['--tpu', '--zone', 'z', '--', '--gin_file=x.gin'],
+    ['--tpu', 't', '--zone'],
+])
+def test_tpu_option_without_a_value_is_named(args):
+  out = _run('tpu', *args)
+  assert out.returncode == 2
+  assert 'needs a value' in out.stderr and 'unbound variable' not in out.stderr

@@ -54,13 +54,35 @@ def test_reads_json_lines(tmp_path):
                                              'train.jsonl')]
 
 
-def test_missing_json_fields_are_empty(tmp_path):
+@pytest.mark.parametrize('line, problem', [
+    ('{"question": "q", "label": 1, "hard": true, "choices": {"text": []}}',
+     "field 'choices.score' \\(float_list\\) is missing"),
+    ('{"question": "q", "label": null, "hard": true, '
+     '"choices": {"text": [], "score": []}}',
+     "field 'label' \\(int\\) is missing or null"),
+    ('{"question": 3, "label": 1, "hard": true, '
+     '"choices": {"text": [], "score": []}}',
+     "field 'question' should be string, got 3"),
+    ('{"question": "q", "label": "1", "hard": true, '
+     '"choices": {"text": [], "score": []}}',
+     "field 'label' should be int"),
+    ('{"question": "q", "label": true, "hard": true, '
+     '"choices": {"text": [], "score": []}}',
+     "field 'label' should be int"),
+    ('{"question": "q", "label": 1, "hard": true, '
+     '"choices": {"text": "sky", "score": []}}',
+     "field 'choices.text' should be string_list"),
+    ('{"question": "q", ', 'not valid JSON'),
+])
+def test_bad_json_records_name_the_file_line_and_field(tmp_path, line,
+                                                        problem):
   (tmp_path / 'toy').mkdir()
-  (tmp_path / 'toy' / 'train.jsonl').write_text('{"question": "q"}\n')
+  path = tmp_path / 'toy' / 'train.jsonl'
+  path.write_text(json.dumps(_RECORDS[0]) + '\n\n' + line + '\n')
 
-  example = next(_source(tmp_path).get_dataset('train').as_numpy_iterator())
-
-  assert example['label'] == 0 and example['choices']['text'].shape == (0,)
+  with pytest.raises(sources.InvalidRecordError,
+                     match=f'{path}, line 3: .*{problem}'):
+    _source(tmp_path).get_dataset('train')
 
 
 def test_reads_sharded_tfrecords(tmp_path):
