@@ -14,18 +14,26 @@ dataset is requested. Mixtures:
   spt_synthetic_heldout_tasks      ... held-out task families, rank classif.
   spt_synthetic_heldout            ... both held-out sets, rank classification
   spt_synthetic_heldout_gen        ... both held-out sets, generation
+  spt_p3_t0_train, spt_p3_t0plus_train, spt_p3_t0plusplus_train
+                                   T0, T0+, T0++ training mixtures over P3
+  spt_p3_t0_heldout                T0's held-out evaluation over P3
+                                   (the spt_p3 names only with $SPT_P3_DIR
+                                   set: see `tasks.p3`)
 
 Tasks are named `<collection>__<dataset>__<template>[__score]`
 (`tasks.registry.template_info` reads the name back). Every task outputs
 `inputs`, `targets` and `prompt` (the template's instruction, SPT's retrieval
 query), int32 token ids ending in EOS; `__score` tasks add `idx` int32 [2] and
-`is_correct` bool, one row per answer choice. Feature lengths:
+`is_correct` bool, one row per answer choice (P3's tasks differ: see
+`tasks.p3`). Feature lengths:
 `tasks.t0.FEATURE_LENGTHS`, `tasks.glue.FEATURE_LENGTHS`,
-`tasks.super_glue.FEATURE_LENGTHS`, `tasks.synthetic.SYNTHETIC_FEATURE_LENGTHS`.
+`tasks.super_glue.FEATURE_LENGTHS`, `tasks.synthetic.SYNTHETIC_FEATURE_LENGTHS`,
+`tasks.p3.FEATURE_LENGTHS`.
 Models read them through `tasks.feature_converters.SptEncDecFeatureConverter`.
 List them with `python -m tasks.show --list`.
 """
 from tasks import glue
+from tasks import p3
 from tasks import super_glue
 from tasks import synthetic
 from tasks import t0

@@ -11,13 +11,15 @@ import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import seqio
+import tensorflow as tf
 
 from tasks import metrics
 from tasks import preprocessors
 from tasks import prompt_templates
 from tasks import registry
+from tasks import sources
 
-# T0 counts a dataset of more than 500k examples as 500k when mixing.
+# T0 caps the mixing rate of datasets larger than this (see `mixing_rate`).
 MAX_EXAMPLES_PER_DATASET = 500_000
 
 
@@ -45,18 +47,84 @@ class PromptedDataset:
 
 
 def mixing_rate(num_examples: int, num_templates: int,
-                cap: int = MAX_EXAMPLES_PER_DATASET) -> float:
-  """T0's rate of each of a dataset's template tasks: min(N, cap / T).
+                cap: Optional[int] = None) -> int:
+  """T0's rate of each of a dataset's template tasks.
+
+  As T0's code computes it (bigscience-workshop/t-zero,
+  `t0/seqio_tasks/tasks.py`): a dataset of at most `cap` examples gives each
+  of its template tasks its full size N; a larger one gives each `cap // T`.
 
   Args:
     num_examples: N, the size of the dataset's training split.
     num_templates: T, the number of its templates (one task each).
-    cap: the most examples a dataset counts for.
+    cap: the size above which a dataset is capped; None is
+      `MAX_EXAMPLES_PER_DATASET` (500,000).
 
   Returns:
-    The rate of one template task; the dataset's T tasks sum to min(N T, cap).
+    N if N <= cap, else cap // T.
   """
-  return float(min(num_examples, cap / num_templates))
+  cap = MAX_EXAMPLES_PER_DATASET if cap is None else cap
+  return num_examples if num_examples <= cap else cap // num_templates
+
+
+def count_examples(source: seqio.DataSource, split: str = 'train') -> int:
+  """The number of raw examples in a split, read from the data.
+
+  Args:
+    source: a `sources.TfdsSource` (its size comes from the prepared
+      dataset's info) or `sources.LocalSource` (JSON lines counted, or
+      TFRecord records counted), or any source that knows its size.
+    split: the split.
+
+  Returns:
+    The split's size.
+
+  Raises:
+    sources.DataNotFoundError: the data is not there (the message says how
+      to provide it).
+    ValueError: the source cannot tell its size.
+  """
+  if isinstance(source, sources.LocalSource):
+    files = source.list_shards(split)  # Raises when the data is missing.
+    if all(f.endswith('.jsonl') for f in files):
+      count = 0
+      for file in files:
+        with tf.io.gfile.GFile(file, 'rb') as f:
+          count += sum(1 for line in f if line.strip())
+      return count
+    return int(tf.data.TFRecordDataset(files).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+  size = source.num_input_examples(split)
+  if size is None:
+    source.get_dataset(split, shuffle=False)  # Raises when not prepared.
+    raise ValueError(f'{source} does not know the size of split {split!r}.')
+  return int(size)
+
+
+def lazy_mixing_rate(source: seqio.DataSource, num_templates: int,
+                     split: str = 'train') -> Callable[[seqio.Task], int]:
+  """A seqio rate function giving `mixing_rate` of the data's own size.
+
+  The size is read (`count_examples`) when the mixture first asks for the
+  rate, not when the mixture is registered, and then kept.
+
+  Args:
+    source: the dataset's source, shared by its template tasks.
+    num_templates: T, the number of the dataset's template tasks.
+    split: the training split.
+
+  Returns:
+    task -> the rate of each of the dataset's template tasks.
+  """
+  sizes = []
+
+  def rate(task: seqio.Task) -> int:
+    del task  # Every template task of the dataset has the same rate.
+    if not sizes:
+      sizes.append(count_examples(source, split))
+    return mixing_rate(sizes[0], num_templates)
+
+  return rate
 
 
 def preprocessors_for(

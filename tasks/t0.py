@@ -4,10 +4,12 @@ Registered names (see `tasks.registry` for the naming scheme):
 
 * `spt_t0__<dataset>__<template>`: one training task per template of each
   T0 training dataset (splits `train`, and `validation` where it exists).
-* `spt_t0_train`: their mixture. Rates follow T0: example-proportional over
-  prompted examples, a dataset of N examples and T templates counting as at
-  most 500k: each of its T template tasks has rate min(N, 500k / T)
-  (`tasks.prompted.mixing_rate`; N is the training-split size listed below).
+* `spt_t0_train`: their mixture. Rates follow T0's code: each of the T
+  template tasks of a dataset of N training examples has rate N if
+  N <= 500,000, else 500,000 // T (`tasks.prompted.mixing_rate`). N is read
+  from the data when the mixture is first used, not at registration: the
+  prepared TFDS dataset's info, or the lines (records) of a local export
+  (`tasks.prompted.count_examples`).
 * `spt_t0__<dataset>__<template>__score`: one rank-classification task per
   template of each held-out dataset (split `validation`): one row per answer
   choice, accuracy of the best-scored choice.
@@ -55,124 +57,112 @@ def _local(name: str, hf_name: str, fields: Mapping[str, str],
   return sources.LocalSource(name, fields, splits, hf_name)
 
 
-def _dataset(name: str, source: seqio.DataSource, train_examples: int = 0,
+def _dataset(name: str, source: seqio.DataSource,
              templates: Optional[str] = None) -> prompted.PromptedDataset:
   return prompted.PromptedDataset(
-      name=name, source=source, templates=templates or name,
-      train_examples=train_examples)
+      name=name, source=source, templates=templates or name)
 
 
 S, I, SL = 'string', 'int', 'string_list'
 
-# T0's training datasets by task cluster, with their training-split sizes.
+# T0's training datasets by task cluster.
 TRAIN_DATASETS = (
     # Multiple-choice QA.
     _dataset('commonsense_qa', _local(
         'commonsense_qa', "'commonsense_qa'",
         {'question': S, 'choices.label': SL, 'choices.text': SL,
-         'answerKey': S}), 9_741),
+         'answerKey': S})),
     _dataset('dream', _local(
         'dream', "'dream'",
-        {'dialogue': SL, 'question': S, 'choice': SL, 'answer': S}), 6_116),
+        {'dialogue': SL, 'question': S, 'choice': SL, 'answer': S})),
     _dataset('quail', _local(
         'quail', "'quail'",
         {'context': S, 'question': S, 'answers': SL,
-         'correct_answer_id': I}), 10_246),
+         'correct_answer_id': I})),
     _dataset('quartz', _local(
         'quartz', "'quartz'",
         {'para': S, 'question': S, 'choices.label': SL, 'choices.text': SL,
-         'answerKey': S}), 2_696),
+         'answerKey': S})),
     _dataset('social_i_qa', _local(
         'social_i_qa', "'social_i_qa'",
         {'context': S, 'question': S, 'answerA': S, 'answerB': S,
-         'answerC': S, 'label': S}), 33_410),
+         'answerC': S, 'label': S})),
     _dataset('wiqa', _local(
         'wiqa', "'wiqa'",
-        {'question_stem': S, 'question_para_step': SL, 'answer_label': S}),
-             29_808),
-    _dataset('cosmos_qa', _tfds('cosmos_qa:1.0.0', _TRAIN_VALIDATION),
-             25_262),
-    _dataset('qasc', _tfds('qasc:0.1.0', _TRAIN_VALIDATION), 8_134),
+        {'question_stem': S, 'question_para_step': SL, 'answer_label': S})),
+    _dataset('cosmos_qa', _tfds('cosmos_qa:1.0.0', _TRAIN_VALIDATION)),
+    _dataset('qasc', _tfds('qasc:0.1.0', _TRAIN_VALIDATION)),
     _dataset('quarel', _local(
         'quarel', "'quarel'",
         {'question': S, 'answer_index': I, 'world_literals.world1': SL,
-         'world_literals.world2': SL}), 1_941),
+         'world_literals.world2': SL})),
     _dataset('sciq', _local(
         'sciq', "'sciq'",
         {'question': S, 'distractor1': S, 'distractor2': S, 'distractor3': S,
-         'correct_answer': S, 'support': S}), 11_679),
+         'correct_answer': S, 'support': S})),
     _dataset('wiki_hop', _local(
         'wiki_hop', "'wiki_hop', 'original'",
-        {'question': S, 'candidates': SL, 'answer': S, 'supports': SL}),
-             43_738),
+        {'question': S, 'candidates': SL, 'answer': S, 'supports': SL})),
     # Extractive QA.
     _dataset('adversarial_qa', _local(
         'adversarial_qa', "'adversarial_qa', 'adversarialQA'",
-        {'title': S, 'context': S, 'question': S, 'answers.text': SL}),
-             30_000),
+        {'title': S, 'context': S, 'question': S, 'answers.text': SL})),
     _dataset('quoref', _local(
         'quoref', "'quoref'",
-        {'title': S, 'context': S, 'question': S, 'answers.text': SL}),
-             19_399),
+        {'title': S, 'context': S, 'question': S, 'answers.text': SL})),
     _dataset('duorc_selfrc', _local(
         'duorc_selfrc', "'duorc', 'SelfRC'",
         {'title': S, 'plot': S, 'question': S, 'answers': SL,
-         'no_answer': 'bool'}), 60_721, templates='duorc'),
+         'no_answer': 'bool'}), templates='duorc'),
     _dataset('duorc_paraphraserc', _local(
         'duorc_paraphraserc', "'duorc', 'ParaphraseRC'",
         {'title': S, 'plot': S, 'question': S, 'answers': SL,
-         'no_answer': 'bool'}), 69_524, templates='duorc'),
+         'no_answer': 'bool'}), templates='duorc'),
     _dataset('ropes', _local(
         'ropes', "'ropes'",
         {'background': S, 'situation': S, 'question': S,
-         'answers.text': SL}), 10_924),
+         'answers.text': SL})),
     # Closed-book QA.
     _dataset('hotpot_qa', _local(
         'hotpot_qa', "'hotpot_qa', 'distractor'",
-        {'question': S, 'answer': S}), 90_447),
+        {'question': S, 'answer': S})),
     _dataset('wiki_qa', _local(
         'wiki_qa', "'wiki_qa'",
-        {'question': S, 'answer': S, 'document_title': S, 'label': I}),
-             20_360),
+        {'question': S, 'answer': S, 'document_title': S, 'label': I})),
     # Structure to text.
     _dataset('common_gen', _local(
-        'common_gen', "'common_gen'", {'concepts': SL, 'target': S}), 67_389),
-    _dataset('wiki_bio', _tfds('wiki_bio:0.1.0', _TRAIN_VALIDATION), 582_659),
+        'common_gen', "'common_gen'", {'concepts': SL, 'target': S})),
+    _dataset('wiki_bio', _tfds('wiki_bio:0.1.0', _TRAIN_VALIDATION)),
     # Sentiment.
     _dataset('amazon_polarity', _local(
         'amazon_polarity', "'amazon_polarity'",
-        {'title': S, 'content': S, 'label': I}, splits=('train', 'test')),
-             3_600_000),
+        {'title': S, 'content': S, 'label': I}, splits=('train', 'test'))),
     _dataset('app_reviews', _local(
         'app_reviews', "'app_reviews'", {'review': S, 'star': I},
-        splits=('train',)), 288_065),
-    _dataset('imdb', _tfds('imdb_reviews/plain_text:1.0.0', _TRAIN), 25_000),
+        splits=('train',))),
+    _dataset('imdb', _tfds('imdb_reviews/plain_text:1.0.0', _TRAIN)),
     _dataset('rotten_tomatoes', _local(
-        'rotten_tomatoes', "'rotten_tomatoes'", {'text': S, 'label': I}),
-             8_530),
-    _dataset('yelp', _tfds('yelp_polarity_reviews:0.2.0', _TRAIN), 560_000),
+        'rotten_tomatoes', "'rotten_tomatoes'", {'text': S, 'label': I})),
+    _dataset('yelp', _tfds('yelp_polarity_reviews:0.2.0', _TRAIN)),
     # Summarization.
-    _dataset('cnn_dailymail', _tfds('cnn_dailymail:3.4.0', _TRAIN_VALIDATION),
-             287_113),
-    _dataset('gigaword', _tfds('gigaword:1.2.0', _TRAIN_VALIDATION),
-             3_803_957),
-    _dataset('multi_news', _tfds('multi_news:2.1.0', _TRAIN_VALIDATION),
-             44_972),
+    _dataset('cnn_dailymail', _tfds('cnn_dailymail:3.4.0', _TRAIN_VALIDATION)),
+    _dataset('gigaword', _tfds('gigaword:1.2.0', _TRAIN_VALIDATION)),
+    _dataset('multi_news', _tfds('multi_news:2.1.0', _TRAIN_VALIDATION)),
     _dataset('samsum', _tfds('samsum:1.0.0', _TRAIN_VALIDATION,
-                             manual_download=True), 14_732),
+                             manual_download=True)),
     _dataset('xsum', _tfds('xsum:1.1.0', _TRAIN_VALIDATION,
-                           manual_download=True), 204_045),
+                           manual_download=True)),
     # Topic classification.
-    _dataset('ag_news', _tfds('ag_news_subset:1.0.0', _TRAIN), 120_000),
+    _dataset('ag_news', _tfds('ag_news_subset:1.0.0', _TRAIN)),
     _dataset('dbpedia_14', _local(
         'dbpedia_14', "'dbpedia_14'", {'title': S, 'content': S, 'label': I},
-        splits=('train', 'test')), 560_000),
-    _dataset('trec', _tfds('trec:1.0.0', _TRAIN), 5_452),
+        splits=('train', 'test'))),
+    _dataset('trec', _tfds('trec:1.0.0', _TRAIN)),
     # Paraphrase identification.
-    _dataset('glue_mrpc', _tfds('glue/mrpc:2.0.0', _TRAIN_VALIDATION), 3_668),
+    _dataset('glue_mrpc', _tfds('glue/mrpc:2.0.0', _TRAIN_VALIDATION)),
     _dataset('paws', _tfds('paws_wiki/labeled_final_raw:1.1.0',
-                           _TRAIN_VALIDATION), 49_401),
-    _dataset('glue_qqp', _tfds('glue/qqp:2.0.0', _TRAIN_VALIDATION), 363_846),
+                           _TRAIN_VALIDATION)),
+    _dataset('glue_qqp', _tfds('glue/qqp:2.0.0', _TRAIN_VALIDATION)),
 )
 
 # T0's held-out evaluation datasets (validation splits).
@@ -203,7 +193,7 @@ def register() -> None:
   train = []
   for dataset in TRAIN_DATASETS:
     names = prompted.register(COLLECTION, dataset, features)
-    rate = prompted.mixing_rate(dataset.train_examples, len(names))
+    rate = prompted.lazy_mixing_rate(dataset.source, len(names))
     train.extend((name, rate) for name in names)
   registry.add_mixture(TRAIN_MIXTURE, train)
   heldout = []

@@ -148,20 +148,64 @@ def test_local_training_task(dataset, tmp_path, monkeypatch):
     tu.check_prompted(example, template.instruction)
 
 
-def test_training_mixture_follows_t0_rates():
+def _train_task(dataset_name):
+  dataset = next(d for d in t0.TRAIN_DATASETS if d.name == dataset_name)
+  return [seqio.get_mixture_or_task(
+      registry.task_name(t0.COLLECTION, dataset_name, template))
+          for template in dataset.template_collection.names]
+
+
+def test_training_mixture_follows_t0_rates(tmp_path, monkeypatch):
+  """Rates come from the data's sizes by T0's rule, worked out by hand here."""
+  # TFDS sizes come from the prepared datasets' info: stand-ins here.
+  tfds_sizes = {'glue/qqp': 1_090_000, 'gigaword': 3_803_957, 'trec': 5_452}
+  monkeypatch.setattr(
+      sources.TfdsSource, 'num_input_examples',
+      lambda self, split: tfds_sizes[self.tfds_dataset.name.split(':')[0]])
+  # Local exports are counted: 5 JSON lines (and a blank one), 3 records.
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+  (tmp_path / 'app_reviews').mkdir()
+  (tmp_path / 'app_reviews' / 'train.jsonl').write_text(
+      ''.join(f'{{"review": "r{i}", "star": 4}}\n' for i in range(5)) + '\n')
+  (tmp_path / 'amazon_polarity').mkdir()
+  amazon = next(d for d in t0.TRAIN_DATASETS if d.name == 'amazon_polarity')
+  sources.write_tfrecord(
+      str(tmp_path / 'amazon_polarity' / 'train.tfrecord'),
+      [_fake_record(amazon.source.fields, i) for i in range(3)],
+      amazon.source.fields)
+  t0.register()  # Fresh rate functions: sizes are read once, then kept.
   mixture = seqio.get_mixture_or_task(t0.TRAIN_MIXTURE)
+
+  # T0: a dataset of N <= 500,000 examples gives each template N; a larger
+  # one gives each 500,000 // (number of its templates).
+  expected = {
+      'glue_qqp': 500_000 // len(_train_task('glue_qqp')),
+      'gigaword': 500_000 // len(_train_task('gigaword')),
+      'trec': 5_452,
+      'app_reviews': 5,
+      'amazon_polarity': 3,
+  }
+  for dataset_name, rate in expected.items():
+    for task in _train_task(dataset_name):
+      assert mixture.get_rate(task) == rate, task.name
+  assert len(_train_task('glue_qqp')) == 3
+  assert expected['glue_qqp'] == 166_666
+  # A local export that is missing: the rate says how to provide it.
+  with pytest.raises(sources.DataNotFoundError, match="Dataset 'quail'"):
+    mixture.get_rate(_train_task('quail')[0])
+
   names = {task.name for task in mixture.tasks}
-  for dataset in t0.TRAIN_DATASETS:
-    templates = dataset.template_collection.names
-    for template in templates:
-      name = registry.task_name(t0.COLLECTION, dataset.name, template)
-      assert name in names
-      expected = min(dataset.train_examples, 500_000 / len(templates))
-      assert mixture.get_rate(seqio.get_mixture_or_task(name)) == expected
-  assert len(names) == sum(
-      len(d.template_collection.names) for d in t0.TRAIN_DATASETS)
-  assert prompted.mixing_rate(3_803_957, 3) == pytest.approx(166_666.67)
-  assert prompted.mixing_rate(2_696, 3) == 2_696
+  assert names == {task.name for d in t0.TRAIN_DATASETS
+                   for task in _train_task(d.name)}
+  t0.register()  # Forget the stand-in sizes.
+
+
+def test_rates_are_not_read_at_registration(monkeypatch):
+  def fail(*args):
+    raise AssertionError(f'Data read at registration: {args}')
+
+  monkeypatch.setattr(prompted, 'count_examples', fail)
+  t0.register()
 
 
 def test_heldout_mixture_is_disjoint_from_training():
