@@ -23,7 +23,7 @@ G names (tasks or templates).
 
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Type
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
 
 from absl import flags
 import gin
@@ -45,19 +45,18 @@ TABLE_COLUMNS = (
 
 
 def _retrieval_indices_fn(model: models.SptModel) -> Callable[..., Array]:
-  """A jitted (params, tokens, prompt features) -> indices [B, k]."""
+  """A jitted (params, encoder tokens) -> indices [B, k]."""
   module = model.module
   if not module.spt.num_memories:
     raise ValueError('The model has no memory bank (SptConfig.num_memories=0).')
 
-  def indices(params, tokens, prompt_features):
+  def indices(params, tokens):
     _, state = module.apply(
         {'params': params},
         tokens,
         enable_dropout=False,
         method=module.encode,
         mutable=['intermediates'],
-        **prompt_features,
     )
     return state['intermediates']['retrieval_indices'][0]
 
@@ -79,9 +78,9 @@ def collect_retrievals(
   Args:
     model: the trained model; its network must have a memory bank.
     params: its parameters.
-    batches: dicts with `encoder_input_tokens` [B, T] and, when the task
-      provides it, `encoder_prompt_tokens` [B, T_p]; other features are
-      ignored.
+    batches: dicts with `encoder_input_tokens` [B, T + T_p] (the input and
+      the discrete prompt, as the model's feature converter lays them out);
+      other features are ignored.
 
   Returns:
     int32 [N, k], N the number of non-padding examples.
@@ -90,11 +89,7 @@ def collect_retrievals(
   collected = []
   for batch in batches:
     tokens = np.asarray(batch['encoder_input_tokens'], np.int32)
-    prompt_features = {
-        k: np.asarray(v, np.int32)
-        for k, v in models.prompt_kwargs(batch).items()
-    }
-    indices = np.asarray(indices_fn(params, tokens, prompt_features))
+    indices = np.asarray(indices_fn(params, tokens))
     collected.append(indices[np.any(tokens > 0, axis=-1)])
   if not collected:
     raise ValueError('No batches to collect retrievals from.')
@@ -336,7 +331,6 @@ def analyze(
     model_dir: str,
     mixture_or_task_names: Sequence[str],
     task_feature_lengths: Mapping[str, int],
-    feature_converter_cls: Type[seqio.FeatureConverter],
     output_dir: str,
     split: str = 'validation',
     batch_size: int = 64,
@@ -351,7 +345,6 @@ def analyze(
       mixture is one row (`__score` tasks repeat each example per choice, so
       prefer generation tasks).
     task_feature_lengths: feature lengths of the run.
-    feature_converter_cls: task features to model features.
     output_dir: where the table, overlaps and heatmap go.
     split: dataset split.
     batch_size: examples per forward pass.
@@ -363,7 +356,7 @@ def analyze(
   if not model.module.spt.num_memories:
     raise ValueError('The model has no memory bank to analyse.')
   params = checkpoints.TrainCheckpoints(model_dir).restore_params()
-  converter = feature_converter_cls(pack=False)
+  converter = model.FEATURE_CONVERTER_CLS(pack=False)
   indices_by_name = {}
   for name in mixture_or_task_names:
     for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
@@ -397,13 +390,11 @@ def main(argv: Sequence[str]) -> None:
   from spt_jax import network  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin_flags()
   model_dir = gin.query_parameter('%MODEL_DIR')
-  converter = gin.query_parameter('spt_jax.train.train.feature_converter_cls')
   paths = analysis_lib.analyze(
       model=models.SptModel(gin.get_configurable(network.SptTransformer)()),
       model_dir=model_dir,
       mixture_or_task_names=FLAGS.mixtures,
       task_feature_lengths=gin.query_parameter('%TASK_FEATURE_LENGTHS'),
-      feature_converter_cls=converter.scoped_configurable_fn,
       output_dir=FLAGS.output_dir or os.path.join(model_dir, 'analysis'),
       split=FLAGS.split,
       group_by=FLAGS.group_by,

@@ -7,6 +7,7 @@ and Flax modules can hold them as static attributes.
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from absl import logging
 import jax.numpy as jnp
 
 # Shapes of the T5 1.1 and T5-LM-adapt checkpoints (vocabulary 32128).
@@ -25,6 +26,10 @@ T5_1_1_SIZES = {
                 num_decoder_layers=24, head_dim=64, mlp_dim=10240),
 }
 T5_VOCAB_SIZE = 32128
+
+# Retrieval strategies whose weights are a softmax over the k retrieved
+# scores: with k = 1 the weight is 1 whatever the score.
+_CONSTANT_WEIGHT_STRATEGIES = ('softmax_topk', 'straight_through')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +93,16 @@ class SptConfig:
   query_pooling: str = 'mean'  # 'mean' or 'max'.
   query_source: str = 'embeddings'  # 'embeddings' or 'first_layer'.
   query_stop_gradient: bool = True
-  # Where the prompt is when only encoder tokens are given (T5X's `encode`):
-  # 'all_tokens', or 'before_separator' with `prompt_separator_id`.
+  # The discrete prompt rides in the last `prompt_length` positions of
+  # `encoder_input_tokens` (tasks.feature_converters puts it there), so that
+  # every T5X code path, which passes encoder tokens alone, sees it. With 0,
+  # the query is pooled over `prompt_span` of the input itself: 'all_tokens',
+  # or 'before_separator' with `prompt_separator_id`.
+  prompt_length: int = 0
   prompt_span: str = 'all_tokens'
   prompt_separator_id: Optional[int] = None
   # Parametric soft prompt, prepended before the memory prompt.
   soft_prompt_length: int = 0
-  # Weights of the auxiliary losses sown into the `losses` collection.
-  pull_loss_weight: float = 0.1
-  balance_loss_weight: float = 0.01
 
   def __post_init__(self):
     # Imported here: the modules that define the choices import this one.
@@ -117,7 +123,7 @@ class SptConfig:
             f'Unknown SptConfig.{name} {getattr(self, name)!r}; expected one '
             f'of {allowed}.'
         )
-    for name in ('num_memories', 'soft_prompt_length'):
+    for name in ('num_memories', 'soft_prompt_length', 'prompt_length'):
       if getattr(self, name) < 0:
         raise ValueError(f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.')
     if self.num_memories:
@@ -138,6 +144,13 @@ class SptConfig:
             f'num_memories={self.num_memories} into chunks of at least '
             f'top_k={self.top_k} memories.'
         )
+      if self.top_k == 1 and self.retrieval in _CONSTANT_WEIGHT_STRATEGIES:
+        logging.warning(
+            'SptConfig: top_k=1 with retrieval=%r weights the one retrieved '
+            'memory by a softmax over a single score, which is constant: the '
+            'keys get no gradient from the task loss, only from the pull '
+            "loss. Use top_k >= 2 or retrieval='perturbed_topk' to train "
+            'them through the task.', self.retrieval)
     if self.prompt_span == 'before_separator' and self.prompt_separator_id is None:
       raise ValueError(
           "SptConfig.prompt_span='before_separator' needs prompt_separator_id."

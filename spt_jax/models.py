@@ -1,60 +1,204 @@
-"""Loss, scoring and decoding around `SptTransformer`, for the local runner.
+"""SPT's training loss, rank-classification scores and decoding.
 
-The shape of T5X's `EncoderDecoderModel` without T5X: batches are dicts of the
-seqio `EncDecFeatureConverter` features, plus the optional discrete-prompt
-feature `encoder_prompt_tokens`:
+One implementation serves both runners: `SptModel` is the local runner's
+model, and `t5x_models.SptEncoderDecoderModel` (T5X's `EncoderDecoderModel`)
+computes its loss with the same `spt_loss`. Batches are dicts of the features
+of `tasks.feature_converters.SptEncDecFeatureConverter`:
 
-  encoder_input_tokens   [B, T] int32
+  encoder_input_tokens   [B, T + T_p] int32 (input, then the discrete prompt)
   decoder_input_tokens   [B, L] int32
   decoder_target_tokens  [B, L] int32
   decoder_loss_weights   [B, L] (0 on padding)
-  encoder_prompt_tokens  [B, T_p] int32, optional
 
-The training loss adds the SPT auxiliary losses the network sows into the
-`losses` collection.
+The loss follows T5X's conventions (`t5x.losses`): a token cross entropy with
+label smoothing and z-loss, summed and divided by `loss_normalizing_factor`
+(None, a number, or one of `LOSS_NORMALIZING_FACTORS`), plus SPT's auxiliary
+losses, which the network sows unweighted and the model weights. Each
+auxiliary loss counts as much per target token as the mean token cross
+entropy does, whatever the normalisation.
 """
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+import functools
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from spt_jax import network
+from tasks import feature_converters
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
+LossNormalizingFactor = Optional[Union[float, int, str]]
+
+# T5X's `SpecialLossNormalizingFactor` names (packing aside, which SPT
+# refuses): divide the summed loss by the number of real target tokens, by all
+# target positions, or average per sequence first.
+LOSS_NORMALIZING_FACTORS = (
+    'NUM_REAL_TARGET_TOKENS',
+    'NUM_TOTAL_TARGET_TOKENS',
+    'AVERAGE_PER_SEQUENCE',
+)
 
 
-def prompt_kwargs(batch: Batch) -> Dict[str, Array]:
-  """The optional discrete-prompt feature of a batch, as network keywords."""
-  if 'encoder_prompt_tokens' in batch:
-    return {'encoder_prompt_tokens': batch['encoder_prompt_tokens']}
-  return {}
+def loss_normalizing_factor_and_weights(
+    loss_normalizing_factor: LossNormalizingFactor, batch: Batch
+) -> Tuple[Optional[Union[float, Array]], Array]:
+  """The loss divisor and per-token weights [B, L], as T5X computes them.
+
+  Args:
+    loss_normalizing_factor: None (no division), a number, or a name from
+      `LOSS_NORMALIZING_FACTORS` (T5X's enum members are accepted by name).
+    batch: needs `decoder_target_tokens`; `decoder_loss_weights` if present.
+
+  Returns:
+    The divisor (None, a Python number, or a traced scalar) and float32
+    weights.
+  """
+  targets = batch['decoder_target_tokens']
+  weights = batch.get('decoder_loss_weights')
+  weights = jnp.asarray(targets > 0 if weights is None else weights, jnp.float32)
+  name = getattr(loss_normalizing_factor, 'name', loss_normalizing_factor)
+  if name is None or not isinstance(name, str):
+    return loss_normalizing_factor, weights
+  if name == 'NUM_REAL_TARGET_TOKENS':
+    return jnp.sum(weights), weights
+  if name == 'NUM_TOTAL_TARGET_TOKENS':
+    return float(np.prod(targets.shape)), weights
+  if name == 'AVERAGE_PER_SEQUENCE':
+    per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
+    weights = jnp.where(per_sequence > 0, weights / jnp.maximum(per_sequence, 1e-9), 0.0)
+    return jnp.sum(weights), weights
+  raise ValueError(
+      f'Unknown loss_normalizing_factor {loss_normalizing_factor!r}; expected '
+      f'None, a number, or one of {LOSS_NORMALIZING_FACTORS}.'
+  )
 
 
 def token_cross_entropy(
-    logits: Array, targets: Array, z_loss: float = 0.0
+    logits: Array, targets: Array, label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
 ) -> Tuple[Array, Array]:
-  """Per-token cross entropy [B, L] and z-loss [B, L] from logits [B, L, V]."""
+  """Per-token loss [B, L] (z-loss included) and z-loss [B, L], as T5X's.
+
+  With label smoothing the targets put 1 - s on the label and s / (V - 1)
+  elsewhere, and the smoothed targets' entropy is subtracted so that a
+  perfect prediction costs 0.
+  """
   logits = logits.astype(jnp.float32)
+  vocab_size = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return log_z - target_logits, z_loss * jnp.square(log_z)
+  log_probs = logits - log_z[..., None]
+  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  if label_smoothing:
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / max(vocab_size - 1, 1)
+    entropy = -(confidence * np.log(confidence)
+                + (vocab_size - 1) * low * np.log(low + 1e-20))
+    loss = -(confidence - low) * target_log_probs - low * jnp.sum(
+        log_probs, axis=-1) - entropy
+  else:
+    loss = -target_log_probs
+  z = z_loss * jnp.square(log_z)
+  return loss + z, z
+
+
+def spt_loss(
+    logits: Array,
+    batch: Batch,
+    aux_losses: Mapping[str, Array],
+    *,
+    aux_loss_weights: Mapping[str, float],
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    loss_normalizing_factor: LossNormalizingFactor = None,
+) -> Tuple[Array, Dict[str, Array]]:
+  """The training loss: weighted cross entropy + weighted auxiliary losses.
+
+  Args:
+    logits: [B, L, V].
+    batch: the targets and their weights.
+    aux_losses: scalar losses the network sowed (`pull_loss`, ...).
+    aux_loss_weights: weight of each; a loss without weight is left out.
+    label_smoothing: as in T5X.
+    z_loss: weight of the log-partition regulariser, as in T5X.
+    loss_normalizing_factor: see `loss_normalizing_factor_and_weights`.
+
+  Returns:
+    The scalar loss and its terms: `cross_entropy` (normalised, z-loss
+    included, as T5X's loss), `z_loss`, `weight_sum` and, per weighted
+    auxiliary loss, its unweighted value; `weights` [B, L].
+  """
+  factor, weights = loss_normalizing_factor_and_weights(
+      loss_normalizing_factor, batch)
+  token_loss, token_z = token_cross_entropy(
+      logits, batch['decoder_target_tokens'], label_smoothing, z_loss)
+  weight_sum = jnp.sum(weights)
+  divisor = 1.0 if factor is None else factor
+  terms = {
+      'cross_entropy': jnp.sum(token_loss * weights) / divisor,
+      'z_loss': jnp.sum(token_z * weights) / divisor,
+      'weight_sum': weight_sum,
+      'weights': weights,
+  }
+  # The cross entropy counts weight_sum / divisor tokens' worth of loss.
+  tokens_per_loss_unit = weight_sum / divisor
+  loss = terms['cross_entropy']
+  for name, value in aux_losses.items():
+    weight = aux_loss_weights.get(name, 0.0)
+    if weight:
+      terms[name] = value
+      loss = loss + weight * value * tokens_per_loss_unit
+  return loss, terms
+
+
+def sequence_scores(logits: Array, batch: Batch) -> Array:
+  """Summed target log-likelihood [B] of logits [B, L, V], for rank classification."""
+  targets = batch['decoder_target_tokens']
+  weights = batch.get('decoder_loss_weights', targets > 0)
+  token_loss, _ = token_cross_entropy(logits, targets)
+  return -jnp.sum(token_loss * jnp.asarray(weights, jnp.float32), axis=-1)
+
+
+def feature_converter_cls(module: network.SptTransformer):
+  """The feature converter that lays batches out for `module`."""
+  return functools.partial(
+      feature_converters.SptEncDecFeatureConverter,
+      prompt_length=module.spt.prompt_length,
+  )
 
 
 class SptModel:
-  """Training loss, rank-classification scores and greedy decoding.
+  """The local runner's model: loss, scores and greedy decoding.
 
   Attributes:
     module: the network.
-    z_loss: weight of the log-partition regulariser, as in T5X.
+    FEATURE_CONVERTER_CLS: builds the feature converter for `module`'s batch
+      layout (its discrete-prompt length), as T5X models do.
   """
 
-  def __init__(self, module: network.SptTransformer, z_loss: float = 1e-4):
+  def __init__(
+      self,
+      module: network.SptTransformer,
+      *,
+      z_loss: float = 1e-4,
+      label_smoothing: float = 0.0,
+      loss_normalizing_factor: LossNormalizingFactor = 'NUM_REAL_TARGET_TOKENS',
+      pull_loss_weight: float = 0.1,
+      balance_loss_weight: float = 0.01,
+  ):
     self.module = module
     self.z_loss = z_loss
+    self.label_smoothing = label_smoothing
+    self.loss_normalizing_factor = loss_normalizing_factor
+    self.aux_loss_weights = {
+        'pull_loss': pull_loss_weight,
+        'balance_loss': balance_loss_weight,
+    }
+    self.FEATURE_CONVERTER_CLS = feature_converter_cls(module)  # pylint: disable=invalid-name
 
   def get_initial_variables(
       self,
@@ -65,9 +209,6 @@ class SptModel:
     def ones(name):
       return jnp.ones(input_shapes[name], jnp.int32)
 
-    kwargs = {}
-    if 'encoder_prompt_tokens' in input_shapes:
-      kwargs['encoder_prompt_tokens'] = ones('encoder_prompt_tokens')
     variables = self.module.init(
         rng,
         ones('encoder_input_tokens'),
@@ -75,7 +216,6 @@ class SptModel:
         ones('decoder_target_tokens'),
         decode=False,
         enable_dropout=False,
-        **kwargs,
     )
     return dict(variables)
 
@@ -95,48 +235,40 @@ class SptModel:
         enable_dropout=dropout_rng is not None,
         rngs={'dropout': dropout_rng} if dropout_rng is not None else None,
         mutable=mutable,
-        **prompt_kwargs(batch),
     )
 
   def loss_fn(
       self, params: Params, batch: Batch, dropout_rng: Optional[Array]
   ) -> Tuple[Array, Dict[str, Array]]:
-    """Mean token cross entropy + z-loss + SPT auxiliary losses.
+    """`spt_loss` of a batch.
 
     Returns:
-      The scalar loss and a dict of metrics (`cross_entropy`, `accuracy`,
-      `z_loss`, and each auxiliary loss).
+      The scalar loss and a dict of metrics (`loss`, `cross_entropy`,
+      `accuracy`, `z_loss`, and each weighted auxiliary loss, unweighted).
     """
     logits, collections = self.compute_logits(
         params, batch, dropout_rng, mutable=['losses']
     )
+    loss, terms = spt_loss(
+        logits, batch, collections.get('losses', {}),
+        aux_loss_weights=self.aux_loss_weights,
+        label_smoothing=self.label_smoothing,
+        z_loss=self.z_loss,
+        loss_normalizing_factor=self.loss_normalizing_factor,
+    )
+    weights = terms.pop('weights')
+    weight_sum = jnp.maximum(terms.pop('weight_sum'), 1.0)
     targets = batch['decoder_target_tokens']
-    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
-    weights = weights.astype(jnp.float32)
-    denominator = jnp.maximum(jnp.sum(weights), 1.0)
-    cross_entropy, z_loss = token_cross_entropy(logits, targets, self.z_loss)
-    metrics = {
-        'cross_entropy': jnp.sum(cross_entropy * weights) / denominator,
-        'z_loss': jnp.sum(z_loss * weights) / denominator,
-        'accuracy': jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
-        / denominator,
-    }
-    aux_losses = collections.get('losses', {})
-    for name, value in aux_losses.items():
-      metrics[name] = value
-    loss = metrics['cross_entropy'] + metrics['z_loss'] + sum(
-        aux_losses.values(), jnp.zeros((), jnp.float32)
+    metrics = dict(terms)
+    metrics['accuracy'] = (
+        jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / weight_sum
     )
     metrics['loss'] = loss
     return loss, metrics
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """Summed target log-likelihood [B], for rank classification."""
-    logits = self.compute_logits(params, batch)
-    targets = batch['decoder_target_tokens']
-    weights = batch.get('decoder_loss_weights', targets > 0)
-    cross_entropy, _ = token_cross_entropy(logits, targets)
-    return -jnp.sum(cross_entropy * weights.astype(jnp.float32), axis=-1)
+    return sequence_scores(self.compute_logits(params, batch), batch)
 
   def predict_batch(
       self,
@@ -154,7 +286,6 @@ class SptModel:
         encoder_tokens,
         enable_dropout=False,
         method=self.module.encode,
-        **prompt_kwargs(batch),
     )
     shape = (batch_size, length)
     _, initial = self.module.apply(
@@ -165,10 +296,9 @@ class SptModel:
         mutable=['cache'],
         decode=True,
         enable_dropout=False,
-        **prompt_kwargs(batch),
     )
 
-    def step(carry, index):
+    def step(carry, unused_index):
       cache, previous, done = carry
       ids = previous[:, None]
       logits, variables = self.module.apply(

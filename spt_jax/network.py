@@ -2,9 +2,12 @@
 
 `SptTransformer` keeps the method signatures of T5X's example network
 (`__call__`, `encode`, `decode` with a cache), so it can be the `module` of
-`t5x.models.EncoderDecoderModel`. In `encode`, a query pooled from the
-discrete prompt retrieves memory prompts from the bank; they are prepended to
-the embedded encoder input after the optional soft prompt:
+`t5x.models.EncoderDecoderModel`. The discrete prompt travels inside the
+encoder tokens, in their last `SptConfig.prompt_length` positions, so that
+training, scoring, decoding and beam search see it through any T5X code path.
+In `encode`, a query pooled from the discrete prompt retrieves memory prompts
+from the bank; the prompt positions are dropped, and the retrieved prompts are
+prepended to the embedded input after the optional soft prompt:
 
     [soft prompt (S) | memory prompt (k*P or P) | input tokens (T)]
 
@@ -13,13 +16,13 @@ and every mask over encoder positions grows by the prefix length S + k*P.
 Telemetry and auxiliary losses are sown, never returned, so the outputs stay
 what T5X expects:
   * `intermediates`: `retrieval_indices` and `retrieval_scores` [B, k];
-  * `losses`: `pull_loss` and `balance_loss`, already weighted, to be added
-    to the training loss by callers that ask for the collection.
+  * `losses`: `pull_loss` and `balance_loss`, unweighted; the model
+    (`models.spt_loss`) weights them into the training loss.
 Neither is written during `init`, so initial variables hold only `params`
 (and `params_axes`), as T5X requires.
 
-Shape letters: B batch, T encoder length, L decoder length, H model width,
-V vocabulary.
+Shape letters: B batch, T encoder input length, T_p discrete-prompt length,
+L decoder length, H model width, V vocabulary.
 """
 
 import functools
@@ -246,14 +249,6 @@ def _refuse_packing(**packing_features):
     )
 
 
-def _check_tokens(name: str, tokens: Optional[Array], batch_size=None):
-  if tokens is None:
-    return
-  if tokens.ndim != 2 or (batch_size is not None and tokens.shape[0] != batch_size):
-    expected = f'[{batch_size}, length]' if batch_size else '[batch, length]'
-    raise ValueError(f'Expected {name} of shape {expected}, got {tokens.shape}.')
-
-
 class SptTransformer(nn.Module):
   """T5 1.1 encoder-decoder with SPT's memory bank and soft prompt.
 
@@ -293,37 +288,25 @@ class SptTransformer(nn.Module):
       encoder_input_tokens: Array,
       encoder_segment_ids: Optional[Array] = None,
       enable_dropout: bool = True,
-      *,
-      encoder_prompt_tokens: Optional[Array] = None,
-      encoder_prompt_mask: Optional[Array] = None,
   ) -> Array:
     """Retrieves memory prompts, prepends them, and encodes.
 
     Args:
-      encoder_input_tokens: [B, T] ids, 0 is padding.
+      encoder_input_tokens: [B, T + T_p] ids, 0 is padding: the input, then
+        the discrete prompt in the last T_p = `SptConfig.prompt_length`
+        positions (`tasks.feature_converters.SptEncDecFeatureConverter` lays
+        them out). With T_p = 0 the query is pooled over
+        `SptConfig.prompt_span` of the input.
       encoder_segment_ids: must be None (packing is not supported).
       enable_dropout: training mode.
-      encoder_prompt_tokens: optional [B, T_p] ids of the discrete prompt alone.
-      encoder_prompt_mask: optional [B, T] marking the discrete prompt inside
-        `encoder_input_tokens`. Without either, the prompt span is derived
-        from the tokens (`SptConfig.prompt_span`).
 
     Returns:
       Encodings [B, prefix_length + T, H].
     """
     _refuse_packing(encoder_segment_ids=encoder_segment_ids)
-    _check_tokens('encoder_input_tokens', encoder_input_tokens)
-    batch_size, length = encoder_input_tokens.shape
-    _check_tokens('encoder_prompt_tokens', encoder_prompt_tokens, batch_size)
-    if encoder_prompt_mask is not None and encoder_prompt_mask.shape != (
-        batch_size, length
-    ):
-      raise ValueError(
-          f'Expected encoder_prompt_mask of shape {(batch_size, length)}, got '
-          f'{encoder_prompt_mask.shape}.'
-      )
+    tokens, prompt_tokens = self._split_prompt(encoder_input_tokens)
+    batch_size = tokens.shape[0]
     deterministic = not enable_dropout
-    tokens = encoder_input_tokens.astype(jnp.int32)
     embedded = self.token_embedder(tokens)
 
     prefixes = []
@@ -331,41 +314,47 @@ class SptTransformer(nn.Module):
       prefixes.append(self.soft_prompt(batch_size, self.config.dtype))
     if self.spt.num_memories:
       prefixes.append(
-          self._retrieve(
-              tokens, embedded, encoder_prompt_tokens, encoder_prompt_mask,
-              deterministic,
-          )
+          self._retrieve(tokens, embedded, prompt_tokens, deterministic)
       )
     x = prompts.prepend(prefixes, embedded)
     input_mask = prompts.input_mask_with_prefix(tokens, self.spt.prefix_length)
     mask = layers.make_attention_mask(input_mask, input_mask, dtype=self.config.dtype)
     return self.encoder(x, mask, deterministic)
 
-  def _retrieve(
-      self, tokens, embedded, prompt_tokens, prompt_mask, deterministic
-  ) -> Array:
+  def _split_prompt(self, encoder_input_tokens: Array):
+    """Input tokens [B, T] and prompt tokens [B, T_p] (None when T_p = 0)."""
+    if encoder_input_tokens.ndim != 2:
+      raise ValueError(
+          'Expected encoder_input_tokens of shape [batch, length], got '
+          f'{encoder_input_tokens.shape}.'
+      )
+    prompt_length = self.spt.prompt_length
+    if encoder_input_tokens.shape[1] <= prompt_length:
+      raise ValueError(
+          f'encoder_input_tokens has {encoder_input_tokens.shape[1]} '
+          f'positions, but SptConfig.prompt_length={prompt_length} of them '
+          'should be the discrete prompt after the input: convert the task '
+          'with SptEncDecFeatureConverter(prompt_length='
+          f'{prompt_length}) (the model\'s FEATURE_CONVERTER_CLS).'
+      )
+    return prompts.split_prompt(
+        encoder_input_tokens.astype(jnp.int32), prompt_length
+    )
+
+  def _retrieve(self, tokens, embedded, prompt_tokens, deterministic) -> Array:
     """The combined memory prompt [B, k*P or P, H] for each example."""
     spt = self.spt
     if prompt_tokens is not None:
-      prompt_tokens = prompt_tokens.astype(jnp.int32)
       query_source, span = self.token_embedder(prompt_tokens), prompt_tokens > 0
       context = span
     else:
       query_source, context = embedded, tokens > 0
-      if prompt_mask is None:
-        span = prompts.prompt_span_mask(
-            tokens, spt.prompt_span, spt.prompt_separator_id
-        )
-      else:
-        span = jnp.logical_and(prompt_mask > 0, context)
+      span = prompts.prompt_span_mask(
+          tokens, spt.prompt_span, spt.prompt_separator_id
+      )
     if spt.query_source == 'first_layer':
       mask = layers.make_attention_mask(context, context, dtype=self.config.dtype)
       query_source = self.encoder.first_layer(query_source, mask, deterministic)
-    elif spt.query_source != 'embeddings':
-      raise ValueError(
-          f"Unknown query_source {spt.query_source!r}; expected 'embeddings' "
-          "or 'first_layer'."
-      )
     query = prompts.pool_query(query_source, span, spt.query_pooling)
     if spt.query_stop_gradient:
       query = jax.lax.stop_gradient(query)
@@ -378,15 +367,11 @@ class SptTransformer(nn.Module):
     if not self.is_initializing():
       self.sow('intermediates', 'retrieval_indices', retrieved.indices)
       self.sow('intermediates', 'retrieval_scores', retrieved.scores)
-      for name, weight in (
-          ('pull_loss', spt.pull_loss_weight),
-          ('balance_loss', spt.balance_loss_weight),
-      ):
-        if weight:
-          self.sow(
-              'losses', name, weight * aux_losses[name],
-              init_fn=lambda: 0.0, reduce_fn=jnp.add,
-          )
+      # Unweighted: the model (models.py) owns the loss weights.
+      for name, value in aux_losses.items():
+        self.sow(
+            'losses', name, value, init_fn=lambda: 0.0, reduce_fn=jnp.add
+        )
     return prompt
 
   def decode(
@@ -406,7 +391,8 @@ class SptTransformer(nn.Module):
 
     Args:
       encoded: [B, prefix_length + T, H] from `encode`.
-      encoder_input_tokens: [B, T], only for the padding mask.
+      encoder_input_tokens: [B, T + T_p] as given to `encode`, only for the
+        padding mask.
       decoder_input_tokens: [B, L] (L = 1 per step when `decode`).
       decoder_target_tokens: [B, L], for the padding mask.
       encoder_segment_ids: must be None.
@@ -425,15 +411,14 @@ class SptTransformer(nn.Module):
         decoder_segment_ids=decoder_segment_ids,
     )
     dtype = self.config.dtype
-    input_mask = prompts.input_mask_with_prefix(
-        encoder_input_tokens, self.spt.prefix_length
-    )
+    tokens, _ = self._split_prompt(encoder_input_tokens)
+    input_mask = prompts.input_mask_with_prefix(tokens, self.spt.prefix_length)
     if encoded.shape[:2] != input_mask.shape:
       raise ValueError(
           f'encoded has shape {encoded.shape}, but encoder_input_tokens '
-          f'{encoder_input_tokens.shape} plus the prefix of '
-          f'{self.spt.prefix_length} positions needs '
-          f'{input_mask.shape + (self.config.emb_dim,)}.'
+          f'{encoder_input_tokens.shape} (of which {self.spt.prompt_length} '
+          f'prompt positions) plus the prefix of {self.spt.prefix_length} '
+          f'positions needs {input_mask.shape + (self.config.emb_dim,)}.'
       )
     if decode:
       decoder_mask = None
@@ -467,8 +452,6 @@ class SptTransformer(nn.Module):
       *,
       enable_dropout: bool = True,
       decode: bool = False,
-      encoder_prompt_tokens: Optional[Array] = None,
-      encoder_prompt_mask: Optional[Array] = None,
   ) -> Array:
     """Teacher-forced logits [B, L, V]; see `encode` and `decode` for inputs."""
     _refuse_packing(
@@ -477,12 +460,7 @@ class SptTransformer(nn.Module):
         encoder_positions=encoder_positions,
         decoder_positions=decoder_positions,
     )
-    encoded = self.encode(
-        encoder_input_tokens,
-        enable_dropout=enable_dropout,
-        encoder_prompt_tokens=encoder_prompt_tokens,
-        encoder_prompt_mask=encoder_prompt_mask,
-    )
+    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout)
     return self.decode(
         encoded,
         encoder_input_tokens,

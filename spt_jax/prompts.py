@@ -1,15 +1,16 @@
 """The discrete-prompt query, the soft prompt, and injection into the encoder input.
 
-The query is pooled from token embeddings over the prompt span, which is known
-from a separate prompt feature, from a mask over the encoder tokens, or (when
-only encoder tokens are available, as in T5X's `encode`) derived from the tokens
+The discrete prompt rides in the last T_p positions of the encoder tokens
+(`split_prompt` takes it out). The query is pooled from token embeddings over
+it or, without one (T_p = 0), over a span of the input derived from the tokens
 themselves. Prompts are prepended to the embedded input and the padding mask
 grows to cover them.
 
-Shape letters: B batch, T encoder length, P prefix length, H model width.
+Shape letters: B batch, T encoder length, T_p prompt length, P prefix length,
+H model width.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from flax import linen as nn
 import jax
@@ -21,6 +22,15 @@ Array = jax.Array
 
 POOLINGS = ('mean', 'max')
 PROMPT_SPANS = ('all_tokens', 'before_separator')
+
+
+def split_prompt(
+    tokens: Array, prompt_length: int
+) -> Tuple[Array, Optional[Array]]:
+  """Encoder tokens [B, T + T_p] -> input [B, T] and prompt [B, T_p] or None."""
+  if not prompt_length:
+    return tokens, None
+  return tokens[:, :-prompt_length], tokens[:, -prompt_length:]
 
 
 def prompt_span_mask(

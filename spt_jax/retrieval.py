@@ -13,6 +13,10 @@ values (via the gather). Strategies, selected by name:
   optimizer estimator (Berthet et al., 2020). Costs [B, S, M] for S samples, so
   it suits banks of thousands, not millions.
 
+With k = 1, `softmax_topk` and `straight_through` give the single retrieved
+memory a weight of 1 whatever its score, so the keys get no gradient from the
+task loss (only from the pull loss); `SptConfig` warns about it.
+
 For banks too large for exact top-k, `top_k(..., approx=True)` uses
 `jax.lax.approx_max_k`, and `num_chunks > 1` does a two-stage top-k whose first
 stage stays local to each shard of a bank split along the `memory` axis.

@@ -2,18 +2,27 @@
 
 `SptEncDecFeatureConverter` is seqio's `EncDecFeatureConverter` without
 packing (SPT prepends retrieved prompts to each example's input, so examples
-cannot share a row) plus the discrete prompt from which the model forms its
-retrieval query:
+cannot share a row) that carries the discrete prompt, from which the model
+forms its retrieval query, in the last `prompt_length` positions of the
+encoder tokens:
 
   task feature        model feature            dtype, shape
-  inputs              encoder_input_tokens     int32 [inputs length]
+  inputs, prompt      encoder_input_tokens     int32 [inputs length + prompt_length]
   targets             decoder_target_tokens    int32 [targets length]
                       decoder_input_tokens     int32 [targets length]
                       decoder_loss_weights     int32 [targets length]
-  prompt              encoder_prompt_tokens    int32 [prompt length]
 
-All are padded with 0. `encoder_prompt_tokens` is produced only when the task
-feature lengths name `prompt`; otherwise the converter is exactly seqio's.
+`inputs` is padded to its length and `prompt` to `prompt_length`, each with 0,
+so the prompt always starts at the same position. The prompt travels inside
+`encoder_input_tokens` because that is the one encoder feature T5X passes to
+every method of the network (training, scoring, `encode` before decoding, beam
+search); a separate feature would need every one of those code paths
+re-implemented. `SptConfig.prompt_length` tells the network where to split,
+and the models build this converter from it (`FEATURE_CONVERTER_CLS`), so the
+two cannot disagree.
+
+With `prompt_length=0` the converter is exactly seqio's and a task's `prompt`
+feature, if any, is dropped: the network then pools its query over the input.
 """
 import copy
 from typing import Mapping
@@ -23,47 +32,69 @@ import tensorflow as tf
 
 from tasks import vocab
 
-ENCODER_PROMPT_TOKENS = 'encoder_prompt_tokens'
-
 _Spec = seqio.FeatureConverter.FeatureSpec
 
 
-class SptEncDecFeatureConverter(seqio.EncDecFeatureConverter):
-  """`EncDecFeatureConverter` + `prompt` -> `encoder_prompt_tokens`."""
+class MissingPromptError(ValueError):
+  """The model reads a discrete prompt that the task does not provide."""
 
-  def __init__(self, pack: bool = False, **kwargs):
+
+class SptEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """`EncDecFeatureConverter` with the discrete prompt after the inputs.
+
+  Attributes:
+    prompt_length: positions of the discrete prompt at the end of
+      `encoder_input_tokens`; longer prompts are cut to it. It overrides
+      any `prompt` entry of the task feature lengths (seqio's evaluator
+      passes the longest prompt of the data there).
+  """
+
+  def __init__(self, pack: bool = False, prompt_length: int = 0, **kwargs):
     if pack:
       raise ValueError(
           'SptEncDecFeatureConverter cannot pack: SPT prepends retrieved '
           'prompts to every example, so examples cannot share a row. Set '
           'pack=False (in T5X: utils.DatasetConfig.pack = False).')
+    if prompt_length < 0:
+      raise ValueError(f'prompt_length must be >= 0, got {prompt_length}.')
+    self.prompt_length = prompt_length
     super().__init__(pack=False, **kwargs)
 
   def __call__(self, ds: tf.data.Dataset,
                task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     """Converts task features to model features (see the module docstring)."""
-    if vocab.PROMPT not in task_feature_lengths:
-      return super().__call__(ds, task_feature_lengths)
-    # seqio validates features against TASK_FEATURES/MODEL_FEATURES: convert
-    # with a copy whose feature specs include the prompt.
+    lengths = {k: v for k, v in task_feature_lengths.items()
+               if k != vocab.PROMPT}
+    if not self.prompt_length:
+      return super().__call__(ds, lengths)
+    if vocab.PROMPT not in ds.element_spec:
+      raise MissingPromptError(
+          f'The model reads a discrete prompt of {self.prompt_length} tokens '
+          f"(PROMPT_LENGTH), but the task has no '{vocab.PROMPT}' feature "
+          f'(it has {sorted(ds.element_spec)}). Set PROMPT_LENGTH = 0 to '
+          'pool the retrieval query over the input instead (PROMPT_SPAN).')
+    lengths[vocab.PROMPT] = self.prompt_length
+    ds = ds.map(lambda ex: {**ex, vocab.PROMPT: ex[vocab.PROMPT][:self.prompt_length]},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    # seqio validates features against TASK_FEATURES: convert with a copy
+    # whose task features include the prompt.
     with_prompt = copy.copy(self)
     with_prompt.TASK_FEATURES = {
         **self.TASK_FEATURES, vocab.PROMPT: _Spec(dtype=tf.int32)}
-    with_prompt.MODEL_FEATURES = {
-        **self.MODEL_FEATURES, ENCODER_PROMPT_TOKENS: _Spec(dtype=tf.int32)}
-    return seqio.EncDecFeatureConverter.__call__(
-        with_prompt, ds, task_feature_lengths)
+    return seqio.EncDecFeatureConverter.__call__(with_prompt, ds, lengths)
 
   def _convert_example(
       self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     converted = dict(super()._convert_example(features))
     if vocab.PROMPT in self.TASK_FEATURES:
-      converted[ENCODER_PROMPT_TOKENS] = features[vocab.PROMPT]
+      converted['encoder_input_tokens'] = tf.concat(
+          [converted['encoder_input_tokens'], features[vocab.PROMPT]], axis=-1)
     return converted
 
   def get_model_feature_lengths(
       self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
-    if vocab.PROMPT in task_feature_lengths:
-      lengths[ENCODER_PROMPT_TOKENS] = task_feature_lengths[vocab.PROMPT]
+    lengths = dict(super().get_model_feature_lengths(
+        {k: v for k, v in task_feature_lengths.items() if k != vocab.PROMPT}))
+    lengths['encoder_input_tokens'] += self.prompt_length
     return lengths
+

@@ -1,5 +1,6 @@
 """Retrieval analysis: collected indices, usage statistics, report files."""
 
+import dataclasses
 import os
 
 import jax
@@ -68,13 +69,15 @@ def test_collect_retrievals_matches_the_network(trained):
   )
 
 
-def test_collect_retrievals_uses_the_prompt_feature(trained):
+def test_collect_retrievals_uses_the_in_band_prompt(trained):
   model, params = trained
+  with_prompt_model = models.SptModel(network.SptTransformer(
+      T5, dataclasses.replace(model.module.spt, prompt_length=5)))
   tokens = np.random.default_rng(0).integers(2, VOCAB, size=(4, 8))
   prompts = np.random.default_rng(1).integers(2, VOCAB, size=(4, 5))
   with_prompt = analysis.collect_retrievals(
-      model, params,
-      [{'encoder_input_tokens': tokens, 'encoder_prompt_tokens': prompts}],
+      with_prompt_model, params,
+      [{'encoder_input_tokens': np.concatenate([tokens, prompts], axis=1)}],
   )
   from_prompt_alone = analysis.collect_retrievals(
       model, params, [{'encoder_input_tokens': prompts}]

@@ -16,6 +16,7 @@ import pytest
 from spt_jax import config
 from spt_jax import gin_utils
 from spt_jax import network
+from tests import t5x_test_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_REQUIRED = [
@@ -77,7 +78,7 @@ def test_local_run_files_build_a_runnable_model(files):
     trainable = gin.query_parameter('%TRAINABLE')
   assert net.config.vocab_size == 512 and net.spt.num_memories == 8
   assert trainable == ('spt_only' if len(files) == 2 else 'all')
-  variables = net.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 8), int),
+  variables = net.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 24), int),
                        jax.numpy.ones((1, 4), int), jax.numpy.ones((1, 4), int),
                        enable_dropout=False)
   assert 'memory_bank' in variables['params']
@@ -115,13 +116,11 @@ def _as_main(module_name):
 
 
 def _parse_t5x(files, bindings, script, monkeypatch):
-  t5x = pytest.importorskip('t5x')
+  t5x = t5x_test_utils.import_t5x()
   from t5x import gin_utils as t5x_gin_utils  # pylint: disable=g-import-not-at-top
-  import seqio  # pylint: disable=g-import-not-at-top
-  vocab = os.path.join(os.path.dirname(seqio.__file__), 'test_data/sentencepiece/sentencepiece.model')
   t5x_root = os.path.dirname(os.path.dirname(t5x.__file__))
   # The offline test vocabulary stands in for T5's (read when models are built).
-  monkeypatch.setenv('SPT_VOCAB_PATH', vocab)
+  monkeypatch.setenv('SPT_VOCAB_PATH', t5x_test_utils.SEQIO_TEST_VOCAB)
   with _as_main(script):
     t5x_gin_utils.parse_gin_flags([REPO, t5x_root], files, bindings)
 
@@ -131,7 +130,7 @@ T5X_MODELS = _gin_files('models')
 
 @pytest.mark.parametrize('model_file', T5X_MODELS)
 def test_t5x_model_files(model_file, monkeypatch):
-  pytest.importorskip('t5x')
+  t5x_test_utils.import_t5x()
   from spt_jax import t5x_models  # pylint: disable=g-import-not-at-top
   with _clean_gin():
     _parse_t5x([model_file], [], 't5x.train', monkeypatch)
@@ -143,35 +142,52 @@ def test_t5x_model_files(model_file, monkeypatch):
     assert model.module.config.emb_dim == config.T5_1_1_SIZES[size]['emb_dim']
 
 
-@pytest.mark.parametrize('run_file, script, bindings', [
-    ('gin_configs/runs/spt_finetune.gin', 't5x.train',
-     ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']),
-    ('gin_configs/runs/spt_finetune_frozen.gin', 't5x.train',
-     ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']),
-    ('gin_configs/runs/spt_eval.gin', 't5x.eval',
+_TRAIN_BINDINGS = ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']
+
+
+@pytest.mark.parametrize('run_files, script, bindings', [
+    (['runs/spt_pretrain.gin', 'mixtures/synthetic.gin'], 't5x.train',
+     ['MODEL_DIR = "/tmp/unused"']),
+    (['runs/spt_finetune.gin'], 't5x.train', _TRAIN_BINDINGS),
+    (['runs/spt_finetune.gin'], 't5x.train',
+     _TRAIN_BINDINGS + ['RESTORE_SPT_PARAMS = True']),
+    (['runs/spt_finetune_frozen.gin'], 't5x.train', _TRAIN_BINDINGS),
+    (['runs/spt_glue.gin'], 't5x.train', _TRAIN_BINDINGS),
+    (['runs/spt_super_glue.gin'], 't5x.train', _TRAIN_BINDINGS),
+    (['runs/spt_eval.gin'], 't5x.eval',
      ['CHECKPOINT_PATH = "/tmp/ckpt"', 'EVAL_OUTPUT_DIR = "/tmp/unused"']),
-    ('gin_configs/runs/spt_infer.gin', 't5x.infer',
+    (['runs/spt_infer.gin'], 't5x.infer',
      ['MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"', 'CHECKPOINT_PATH = "/tmp/ckpt"',
       'INFER_OUTPUT_DIR = "/tmp/unused"']),
 ])
-def test_t5x_run_files(run_file, script, bindings, monkeypatch):
-  pytest.importorskip('t5x')
+def test_t5x_run_files(run_files, script, bindings, monkeypatch):
+  t5x_test_utils.import_t5x()
   from t5x import partitioning as t5x_partitioning  # pylint: disable=g-import-not-at-top
   from t5x import utils  # pylint: disable=g-import-not-at-top
+  run_files = [f'gin_configs/{f}' for f in run_files]
   with _clean_gin():
     _parse_t5x(
-        ['gin_configs/models/spt_t5_1_1.gin', 'gin_configs/sizes/tiny.gin', run_file],
+        ['gin_configs/models/spt_t5_1_1_tiny.gin'] + run_files,
         bindings, script, monkeypatch,
     )
     rules = gin.get_configurable(t5x_partitioning.standard_logical_axis_rules)()
     assert ('memory', 'data') in rules
     assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'tasks'
-    if 'finetune' in run_file:
+    if script == 't5x.train':
       assert gin.query_parameter('train/utils.DatasetConfig.pack') is False
+      assert gin.query_parameter('%USE_CACHED_TASKS') is False
+    if script != 't5x.train':
+      split = gin.query_parameter(
+          '%EVAL_SPLIT' if script == 't5x.eval' else '%INFER_SPLIT')
+      assert split == 'validation'
+    if 'spt_pretrain' not in run_files[0] and script == 't5x.train':
       restore = gin.get_configurable(utils.RestoreCheckpointConfig)()
       assert restore.fallback_to_scratch
-      assert restore.assignment_map == ((r'^.*(memory_bank|soft_prompt).*$', None),)
-    if 'frozen' in run_file:
+      keeps_bank = ('super_glue' in run_files[0]
+                    or 'RESTORE_SPT_PARAMS = True' in bindings)
+      assert restore.assignment_map == (
+          () if keeps_bank else ((r'^.*(memory_bank|soft_prompt).*$', None),))
+    if 'frozen' in run_files[0]:
       _check_frozen_optimizer()
 
 
@@ -182,7 +198,7 @@ def _check_frozen_optimizer():
   from t5x import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
   model = gin.get_configurable(t5x_models.SptEncoderDecoderModel)()
   assert isinstance(model.optimizer_def, optimizers.MultiOptimizer)
-  shapes = {'encoder_input_tokens': (2, 8), 'decoder_input_tokens': (2, 4),
+  shapes = {'encoder_input_tokens': (2, 72), 'decoder_input_tokens': (2, 4),
             'decoder_target_tokens': (2, 4)}
   variables = model.get_initial_variables(jax.random.PRNGKey(0), shapes)
   state = train_state_lib.FlaxOptimTrainState.create(model.optimizer_def, variables)

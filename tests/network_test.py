@@ -1,5 +1,7 @@
 """SptTransformer: T5X's module contract, gradients, masks and input errors."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,38 +155,51 @@ def test_padding_does_not_change_outputs():
   np.testing.assert_allclose(short, long, atol=1e-5)
 
 
-def test_prompt_feature_and_mask_drive_the_query():
-  net, variables = _init(encoder_prompt_tokens=jnp.ones((2, 4), jnp.int32))
+def test_in_band_prompt_drives_the_query_and_is_not_encoded():
+  """The last T_p encoder positions are the discrete prompt: they choose the
+  memories and are dropped before the encoder."""
+  spt = config.SptConfig(
+      num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2,
+      prompt_length=4,
+  )
+  net, variables = _init(spt, enc_len=13)
   params = variables['params']
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
 
-  def indices(**kwargs):
-    _, sown = net.apply(
-        {'params': params}, enc, dec, dec, enable_dropout=False,
-        mutable=['intermediates'], **kwargs,
+  def run(net, tokens):
+    logits, sown = net.apply(
+        {'params': params}, tokens, dec, dec, enable_dropout=False,
+        mutable=['intermediates'],
     )
-    return np.asarray(sown['intermediates']['retrieval_indices'][0])
+    return logits, np.asarray(sown['intermediates']['retrieval_indices'][0])
 
-  # The first four encoder tokens as a separate feature, or as a mask, give
-  # the same query and so the same memories.
-  mask = jnp.zeros((2, 9), jnp.int32).at[:, :4].set(1)
-  from_feature = indices(encoder_prompt_tokens=enc[:, :4])
-  from_mask = indices(encoder_prompt_mask=mask)
-  np.testing.assert_array_equal(from_feature, from_mask)
+  # The first four input tokens as the in-band prompt, or as the span before
+  # a separator of a prompt-less layout, give the same query and memories.
+  with_prompt = jnp.concatenate([enc, enc[:, :4]], axis=1)
+  logits, from_prompt = run(net, with_prompt)
   net_sep = network.SptTransformer(
       T5, config.SptConfig(
           num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2,
           prompt_span='before_separator', prompt_separator_id=int(enc[0, 4]),
       ),
   )
-  enc_sep = enc.at[:, 4].set(enc[0, 4])
-  _, sown = net_sep.apply(
-      {'params': params}, enc_sep, dec, dec, enable_dropout=False,
-      mutable=['intermediates'],
-  )
-  np.testing.assert_array_equal(
-      sown['intermediates']['retrieval_indices'][0], from_feature
-  )
+  _, from_separator = run(net_sep, enc.at[:, 4].set(enc[0, 4]))
+  np.testing.assert_array_equal(from_prompt, from_separator)
+
+  # Another prompt retrieves other memories; the input alone is encoded.
+  other_prompt = jnp.concatenate([enc, enc[:, 5:9]], axis=1)
+  _, other = run(net, other_prompt)
+  assert not np.array_equal(other, from_prompt)
+  without_memory = network.SptTransformer(
+      T5, dataclasses.replace(spt, num_memories=0))
+  no_memory_params = {k: v for k, v in params.items() if k != 'memory_bank'}
+  short = without_memory.apply(
+      {'params': no_memory_params}, with_prompt, dec, dec, enable_dropout=False)
+  changed = without_memory.apply(
+      {'params': no_memory_params}, other_prompt, dec, dec,
+      enable_dropout=False)
+  np.testing.assert_allclose(short, changed, atol=1e-6)
+  assert logits.shape == (2, 5, VOCAB)
 
 
 def test_first_layer_query_source_runs():
@@ -216,8 +231,6 @@ def test_disabled_spt_has_no_spt_parameters():
 @pytest.mark.parametrize('kwargs, message', [
     (dict(encoder_segment_ids=jnp.ones((2, 9), jnp.int32)), 'packed inputs'),
     (dict(decoder_positions=jnp.ones((2, 5), jnp.int32)), 'packed inputs'),
-    (dict(encoder_prompt_tokens=jnp.ones((3, 4), jnp.int32)), 'encoder_prompt_tokens of shape'),
-    (dict(encoder_prompt_mask=jnp.ones((2, 8), jnp.int32)), 'encoder_prompt_mask of shape'),
 ])
 def test_bad_inputs_are_named(kwargs, message):
   net, variables = _init()
@@ -236,6 +249,21 @@ def test_wrong_token_rank_and_encoded_length_are_named():
   with pytest.raises(ValueError, match='plus the prefix'):
     net.apply({'params': params}, encoded, _tokens((2, 9)), _tokens((2, 5)),
               _tokens((2, 5)), enable_dropout=False, method=net.decode)
+  with_prompt = network.SptTransformer(T5, dataclasses.replace(SPT, prompt_length=9))
+  with pytest.raises(ValueError, match='prompt_length=9'):
+    with_prompt.apply({'params': params}, _tokens((2, 9)), enable_dropout=False,
+                      method=with_prompt.encode)
+
+
+@pytest.mark.parametrize('strategy', ['softmax_topk', 'straight_through'])
+def test_top_k_of_one_warns_that_keys_get_no_task_gradient(strategy, caplog):
+  with caplog.at_level('WARNING'):
+    config.SptConfig(num_memories=4, top_k=1, retrieval=strategy)
+  assert 'keys get no gradient from the task loss' in caplog.text
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    config.SptConfig(num_memories=4, top_k=1, retrieval='perturbed_topk')
+  assert not caplog.text
 
 
 @pytest.mark.parametrize('fields, message', [

@@ -1,4 +1,4 @@
-"""Tests of `SptEncDecFeatureConverter`."""
+"""Tests of `SptEncDecFeatureConverter`: the discrete prompt after the inputs."""
 import numpy as np
 import pytest
 import seqio
@@ -8,37 +8,47 @@ from tasks import feature_converters
 from tasks import synthetic
 
 
-def _dataset():
+def _dataset(prompt=(4, 6, 1)):
   return tf.data.Dataset.from_tensors({
       'inputs': tf.constant([7, 8, 5, 1], tf.int32),
       'targets': tf.constant([3, 9, 1], tf.int32),
-      'prompt': tf.constant([4, 6, 1], tf.int32),
+      'prompt': tf.constant(prompt, tf.int32),
       'idx': tf.constant([0, 1], tf.int32),
       'is_correct': tf.constant(True),
   })
 
 
-def test_maps_prompt_to_encoder_prompt_tokens():
-  converter = feature_converters.SptEncDecFeatureConverter(pack=False)
-  lengths = {'inputs': 6, 'targets': 5, 'prompt': 4}
+def test_appends_the_padded_prompt_to_the_encoder_tokens():
+  converter = feature_converters.SptEncDecFeatureConverter(
+      pack=False, prompt_length=4)
+  # The prompt length is the converter's, whatever the task lengths say
+  # (seqio's evaluator passes the longest prompt of the data).
+  lengths = {'inputs': 6, 'targets': 5, 'prompt': 3}
 
   converted = next(converter(_dataset(), lengths).as_numpy_iterator())
 
   expected = {
-      'encoder_input_tokens': [7, 8, 5, 1, 0, 0],
+      'encoder_input_tokens': [7, 8, 5, 1, 0, 0, 4, 6, 1, 0],
       'decoder_target_tokens': [3, 9, 1, 0, 0],
       'decoder_input_tokens': [0, 3, 9, 1, 0],
       'decoder_loss_weights': [1, 1, 1, 0, 0],
-      'encoder_prompt_tokens': [4, 6, 1, 0],
   }
   assert set(converted) == set(expected)
   for key, value in expected.items():
     assert converted[key].dtype == np.int32, key
     np.testing.assert_array_equal(converted[key], value, err_msg=key)
   assert converter.get_model_feature_lengths(lengths) == {
-      'encoder_input_tokens': 6, 'decoder_target_tokens': 5,
-      'decoder_input_tokens': 5, 'decoder_loss_weights': 5,
-      'encoder_prompt_tokens': 4}
+      'encoder_input_tokens': 10, 'decoder_target_tokens': 5,
+      'decoder_input_tokens': 5, 'decoder_loss_weights': 5}
+
+
+def test_long_prompts_are_cut_to_the_prompt_length():
+  converter = feature_converters.SptEncDecFeatureConverter(prompt_length=2)
+  converted = next(converter(
+      _dataset(prompt=(4, 6, 9, 1)), {'inputs': 6, 'targets': 5}
+  ).as_numpy_iterator())
+  np.testing.assert_array_equal(
+      converted['encoder_input_tokens'], [7, 8, 5, 1, 0, 0, 4, 6])
 
 
 def test_without_prompt_length_behaves_like_seqio():
@@ -46,7 +56,7 @@ def test_without_prompt_length_behaves_like_seqio():
   ours = feature_converters.SptEncDecFeatureConverter(pack=False)
   seqios = seqio.EncDecFeatureConverter(pack=False)
 
-  converted = next(ours(_dataset(), lengths).as_numpy_iterator())
+  converted = next(ours(_dataset(), {**lengths, 'prompt': 3}).as_numpy_iterator())
   expected = next(seqios(_dataset(), lengths).as_numpy_iterator())
 
   assert set(converted) == set(expected)
@@ -62,33 +72,37 @@ def test_packing_is_refused():
   assert not feature_converters.SptEncDecFeatureConverter().pack
 
 
-def test_too_long_prompt_is_an_error():
-  converter = feature_converters.SptEncDecFeatureConverter(pack=False)
-  with pytest.raises(tf.errors.InvalidArgumentError):
-    list(converter(_dataset(), {'inputs': 6, 'targets': 5, 'prompt': 2}))
+def test_a_task_without_prompt_is_named():
+  converter = feature_converters.SptEncDecFeatureConverter(prompt_length=4)
+  no_prompt = _dataset().map(
+      lambda ex: {k: v for k, v in ex.items() if k != 'prompt'})
+  with pytest.raises(feature_converters.MissingPromptError,
+                     match='PROMPT_LENGTH = 0'):
+    converter(no_prompt, {'inputs': 6, 'targets': 5})
 
 
 def test_batches_of_a_synthetic_mixture():
-  lengths = synthetic.SYNTHETIC_FEATURE_LENGTHS
+  lengths = dict(synthetic.SYNTHETIC_FEATURE_LENGTHS)
+  prompt_length = lengths.pop('prompt')
   ds = seqio.get_dataset(
       synthetic.HELDOUT_TASKS_MIXTURE, lengths, dataset_split='validation',
       shuffle=False, batch_size=4,
       feature_converter=feature_converters.SptEncDecFeatureConverter(
-          pack=False))
+          pack=False, prompt_length=prompt_length))
 
   batch = next(ds.as_numpy_iterator())
 
   assert {k: v.shape for k, v in batch.items()} == {
-      'encoder_input_tokens': (4, lengths['inputs']),
+      'encoder_input_tokens': (4, lengths['inputs'] + prompt_length),
       'decoder_target_tokens': (4, lengths['targets']),
       'decoder_input_tokens': (4, lengths['targets']),
       'decoder_loss_weights': (4, lengths['targets']),
-      'encoder_prompt_tokens': (4, lengths['prompt']),
   }
   assert all(v.dtype == np.int32 for v in batch.values())
-  prompt = batch['encoder_prompt_tokens']
+  inputs = batch['encoder_input_tokens'][:, :lengths['inputs']]
+  prompt = batch['encoder_input_tokens'][:, lengths['inputs']:]
   assert np.all(np.sum(prompt == 1, axis=1) == 1)  # One EOS each.
   # The prompt's tokens (the instruction) appear in the encoder input.
   for row in range(4):
     tokens = prompt[row][(prompt[row] > 1)]
-    assert set(tokens) <= set(batch['encoder_input_tokens'][row])
+    assert set(tokens) <= set(inputs[row])

@@ -60,7 +60,8 @@ def test_glue_mixture_batches_for_the_model(monkeypatch):
       ds = seqio.get_dataset(
           glue.MIXTURE, tu.LENGTHS, dataset_split='train', shuffle=False,
           batch_size=8,
-          feature_converter=feature_converters.SptEncDecFeatureConverter())
+          feature_converter=feature_converters.SptEncDecFeatureConverter(
+              prompt_length=tu.LENGTHS['prompt']))
       batches = list(ds.as_numpy_iterator())
   finally:
     monkeypatch.delenv(vocab.VOCAB_PATH_ENV)
@@ -68,7 +69,8 @@ def test_glue_mixture_batches_for_the_model(monkeypatch):
 
   assert batches
   for batch in batches:
-    assert batch['encoder_input_tokens'].shape == (8, tu.LENGTHS['inputs'])
-    assert batch['encoder_prompt_tokens'].shape == (8, tu.LENGTHS['prompt'])
+    assert batch['encoder_input_tokens'].shape == (
+        8, tu.LENGTHS['inputs'] + tu.LENGTHS['prompt'])
     assert batch['decoder_target_tokens'].shape == (8, tu.LENGTHS['targets'])
-    assert (batch['encoder_prompt_tokens'] == 1).sum() == 8  # One EOS each.
+    prompt = batch['encoder_input_tokens'][:, tu.LENGTHS['inputs']:]
+    assert (prompt == 1).sum() == 8  # One EOS each.
