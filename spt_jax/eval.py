@@ -9,7 +9,9 @@ templates (as T0 reports them) from `tasks.metrics.aggregate_over_templates`.
       --gin_file=gin_configs/local/eval.gin --gin.MODEL_DIR=\"runs/default/spt\"
 
 (the run's own gin files, then eval.gin, so that the model matches the
-checkpoint).
+checkpoint), or from the configuration the run wrote, alone:
+
+    python -m spt_jax.eval --gin_file=runs/default/spt/config.gin
 """
 
 import dataclasses
@@ -50,19 +52,82 @@ class EvalResults:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
+def import_task_module(module: Optional[str]) -> None:
+  """Imports the module that registers the tasks (MIXTURE_OR_TASK_MODULE).
+
+  Raises:
+    ConfigError: the module itself cannot be found (an error inside it keeps
+      its traceback).
+  """
+  if not module:
+    return
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if e.name is None or not (module == e.name or module.startswith(e.name + '.')):
+      raise
+    raise gin_utils.ConfigError(
+        f'MIXTURE_OR_TASK_MODULE {module!r} cannot be imported ({e}). Put the '
+        'folder that holds it on PYTHONPATH (e.g. PYTHONPATH=/path/to/project) '
+        'or fix the name.'
+    ) from None
+
+
 def check_mixture_or_task(name: str, module: Optional[str] = None) -> None:
   """Imports the task module and fails early, naming an unknown task."""
-  if module:
-    importlib.import_module(module)
+  import_task_module(module)
   try:
     seqio.get_mixture_or_task(name)
   except ValueError:
     mixtures = sorted(seqio.MixtureRegistry.names())
     raise gin_utils.ConfigError(
         f'Unknown mixture or task {name!r}. Registered mixtures: '
-        f'{", ".join(mixtures) or "none"} (`python -m tasks.show --list` '
-        f'lists the tasks too).'
+        f'{", ".join(mixtures) or "none"} (`python -m tasks.show --list '
+        f'[--module {module or "MODULE"}]` lists the tasks too).'
     ) from None
+
+
+def check_data(name: str, split: str) -> None:
+  """Fails before any training when a task of `name` lacks `split` or its data.
+
+  Raises:
+    ConfigError: naming the task and, for missing data, how to provide it.
+  """
+  for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+    if split not in task.splits:
+      raise gin_utils.ConfigError(
+          f'Task {task.name!r} (of {name}) has no {split!r} split; it has '
+          f'{", ".join(task.splits)}.'
+      )
+    try:
+      task.source.list_shards(split)
+    except FileNotFoundError as e:  # tasks.sources.DataNotFoundError.
+      raise gin_utils.ConfigError(f'{name}: {e}') from None
+
+
+def check_metrics(name: str) -> None:
+  """Fails when a task of `name` has no metric (it would report nothing)."""
+  missing = [
+      task.name for task in seqio.get_subtasks(seqio.get_mixture_or_task(name))
+      if not task.metric_fns
+  ]
+  if missing:
+    shown = ', '.join(missing[:3]) + (' ...' if len(missing) > 3 else '')
+    raise gin_utils.ConfigError(
+        f'{len(missing)} task(s) of {name} have no metric, so evaluation would '
+        f'report nothing for them: {shown}. Evaluate rank-classification '
+        'tasks (`prompted.register(..., score=True)`, names ending in '
+        '`__score`) or register the tasks with metric_fns.'
+    )
+
+
+def vocabulary_size(vocabulary: seqio.Vocabulary, name: str) -> int:
+  """The size of a task's vocabulary, loaded now; a ConfigError if unreadable."""
+  from tasks import vocab  # pylint: disable=g-import-not-at-top
+  try:
+    return vocab.vocabulary_size(vocabulary)
+  except vocab.VocabularyNotFoundError as e:
+    raise gin_utils.ConfigError(f'{name}: {e}') from None
 
 
 def _padded_batches(dataset, batch_size: int):
@@ -183,11 +248,19 @@ def evaluate(
       task: {name: float(np.asarray(getattr(v, 'value', v))) for name, v in metrics.items()}
       for task, metrics in all_metrics.result().items()
   }
+  if not task_metrics:
+    raise gin_utils.ConfigError(
+        f'Evaluating {mixture_or_task_name} produced no metric (no task of it '
+        'has metric functions, or its split is empty).'
+    )
   results = EvalResults(tasks=task_metrics, datasets=_aggregate(task_metrics))
   if output_dir:
     name = 'eval_results.json' if step is None else f'eval_results_{step}.json'
-    with open(os.path.join(output_dir, name), 'w') as f:
+    path = os.path.join(output_dir, name)
+    # Written whole or not at all: a killed evaluation leaves no partial file.
+    with open(path + '.tmp', 'w') as f:
       f.write(results.to_json())
+    os.replace(path + '.tmp', path)
   return results
 
 
@@ -204,8 +277,19 @@ def run_eval(
     output_dir: Optional[str] = None,
     step: Optional[int] = None,
 ) -> EvalResults:
-  """Restores a checkpoint of the local runner and evaluates it."""
+  """Restores a checkpoint of the local runner and evaluates it.
+
+  The data, metrics and checkpoint are checked before any model work; the
+  checkpoint restores onto this host's devices whatever the device count it
+  was saved from.
+  """
+  if not mixture_or_task_name:
+    raise gin_utils.ConfigError(
+        'Nothing to evaluate: set --gin.EVAL_MIXTURE_OR_TASK_NAME=\\"NAME\\".'
+    )
   check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
+  check_data(mixture_or_task_name, split)
+  check_metrics(mixture_or_task_name)
   store = checkpoints.TrainCheckpoints(checkpoint_dir)
   step = store.latest_step() if step is None else step
   params = store.restore_params(step)
@@ -226,9 +310,9 @@ def main(argv: Sequence[str]) -> None:
   del argv
   # Gin binds the importable module's function, not this `__main__` copy.
   from spt_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  gin_utils.parse_gin_flags()
+  gin_utils.parse_gin_flags(entry=eval_lib.run_eval)
   print(gin.get_configurable(eval_lib.run_eval)().to_json())
 
 
 if __name__ == '__main__':
-  gin_utils.run(main)
+  gin_utils.run(main, short_errors=(checkpoints.CheckpointError,))

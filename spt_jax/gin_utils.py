@@ -1,17 +1,30 @@
-"""Gin flags for the local runner, with T5X's conventions.
+"""Gin flags and process entry of the local runner, with T5X's conventions.
 
 `--gin_file` (repeatable), `--gin_search_paths` (comma separated) and
 `--gin.NAME=VALUE` shorthands for `--gin_bindings='NAME = VALUE'`, so the same
 command lines work for `python -m t5x.train` and `python -m spt_jax.train`.
+
+`parse_gin` also rejects a macro set on the command line that no binding uses
+(a misspelt `--gin.TRAIN_STPES=10`), and leaves `%gin.REQUIRED` macros unset
+when the entry point does not use them (evaluation does not need
+`TRAIN_STEPS`). `write_config` saves the effective configuration as
+`MODEL_DIR/config.gin`, which evaluation reads alone.
+
+`run` starts an entry point: configuration errors print one line, and any
+failure ends the process at once with a non-zero status (see `run`).
 """
 
+import difflib
+import logging as py_logging
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence
+import traceback
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +43,11 @@ _GIN_SEARCH_PATHS = flags.DEFINE_list(
 )
 
 _REQUIRED = re.compile(r'^(\S+?)(?:/macro\.value)? set to `%gin.REQUIRED`')
+_MACRO = 'gin.macro'
+_MACRO_BINDING = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=')
+CONFIG_FILE = 'config.gin'
+# The evaluation bindings `config.gin` includes, so that it is enough alone.
+EVAL_GIN = 'gin_configs/local/eval.gin'
 
 
 class ConfigError(ValueError):
@@ -52,18 +70,96 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
   return rewritten
 
 
+def _references(value: Any) -> Iterator[Any]:
+  # pylint: disable-next=protected-access
+  for item in gin.config._iterate_flattened_values(value):
+    if isinstance(item, gin.config.ConfigurableReference):
+      yield item
+
+
+def _config() -> dict[tuple[str, str], dict[str, Any]]:
+  return gin.config._CONFIG  # pylint: disable=protected-access
+
+
+def _used_macros(entry: Optional[Callable[..., Any]] = None) -> set[str]:
+  """The macros referenced by any binding, or only those `entry` reaches."""
+  config = _config()
+  if entry is None:
+    keys = list(config)
+  else:
+    keys = [('', f'{entry.__module__}.{entry.__name__}')]
+  used, seen = set(), set()
+  while keys:
+    key = keys.pop()
+    if key in seen:
+      continue
+    seen.add(key)
+    for value in config.get(key, {}).values():
+      for ref in _references(value):
+        scope, selector = ref.config_key
+        if selector == _MACRO:
+          used.add(scope)
+        if entry is not None:
+          keys.extend([(scope, selector), ('', selector)])
+  return used
+
+
+def _check_command_line_macros(bindings: Sequence[str]) -> None:
+  """Rejects macros set by `bindings` that no binding of any file uses."""
+  defined = {scope for scope, selector in _config() if selector == _MACRO}
+  used = _used_macros()
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    if not match or match.group(1) in used:
+      continue
+    name = match.group(1)
+    close = difflib.get_close_matches(name, sorted(defined - {name}), n=1)
+    hint = f' Did you mean {close[0]}?' if close else ''
+    raise ConfigError(
+        f'Unknown gin macro {name}: no gin file uses %{name}, so '
+        f'--gin.{name} would have no effect.{hint}'
+    )
+
+
+def _unset_unused_required(entry: Callable[..., Any]) -> None:
+  """Binds `%gin.REQUIRED` macros `entry` does not use to None."""
+  reached = _used_macros(entry)
+  for (scope, selector), params in list(_config().items()):
+    if selector != _MACRO or scope in reached:
+      continue
+    value = params.get('value')
+    if (
+        isinstance(value, gin.config.ConfigurableReference)
+        and value.selector == 'gin.constant'
+        and value.scoped_configurable_fn() is gin.REQUIRED
+    ):
+      gin.bind_parameter(f'{scope}/{_MACRO}.value', None)
+
+
 def parse_gin(
     files: Sequence[str],
     bindings: Sequence[str] = (),
     search_paths: Sequence[str] = ('.',),
+    entry: Optional[Callable[..., Any]] = None,
 ) -> None:
   """Parses gin files and bindings and finalises the config.
 
+  Args:
+    files: gin files, in order.
+    bindings: `NAME = VALUE` bindings, applied after the files.
+    search_paths: folders where files and includes are looked up (the
+      repository root is always searched).
+    entry: the configurable the caller runs; macros set to `%gin.REQUIRED`
+      that it does not use need no value (evaluation does not need
+      `TRAIN_STEPS`). None: every required macro needs a value.
+
   Raises:
-    ConfigError: a file is missing, a binding is malformed, or a macro set
-      to `%gin.REQUIRED` was not given a value; the message names it.
+    ConfigError: a file is missing, a binding is malformed, a macro set in
+      `bindings` is used nowhere (a misspelling), or a macro set to
+      `%gin.REQUIRED` was not given a value; the message names it.
   """
-  for path in list(search_paths) + [REPO_ROOT]:
+  paths = list(search_paths) + [REPO_ROOT]
+  for path in paths:
     gin.add_config_file_search_path(os.path.abspath(path))
   if not files:
     raise ConfigError('No --gin_file given.')
@@ -72,7 +168,12 @@ def parse_gin(
         list(files), list(bindings), finalize_config=False
     )
   except IOError as e:
-    raise ConfigError(f'{e} (searched {list(search_paths) + [REPO_ROOT]})') from None
+    raise ConfigError(f'{e} (searched {paths})') from None
+  except ValueError as e:
+    raise ConfigError(f'Invalid gin configuration: {e}') from None
+  _check_command_line_macros(bindings)
+  if entry is not None:
+    _unset_unused_required(entry)
   try:
     gin.finalize()
   except ValueError as e:
@@ -86,19 +187,113 @@ def parse_gin(
     raise
 
 
-def parse_gin_flags() -> None:
+def write_config(model_dir: str) -> str:
+  """Writes the effective gin configuration to `model_dir/config.gin`.
+
+  The file holds every binding and macro of the parsed configuration and
+  includes `gin_configs/local/eval.gin`, so that
+
+      python -m spt_jax.eval --gin_file=MODEL_DIR/config.gin
+
+  evaluates the run without repeating its flags.
+
+  Args:
+    model_dir: the run's folder (created if missing).
+
+  Returns:
+    The path written.
+  """
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, CONFIG_FILE)
+  text = gin.config_str()
+  header = (
+      '# The effective gin configuration of this run, written by the local\n'
+      '# runner. Evaluate with\n'
+      f'#   python -m spt_jax.eval --gin_file={path}\n'
+  )
+  imports, _, body = text.partition('\n\n')
+  with open(path + '.tmp', 'w') as f:
+    f.write(f'{header}{imports}\n\ninclude {EVAL_GIN!r}\n\n{body}')
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def parse_gin_flags(entry: Optional[Callable[..., Any]] = None) -> None:
   """`parse_gin` from the command-line flags."""
-  parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
+  parse_gin(
+      _GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value, entry
+  )
 
 
-def run(main: Callable[[Sequence[str]], Optional[int]]) -> None:
-  """`absl.app.run` with `--gin.NAME=VALUE` flags; configuration errors exit 2."""
+class _QuietOrbax(py_logging.Filter):
+  """Drops orbax's INFO records (a hundred per run); keeps its warnings."""
 
-  def main_reporting_config_errors(argv):
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or (
+        f'{os.sep}orbax{os.sep}' not in record.pathname
+    )
+
+
+def quiet_library_logs() -> None:
+  """Silences the INFO logs of orbax; idempotent."""
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+    logger.addFilter(_QuietOrbax())
+
+
+def _exit_now(code: int) -> None:
+  """Flushes the output and ends the process without Python's teardown.
+
+  After a failure, freeing the exception frees the tf.data iterators it
+  references; their destructors wait for parallel `map` calls that run
+  Python (`tf.numpy_function`) and need the GIL this thread holds, so a
+  normal exit can hang for ever. `os._exit` ends the process at once.
+  """
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def run(
+    main: Callable[[Sequence[str]], Optional[int]],
+    short_errors: tuple[type[BaseException], ...] = (),
+) -> None:
+  """`absl.app.run` with `--gin.NAME=VALUE` flags, that never hangs on errors.
+
+  A `ConfigError` prints its message alone and exits with 2, as do the
+  `short_errors` (whose messages say all there is to say) with 1; `Ctrl-C`
+  exits with 130 (after the entry point's own clean-up); any other exception
+  prints its traceback and exits with 1. In each case the process ends at
+  once (see `_exit_now`), so a job scheduler sees the failure.
+
+  Args:
+    main: the entry point.
+    short_errors: exception types reported by their message alone.
+  """
+
+  def main_reporting_errors(argv):
+    quiet_library_logs()
     try:
       return main(argv)
     except ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      _exit_now(2)
+    except short_errors as e:  # pylint: disable=catching-non-exception
+      print(f'error: {e}', file=sys.stderr)
+      _exit_now(1)
+    except KeyboardInterrupt as e:
+      print(f'Interrupted. {e}'.strip(), file=sys.stderr)
+      _exit_now(130)
+    except Exception:  # pylint: disable=broad-except
+      traceback.print_exc()
+      _exit_now(1)
 
-  app.run(main_reporting_config_errors, argv=rewrite_gin_args(sys.argv))
+  try:
+    args = rewrite_gin_args(sys.argv)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  app.run(main_reporting_errors, argv=args)

@@ -17,7 +17,10 @@ Several hosts run the same command with `--multiprocess` (see
 
 import dataclasses
 import json
+import math
 import os
+import signal
+import threading
 import time
 from typing import Dict, Mapping, Optional, Sequence, Type
 
@@ -38,6 +41,14 @@ from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import partitioning
 from spt_jax import trainer
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM stopped training after the current step was saved."""
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; nothing after the last good step is saved."""
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -73,6 +84,105 @@ def get_train_dataset(
       seed=seed,
   )
   return dataset.batch(batch_size // num_hosts, drop_remainder=True)
+
+
+def check_settings(
+    *,
+    train_steps: int,
+    batch_size: int,
+    checkpoint_period: int,
+    log_period: int,
+    eval_batch_size: int,
+    data_parallelism: int,
+) -> None:
+  """Fails with a ConfigError naming the first unusable setting."""
+  for name, value in (
+      ('TRAIN_STEPS', train_steps),
+      ('BATCH_SIZE', batch_size),
+      ('CHECKPOINT_PERIOD', checkpoint_period),
+      ('LOG_PERIOD', log_period),
+      ('EVAL_BATCH_SIZE', eval_batch_size),
+  ):
+    if not isinstance(value, int) or value <= 0:
+      raise gin_utils.ConfigError(f'{name}={value!r} must be a positive integer.')
+  if batch_size % data_parallelism:
+    raise gin_utils.ConfigError(
+        f'BATCH_SIZE={batch_size} must be a multiple of the {data_parallelism} '
+        'data-parallel devices (devices / NUM_PARTITIONS).'
+    )
+
+
+def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> None:
+  """Fails when the model's embedding is smaller than the task vocabulary.
+
+  Token ids past the embedding table would be looked up out of range and
+  train to a NaN loss.
+  """
+  vocab_size = getattr(getattr(model.module, 'config', None), 'vocab_size', None)
+  if vocab_size is None:
+    return
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  for name, feature in provider.output_features.items():
+    needed = eval_lib.vocabulary_size(feature.vocabulary, mixture_or_task_name)
+    if needed > vocab_size:
+      raise gin_utils.ConfigError(
+          f'VOCAB_SIZE={vocab_size} is smaller than the vocabulary of feature '
+          f'{name!r} of {mixture_or_task_name} ({needed} ids); set '
+          f'--gin.VOCAB_SIZE={needed} or more (T5 uses 32128).'
+      )
+
+
+def check_model_dir(model_dir: str) -> None:
+  """Fails with a ConfigError when MODEL_DIR cannot be created or written."""
+  probe = os.path.join(model_dir, f'.write_test_{os.getpid()}')
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise gin_utils.ConfigError(
+        f'MODEL_DIR {model_dir!r} cannot be written ({e.strerror or e}); '
+        'choose a folder you can write to.'
+    ) from None
+
+
+def _check_finite(pending, first_step: int, last_step: int, saved_step: int):
+  """Raises TrainingDiverged when a step's loss is not finite."""
+  for offset, metrics in enumerate(jax.device_get(pending)):
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      raise TrainingDiverged(
+          f'The loss is {loss} at step {first_step + offset} (steps '
+          f'{first_step}..{last_step} not saved; the last checkpoint is step '
+          f'{saved_step}). Lower LEARNING_RATE, or check that VOCAB_SIZE '
+          'covers the vocabulary.'
+      )
+
+
+class _StopRequest:
+  """Turns SIGINT / SIGTERM into a flag the training loop checks every step."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None:  # A second Ctrl-C: stop at once.
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    logging.warning('%s: saving the current step and stopping.', self.signal_name)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def _model_input_shapes(dataset) -> Dict[str, tuple]:
@@ -144,11 +254,25 @@ def train(
   Returns:
     The final step, the last logged metrics and the evaluation results.
   """
-  eval_lib.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
-  if eval_mixture_or_task_name:
-    eval_lib.check_mixture_or_task(eval_mixture_or_task_name)
   is_chief = jax.process_index() == 0
   mesh = partitioning.create_mesh(num_partitions)
+  check_settings(
+      train_steps=train_steps, batch_size=batch_size,
+      checkpoint_period=checkpoint_period, log_period=log_period,
+      eval_batch_size=eval_batch_size,
+      data_parallelism=mesh.shape['data'],
+  )
+  if is_chief:
+    check_model_dir(model_dir)
+  eval_lib.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
+  eval_lib.check_data(mixture_or_task_name, 'train')
+  check_vocabulary_size(model, mixture_or_task_name)
+  if eval_mixture_or_task_name:
+    eval_lib.check_mixture_or_task(eval_mixture_or_task_name)
+    eval_lib.check_data(eval_mixture_or_task_name, 'validation')
+    eval_lib.check_metrics(eval_mixture_or_task_name)
+  if is_chief and gin.config_is_locked():
+    gin_utils.write_config(model_dir)
   sharded = trainer.ShardedTrainer(
       model, optimizer or trainer.adafactor(), mesh, logical_axis_rules, trainable
   )
@@ -165,13 +289,13 @@ def train(
   init_rng, dropout_rng = jax.random.split(rng)
   state = sharded.init_state(init_rng, input_shapes)
   store = checkpoints.TrainCheckpoints(model_dir, max_to_keep=keep_checkpoints)
-  start_step = store.latest_step()
-  if start_step is not None:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state,
-    )
-    state = store.restore(abstract, start_step)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state,
+  )
+  restored = store.restore_latest(abstract)
+  if restored is not None:
+    start_step, state = restored
     logging.info('Resumed from step %d in %s.', start_step, store.directory)
   else:
     start_step = 0
@@ -195,30 +319,46 @@ def train(
       disable=not (progress_bar and is_chief), dynamic_ncols=True,
   )
   period_start = time.time()
-  step = start_step
-  for step in range(start_step + 1, train_steps + 1):
-    batch = sharded.shard_batch(next(batches))
-    state, step_metrics = sharded.train_step(state, batch, dropout_rng)
-    pending.append(step_metrics)
-    bar.update(1)
-    if step % log_period == 0 or step == train_steps:
-      metrics_host = {
-          k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-          for k in pending[0]
-      }
-      elapsed = time.time() - period_start
-      metrics_host['steps_per_second'] = len(pending) / elapsed
-      metrics_host['tokens_per_second'] = len(pending) * tokens_per_batch / elapsed
-      writer.write_scalars(step, metrics_host)
-      history.append((step, metrics_host))
-      bar.set_postfix(
-          loss=f'{metrics_host["loss"]:.3f}',
-          tok_s=f'{metrics_host["tokens_per_second"]:.0f}',
-      )
-      pending, period_start = [], time.time()
-    if step % checkpoint_period == 0 or step == train_steps:
-      store.save(step, state)
+  step = saved_step = start_step
+  stop = _StopRequest()
+  with stop:
+    for step in range(start_step + 1, train_steps + 1):
+      batch = sharded.shard_batch(next(batches))
+      state, step_metrics = sharded.train_step(state, batch, dropout_rng)
+      pending.append(step_metrics)
+      bar.update(1)
+      stopping = stop.signal_name is not None
+      if step % log_period == 0 or step == train_steps or stopping:
+        _check_finite(pending, step - len(pending) + 1, step, saved_step)
+        metrics_host = {
+            k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+            for k in pending[0]
+        }
+        elapsed = time.time() - period_start
+        metrics_host['steps_per_second'] = len(pending) / elapsed
+        metrics_host['tokens_per_second'] = len(pending) * tokens_per_batch / elapsed
+        writer.write_scalars(step, metrics_host)
+        history.append((step, metrics_host))
+        bar.set_postfix(
+            loss=f'{metrics_host["loss"]:.3f}',
+            tok_s=f'{metrics_host["tokens_per_second"]:.0f}',
+        )
+        pending, period_start = [], time.time()
+      if step % checkpoint_period == 0 or step == train_steps or stopping:
+        if pending:
+          _check_finite(pending, step - len(pending) + 1, step, saved_step)
+        store.save(step, state)
+        saved_step = step
+      if stopping:
+        break
   bar.close()
+  if stop.signal_name is not None and step < train_steps:
+    writer.flush()
+    store.close()
+    raise TrainingInterrupted(
+        f'{stop.signal_name} at step {step}: saved checkpoint step {step} in '
+        f'{store.directory}; run the same command again to resume.'
+    )
   writer.flush()
 
   eval_results = None
@@ -254,7 +394,7 @@ def main(argv: Sequence[str]) -> None:
     )
   # Gin binds the importable module's function, not this `__main__` copy.
   from spt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  gin_utils.parse_gin_flags()
+  gin_utils.parse_gin_flags(entry=train_lib.train)
   result = gin.get_configurable(train_lib.train)()
   if jax.process_index() == 0:
     summary = {'step': result.step, 'metrics': result.metrics}
@@ -275,4 +415,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('process_count', None, 'Processes (--multiprocess).')
   flags.DEFINE_integer('process_index', None, 'This process (--multiprocess).')
   FLAGS = flags.FLAGS
-  gin_utils.run(main)
+  gin_utils.run(
+      main, short_errors=(checkpoints.CheckpointError, TrainingDiverged)
+  )

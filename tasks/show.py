@@ -65,11 +65,11 @@ def show(name: str, num_examples: int, split: Optional[str],
     split = 'train' if 'train' in provider.splits else provider.splits[0]
   if isinstance(provider, seqio.Mixture):
     print(f'Mixture {name}: {len(provider.tasks)} tasks', file=out)
-  dataset = provider.get_dataset(
-      sequence_length=None, split=split, shuffle=False)
   features = provider.output_features
   for feature in features.values():
     vocab.vocabulary_size(feature.vocabulary)
+  dataset = provider.get_dataset(
+      sequence_length=None, split=split, shuffle=False)
   for i, example in enumerate(dataset.take(num_examples).as_numpy_iterator()):
     print(f'--- {name} [{split}] example {i}', file=out)
     for key in sorted(example):

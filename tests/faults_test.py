@@ -1,0 +1,211 @@
+"""Every failure ends promptly with an error that names the problem.
+
+Configuration errors are raised before any model work (in-process); a
+failure inside the input pipeline ends the process at once (subprocess with a
+timeout: it used to hang in tf.data's teardown).
+"""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import gin
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from spt_jax import checkpoints
+from spt_jax import eval as eval_lib
+from spt_jax import gin_utils
+from spt_jax import train as train_lib
+from tasks import preprocessors
+from tasks import prompt_templates
+from tasks import prompted
+from tasks import sources
+from tasks import vocab
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MODULE = '''
+import os
+from tasks import prompted, sources, vocab
+HERE = os.path.dirname(os.path.abspath(__file__))
+prompted.register('faulty', prompted.PromptedDataset(
+    name='ratio', source=sources.LocalSource(
+        'ratio', {'label': 'int'}, ('train',), "'ratio'"),
+    templates=os.path.join(HERE, 'ratio.json')),
+    vocab.output_features(vocab.synthetic_vocabulary()))
+'''
+
+
+def _templates(path, jinja, choices=None):
+  template = {'name': 't', 'jinja': jinja}
+  if choices:
+    template['answer_choices'] = choices
+  path.write_text(json.dumps({'dataset': 'd', 'templates': [template]}))
+  prompt_templates.load.cache_clear()
+  return str(path)
+
+
+def test_failure_inside_the_input_pipeline_exits_promptly(tmp_path):
+  (tmp_path / 'faulty_tasks.py').write_text(_MODULE)
+  _templates(tmp_path / 'ratio.json', 'Ten over {{ label }}? ||| '
+             '{{ 10 // label }}')
+  (tmp_path / 'data' / 'ratio').mkdir(parents=True)
+  (tmp_path / 'data' / 'ratio' / 'train.jsonl').write_text(
+      '{"label": 0}\n' * 64)
+  env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}',
+             SPT_DATA_DIR=str(tmp_path / 'data'))
+  out = subprocess.run(
+      [sys.executable, '-m', 'tasks.show', 'faulty__ratio__t',
+       '--module', 'faulty_tasks'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+  assert out.returncode == 1
+  assert 'ZeroDivisionError' in out.stderr
+
+
+def _train(tmp_path, *bindings):
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(
+        ['gin_configs/local/synthetic.gin'],
+        [f'MODEL_DIR = "{tmp_path / "run"}"', 'EVAL_MIXTURE_OR_TASK_NAME = None',
+         *bindings], entry=train_lib.train)
+    return gin.get_configurable(train_lib.train)(progress_bar=False)
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize('binding, message', [
+    ('TRAIN_STEPS = -1', 'TRAIN_STEPS=-1 must be a positive integer'),
+    ('CHECKPOINT_PERIOD = 0', 'CHECKPOINT_PERIOD=0 must be a positive'),
+    ('BATCH_SIZE = 12', 'BATCH_SIZE=12 must be a multiple of the 8'),
+    ('VOCAB_SIZE = 100', 'VOCAB_SIZE=100 is smaller than the vocabulary'),
+    ('MIXTURE_OR_TASK_MODULE = "no_such_tasks"',
+     "MIXTURE_OR_TASK_MODULE 'no_such_tasks' cannot be imported"),
+])
+def test_unusable_settings_fail_before_training(tmp_path, binding, message):
+  with pytest.raises(gin_utils.ConfigError, match=message):
+    _train(tmp_path, binding)
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_unwritable_model_dir_fails_before_training(tmp_path):
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(gin_utils.ConfigError, match='cannot be written'):
+    _train(tmp_path, f'MODEL_DIR = "{tmp_path / "file" / "run"}"')
+
+
+def test_nan_loss_stops_the_run(tmp_path):
+  with pytest.raises(train_lib.TrainingDiverged, match='The loss is'):
+    _train(tmp_path, 'Z_LOSS = 1e999', 'TRAIN_STEPS = 2', 'LOG_PERIOD = 1',
+           'BATCH_SIZE = 8')
+  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['0']
+
+
+def _local_task(tmp_path, name, splits, score=False):
+  (tmp_path / name).mkdir()
+  (tmp_path / name / 'train.jsonl').write_text('{"q": "a b", "label": 1}\n')
+  source = sources.LocalSource(name, {'q': 'string', 'label': 'int'}, splits,
+                               f"'{name}'", data_dir=str(tmp_path))
+  templates = _templates(tmp_path / f'{name}.json',
+                         '{{ q }} ? ||| {{ answer_choices[label] }}', 'x ||| y')
+  return prompted.register(
+      'faults', prompted.PromptedDataset(name, source, templates),
+      vocab.output_features(vocab.synthetic_vocabulary()), score=score)[0]
+
+
+def test_missing_evaluation_data_and_metrics_are_found_up_front(tmp_path):
+  task = _local_task(tmp_path, 'no_validation', ('train', 'validation'),
+                     score=True)
+  with pytest.raises(gin_utils.ConfigError, match="split 'validation'.*not found"):
+    eval_lib.check_data(task, 'validation')
+  generation = _local_task(tmp_path, 'no_metric', ('train',))
+  with pytest.raises(gin_utils.ConfigError, match='have no metric'):
+    eval_lib.check_metrics(generation)
+
+
+def test_missing_tfds_data_names_the_fix(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  source = sources.TfdsSource('glue/rte:2.0.0', {'train': 'train'},
+                              data_dir=str(tmp_path))
+  with pytest.raises(sources.DataNotFoundError, match='tfds build glue'):
+    source.list_shards('train')
+  with pytest.raises(sources.DataNotFoundError, match='tfds build glue'):
+    source.get_dataset('train')
+
+
+def test_template_file_errors_name_the_file(tmp_path):
+  bad_json = tmp_path / 'bad_json.json'
+  bad_json.write_text('{"templates": [}')
+  with pytest.raises(prompt_templates.TemplateError,
+                     match=f'{bad_json}: not valid JSON'):
+    prompt_templates.load(str(bad_json))
+  path = _templates(tmp_path / 'bad_jinja.json', '{{ q ||| x')
+  with pytest.raises(prompt_templates.TemplateError,
+                     match=f'{path}: Template .t.: Jinja syntax error') as e:
+    prompt_templates.load(path)
+  assert 'instruction' not in str(e.value)
+
+
+def test_undefined_template_variable_is_found_when_the_dataset_is_built(
+    tmp_path):
+  template = prompt_templates.load(
+      _templates(tmp_path / 'typo.json', '{{ qestion }} ||| {{ label }}'))[
+          't']
+  dataset = tf.data.Dataset.from_tensors({'question': 'a', 'label': 1})
+  with pytest.raises(prompt_templates.TemplateError,
+                     match='uses qestion.*fields are label, question'):
+    preprocessors.apply_template(dataset, template)
+
+
+def test_target_not_among_answer_choices_is_an_error(tmp_path):
+  template = prompt_templates.load(_templates(
+      tmp_path / 'choices.json', '{{ q }} ||| {{ label }}', 'no ||| yes'))['t']
+  dataset = preprocessors.rank_classification(preprocessors.apply_template(
+      tf.data.Dataset.from_tensors({'q': 'a', 'label': 1}), template))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='target is not among the answer choices'):
+    list(dataset.as_numpy_iterator())
+
+
+def _saved(tmp_path):
+  store = checkpoints.TrainCheckpoints(str(tmp_path))
+  state = {'params': {'w': jnp.ones(4)}, 'step': jnp.zeros((), jnp.int32)}
+  store.save(0, state)
+  store.save(1, state)
+  return store, state
+
+
+def test_damaged_checkpoints_are_named(tmp_path):
+  store, state = _saved(tmp_path)
+  shutil.rmtree(os.path.join(store.step_dir(1), 'default'))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f'step 1 in {store.step_dir(1)}'):
+    store.restore_params(1)
+  step, _ = store.restore_latest(state)
+  assert step == 0
+  assert os.listdir(tmp_path / 'damaged_checkpoints') == ['1']
+  shutil.rmtree(os.path.join(store.step_dir(0), 'default'))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'(?s)No checkpoint .* can be read.*checkpoints/0'):
+    store.restore_latest(state)
+  store.close()
+
+
+def test_full_disk_is_named(tmp_path, monkeypatch):
+  store, state = _saved(tmp_path)
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(store._manager, 'save', full)  # pylint: disable=protected-access
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='No space left on device while writing checkpoint '
+                     'step 2.*last complete checkpoint is step 1'):
+    store.save(2, state)
+  np.testing.assert_array_equal(store.restore_params(1)['w'], np.ones(4))
+  store.close()
