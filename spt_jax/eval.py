@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import importlib
-from typing import Any, Dict, Mapping, Optional, Sequence, Type
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import logging
 import gin
@@ -37,7 +37,6 @@ _MODEL_FEATURES = (
     'decoder_input_tokens',
     'decoder_target_tokens',
     'decoder_loss_weights',
-    'encoder_prompt_tokens',
 )
 
 
@@ -206,7 +205,6 @@ def evaluate(
     *,
     model_fns: ModelFns,
     mixture_or_task_name: str,
-    feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
     task_feature_lengths: Optional[Mapping[str, int]] = None,
     split: str = 'validation',
     output_dir: Optional[str] = None,
@@ -217,7 +215,6 @@ def evaluate(
   Args:
     model_fns: the model and parameters to evaluate.
     mixture_or_task_name: a registered seqio mixture or task.
-    feature_converter_cls: converts task features to model features.
     task_feature_lengths: feature lengths (None: the longest example).
     split: dataset split.
     output_dir: where seqio's JSON logger and the results file go.
@@ -231,7 +228,7 @@ def evaluate(
     os.makedirs(output_dir, exist_ok=True)
   evaluator = seqio.Evaluator(
       mixture_or_task_name=mixture_or_task_name,
-      feature_converter=feature_converter_cls(pack=False),
+      feature_converter=model_fns.model.FEATURE_CONVERTER_CLS(pack=False),
       eval_split=split,
       sequence_length=task_feature_lengths,
       logger_cls=logger_cls,
@@ -270,7 +267,6 @@ def run_eval(
     checkpoint_dir: str,
     mixture_or_task_name: str,
     mixture_or_task_module: Optional[str] = None,
-    feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
     task_feature_lengths: Optional[Mapping[str, int]] = None,
     batch_size: int = 32,
     split: str = 'validation',
@@ -296,7 +292,6 @@ def run_eval(
   results = evaluate(
       model_fns=ModelFns(model, params, batch_size),
       mixture_or_task_name=mixture_or_task_name,
-      feature_converter_cls=feature_converter_cls,
       task_feature_lengths=task_feature_lengths,
       split=split,
       output_dir=output_dir or os.path.join(checkpoint_dir, 'eval'),

@@ -209,7 +209,6 @@ def train(
     batch_size: int,
     optimizer: Optional[optax.GradientTransformation] = None,
     trainable: str = 'all',
-    feature_converter_cls: Type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
     mixture_or_task_module: Optional[str] = None,
     num_partitions: int = 1,
     logical_axis_rules: partitioning.LogicalRules = partitioning.default_rules(),
@@ -234,7 +233,6 @@ def train(
     optimizer: optax optimizer of the trained parameters (default: Adafactor).
     trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone: only
       the memory bank and soft prompt train).
-    feature_converter_cls: task features to model features.
     mixture_or_task_module: module to import to register the tasks.
     num_partitions: devices per model replica (the `model` mesh axis).
     logical_axis_rules: logical -> mesh axis rules.
@@ -278,7 +276,7 @@ def train(
   )
   dataset = get_train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size,
-      feature_converter_cls, random_seed,
+      model.FEATURE_CONVERTER_CLS, random_seed,
   )
   input_shapes = {
       k: (batch_size,) + shape[1:]
@@ -366,7 +364,6 @@ def train(
     eval_results = eval_lib.evaluate(
         model_fns=eval_lib.ModelFns(model, _host_params(state.params), eval_batch_size),
         mixture_or_task_name=eval_mixture_or_task_name,
-        feature_converter_cls=feature_converter_cls,
         task_feature_lengths=task_feature_lengths,
         output_dir=os.path.join(model_dir, 'eval') if is_chief else None,
         step=step,
