@@ -65,6 +65,8 @@ def show(name: str, num_examples: int, split: Optional[str],
     split = 'train' if 'train' in provider.splits else provider.splits[0]
   if isinstance(provider, seqio.Mixture):
     print(f'Mixture {name}: {len(provider.tasks)} tasks', file=out)
+  for task in seqio.get_subtasks(provider):  # Missing data first, by name.
+    task.source.list_shards(split)
   features = provider.output_features
   for feature in features.values():
     vocab.vocabulary_size(feature.vocabulary)
