@@ -15,7 +15,10 @@
 #                                installed there; see README.md)
 #
 # The virtualenv lives in $SPT_VENV (default: .venv beside this script) and is
-# re-synced whenever a requirements file changes.
+# re-synced whenever a requirements file changes. With SPT_T5X_WHEELS=DIR, a
+# folder of T5X, airio and jestimator wheels beside a requirements.txt of what
+# they import from PyPI (as CI has), `test` also installs T5X, so that the
+# T5X tests run instead of skipping.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,6 +55,24 @@ ensure_venv() {
     echo "Installing $1 into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -r "$requirements"
+    echo "$want" > "$stamp"
+  fi
+}
+
+# Installs the wheels of $SPT_T5X_WHEELS (if set) with --no-deps: their
+# metadata names git URLs that would replace the project's pins.
+ensure_t5x_wheels() {
+  local wheels="${SPT_T5X_WHEELS:-}" stamp want
+  [[ -n "$wheels" ]] || return 0
+  compgen -G "$wheels/*.whl" >/dev/null || die "SPT_T5X_WHEELS=$wheels holds no wheels"
+  stamp="$VENV/.spt-t5x-wheels.sha256"
+  want="$(cat "$wheels"/*.whl "$wheels"/requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "Installing T5X from $wheels into $VENV" >&2
+    if [[ -f "$wheels/requirements.txt" ]]; then
+      "$VENV/bin/python" -m pip install --quiet -r "$wheels/requirements.txt"
+    fi
+    "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$wheels"/*.whl
     echo "$want" > "$stamp"
   fi
 }
@@ -114,7 +135,9 @@ case "$command" in
     run_python -m spt_jax.compare "$@" ;;
   test)
     ensure_venv requirements-test.txt
-    run_python -m pytest -n 2 "$@" ;;
+    ensure_t5x_wheels
+    # loadgroup: each chain of T5X runs stays in one worker (t5x_binaries_test).
+    run_python -m pytest -n 2 --dist loadgroup "$@" ;;
   train|eval|compare)
     ensure_venv requirements.txt
     run_python -m "spt_jax.$command" "$@" ;;

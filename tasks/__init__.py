@@ -6,7 +6,7 @@ dataset is requested. Mixtures:
 
   spt_t0_train                     T0's multitask prompted training mixture
   spt_t0_heldout                   T0's held-out datasets, rank classification
-  spt_glue                         GLUE, for SPT pretraining
+  spt_glue, spt_glue_<dataset>     GLUE, for SPT pretraining
   spt_super_glue, spt_super_glue_<dataset>   SuperGLUE fine-tuning
   spt_synthetic_train              offline synthetic mixture (training)
   spt_synthetic_seen               ... its seen templates, rank classification

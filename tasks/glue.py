@@ -8,6 +8,7 @@ Registered names:
   `validation_mismatched`). Predictions are mapped back to labels and scored
   with GLUE's metrics: CoLA Matthews correlation; MRPC and QQP F1 and
   accuracy; STS-B Pearson and Spearman correlations; accuracy otherwise.
+* `spt_glue_<config>`: the templates of one GLUE dataset, equally mixed.
 * `spt_glue`: their mixture, example-proportional (capped as in T0).
 """
 import functools
@@ -62,7 +63,7 @@ def label_postprocessor(
 
 
 def register() -> None:
-  """Registers the GLUE tasks and `spt_glue` (idempotent)."""
+  """Registers the GLUE tasks and mixtures (idempotent)."""
   features = vocab.output_features(vocab.t5_vocabulary())
   mixture = []
   for dataset in DATASETS:
@@ -72,6 +73,7 @@ def register() -> None:
         COLLECTION, dataset, features,
         postprocess_fn=label_postprocessor,
         metric_fns=metric_fns)
+    registry.add_mixture(f'{MIXTURE}_{config}', names, default_rate=1.0)
     rate = prompted.mixing_rate(dataset.train_examples, len(names))
     mixture.extend((name, rate) for name in names)
   registry.add_mixture(MIXTURE, mixture)

@@ -27,14 +27,20 @@ TINY_HF_CONFIG = dict(
 )
 
 
-def tiny_hf_t5(seed: int = 0):
-  """A T5ForConditionalGeneration with every weight drawn at random."""
+def tiny_hf_t5(seed: int = 0, **config_overrides):
+  """A T5ForConditionalGeneration with every weight drawn at random.
+
+  Args:
+    seed: torch's seed.
+    **config_overrides: `transformers.T5Config` fields that replace
+      `TINY_HF_CONFIG`'s.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(seed)
   model = transformers.T5ForConditionalGeneration(
-      transformers.T5Config(**TINY_HF_CONFIG)
+      transformers.T5Config(**{**TINY_HF_CONFIG, **config_overrides})
   )
   with torch.no_grad():
     for name, p in model.named_parameters():
