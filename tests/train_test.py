@@ -152,7 +152,6 @@ def test_retrieval_analysis_of_a_trained_run(tmp_path):
   from spt_jax import analysis  # pylint: disable=g-import-not-at-top
   from spt_jax import models  # pylint: disable=g-import-not-at-top
   from spt_jax import network  # pylint: disable=g-import-not-at-top
-  from tasks import feature_converters  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path / 'run')
   _train(model_dir, 'TRAIN_STEPS = 5')
   gin.clear_config()
@@ -166,7 +165,6 @@ def test_retrieval_analysis_of_a_trained_run(tmp_path):
       model=model, model_dir=model_dir,
       mixture_or_task_names=['spt_synthetic_heldout_gen'],
       task_feature_lengths=lengths,
-      feature_converter_cls=feature_converters.SptEncDecFeatureConverter,
       output_dir=str(tmp_path / 'analysis'), group_by='dataset',
   )
   with open(paths['table_tsv']) as f:
