@@ -61,8 +61,21 @@ def _scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
   return bool(hf_config.get('tie_word_embeddings', True))
 
 
+# config.json fields every Hugging Face T5 has.
+_HF_T5_FIELDS = ('vocab_size', 'd_model', 'num_heads', 'num_layers', 'd_kv',
+                 'd_ff')
+
+
 def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides) -> T5Config:
   """A `T5Config` from a Hugging Face T5 `config.json` (as a dict)."""
+  model_type = hf_config.get('model_type', 't5')
+  missing = [k for k in _HF_T5_FIELDS if k not in hf_config]
+  if missing or model_type not in ('t5', 'mt5'):
+    raise ValueError(
+        f'config.json describes a {model_type!r} model, not a T5'
+        + (f' (it has no {", ".join(missing)})' if missing else '')
+        + '. Only T5 checkpoints (T5 1.1, T5-LM-adapt, T0) convert.'
+    )
   projection = hf_config.get('feed_forward_proj', 'relu')
   if projection not in ('gated-gelu', 'relu', 'gated-relu'):
     raise ValueError(f'Unsupported feed_forward_proj {projection!r}.')
@@ -192,14 +205,45 @@ def load_hf_config(path: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+def check_backbone_shapes(params: Params, cfg: T5Config) -> None:
+  """Raises unless every backbone weight has the shape `cfg` gives it."""
+  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  module = network.SptTransformer(cfg)
+  tokens = jnp.ones((1, 2), jnp.int32)
+  expected = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
+                          enable_dropout=False))['params']
+  expected = traverse_util.flatten_dict(dict(expected), sep='/')
+  wrong = [
+      f'{name} {tuple(np.shape(value))} (expected {expected[name].shape})'
+      for name, value in traverse_util.flatten_dict(params, sep='/').items()
+      if name in expected and tuple(np.shape(value)) != expected[name].shape
+  ]
+  if wrong:
+    raise ValueError(
+        f'The weights do not have the shapes their config gives (emb_dim '
+        f'{cfg.emb_dim}, {cfg.num_heads} heads of {cfg.head_dim}, mlp_dim '
+        f'{cfg.mlp_dim}, vocabulary {cfg.vocab_size}): '
+        + '; '.join(wrong[:4])
+        + (f'; and {len(wrong) - 4} more' if len(wrong) > 4 else '')
+        + '. Is config.json the one of these weights?'
+    )
+
+
 def load_hf_t5(path: str) -> Tuple[T5Config, Params]:
   """(T5Config, backbone params) of a Hugging Face T5 folder or weights file.
 
-  The config is read from `config.json` beside the weights.
+  The config is read from `config.json` beside the weights, and checked
+  against their shapes.
   """
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'No Hugging Face checkpoint at {path!r}: no such file or folder.')
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   cfg = t5_config_from_hf(load_hf_config(folder))
-  return cfg, params_from_hf_state_dict(load_hf_state_dict(path), cfg)
+  params = params_from_hf_state_dict(load_hf_state_dict(path), cfg)
+  check_backbone_shapes(params, cfg)
+  return cfg, params
 
 
 def merge_params(initial: Params, pretrained: Params, where: str = '') -> Params:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spt_jax import checkpoints
+from spt_jax import gin_utils
 from spt_jax.config import NO_SPT, SptConfig, T5Config
 
 
@@ -191,4 +192,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  # Bad paths, a non-T5 or mismatched config: their messages say it all.
+  gin_utils.run(main, short_errors=(ValueError, FileNotFoundError, FileExistsError))

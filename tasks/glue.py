@@ -9,7 +9,8 @@ Registered names:
   with GLUE's metrics: CoLA Matthews correlation; MRPC and QQP F1 and
   accuracy; STS-B Pearson and Spearman correlations; accuracy otherwise.
 * `spt_glue_<config>`: the templates of one GLUE dataset, equally mixed.
-* `spt_glue`: their mixture, example-proportional (capped as in T0).
+* `spt_glue`: their mixture, example-proportional (capped as in T0), the
+  sizes read from the prepared data when the mixture is first used.
 """
 import functools
 from typing import Any, Callable
@@ -29,17 +30,17 @@ _SPLITS = {'train': 'train', 'validation': 'validation'}
 _MNLI_SPLITS = {'train': 'train', 'validation': 'validation_matched',
                 'validation_mismatched': 'validation_mismatched'}
 
-# GLUE config -> (training examples, metric functions on label indices).
+# GLUE config -> metric functions on label indices.
 _CONFIGS = {
-    'cola': (8_551, (metrics.matthews_corrcoef, metrics.accuracy)),
-    'sst2': (67_349, (metrics.accuracy,)),
-    'mrpc': (3_668, (metrics.f1, metrics.accuracy)),
-    'qqp': (363_846, (metrics.f1, metrics.accuracy)),
-    'stsb': (5_749, (metrics.correlations,)),
-    'mnli': (392_702, (metrics.accuracy,)),
-    'qnli': (104_743, (metrics.accuracy,)),
-    'rte': (2_490, (metrics.accuracy,)),
-    'wnli': (635, (metrics.accuracy,)),
+    'cola': (metrics.matthews_corrcoef, metrics.accuracy),
+    'sst2': (metrics.accuracy,),
+    'mrpc': (metrics.f1, metrics.accuracy),
+    'qqp': (metrics.f1, metrics.accuracy),
+    'stsb': (metrics.correlations,),
+    'mnli': (metrics.accuracy,),
+    'qnli': (metrics.accuracy,),
+    'rte': (metrics.accuracy,),
+    'wnli': (metrics.accuracy,),
 }
 
 DATASETS = tuple(
@@ -48,9 +49,8 @@ DATASETS = tuple(
         source=sources.TfdsSource(
             f'glue/{config}:2.0.0', _MNLI_SPLITS if config == 'mnli' else
             _SPLITS),
-        templates=f'glue_{config}',
-        train_examples=size)
-    for config, (size, _) in _CONFIGS.items())
+        templates=f'glue_{config}')
+    for config in _CONFIGS)
 
 
 def label_postprocessor(
@@ -68,13 +68,13 @@ def register() -> None:
   mixture = []
   for dataset in DATASETS:
     config = dataset.name[len('glue_'):]
-    metric_fns = _CONFIGS[config][1]
+    metric_fns = _CONFIGS[config]
     names = prompted.register(
         COLLECTION, dataset, features,
         postprocess_fn=label_postprocessor,
         metric_fns=metric_fns)
     registry.add_mixture(f'{MIXTURE}_{config}', names, default_rate=1.0)
-    rate = prompted.mixing_rate(dataset.train_examples, len(names))
+    rate = prompted.lazy_mixing_rate(dataset.source, len(names))
     mixture.extend((name, rate) for name in names)
   registry.add_mixture(MIXTURE, mixture)
 

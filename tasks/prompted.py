@@ -31,14 +31,12 @@ class PromptedDataset:
     name: the dataset's name in task names (e.g. 'super_glue_cb').
     source: the raw data.
     templates: the template collection (`tasks/templates/<templates>.json`).
-    train_examples: the size of the training split, for mixing rates.
     keep_features: raw features kept after templating (name -> dotted path),
       for metrics that need them.
   """
   name: str
   source: seqio.DataSource
   templates: str
-  train_examples: int = 0
   keep_features: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property

@@ -43,21 +43,21 @@ def _multirc(template: Template) -> Callable[..., Any]:
       answer_choices=template.fixed_answer_choices)
 
 
-# config -> (training examples, postprocessor of a template, metric functions,
-# raw features the metrics need).
-_CONFIGS: Mapping[str, tuple[int, Callable[[Template], Any], Sequence[Any],
+# config -> (postprocessor of a template, metric functions, raw features the
+# metrics need).
+_CONFIGS: Mapping[str, tuple[Callable[[Template], Any], Sequence[Any],
                              Mapping[str, str]]] = {
-    'boolq': (9_427, _labels, (metrics.accuracy,), {}),
-    'cb': (250, _labels, (metrics.accuracy, metrics.macro_f1(3)), {}),
-    'copa': (400, lambda _: metrics.normalized_text, (metrics.accuracy,), {}),
-    'multirc': (27_243, _multirc, (metrics.multirc,),
+    'boolq': (_labels, (metrics.accuracy,), {}),
+    'cb': (_labels, (metrics.accuracy, metrics.macro_f1(3)), {}),
+    'copa': (lambda _: metrics.normalized_text, (metrics.accuracy,), {}),
+    'multirc': (_multirc, (metrics.multirc,),
                 {'paragraph_idx': 'idx.paragraph',
                  'question_idx': 'idx.question'}),
-    'record': (100_730, lambda _: metrics.record_postprocessor,
+    'record': (lambda _: metrics.record_postprocessor,
                (metrics.squad,), {'answers': 'answers'}),
-    'rte': (2_490, _labels, (metrics.accuracy,), {}),
-    'wic': (5_428, _labels, (metrics.accuracy,), {}),
-    'wsc': (554, _labels, (metrics.accuracy,), {}),
+    'rte': (_labels, (metrics.accuracy,), {}),
+    'wic': (_labels, (metrics.accuracy,), {}),
+    'wsc': (_labels, (metrics.accuracy,), {}),
 }
 
 DATASETS = tuple(
@@ -67,9 +67,8 @@ DATASETS = tuple(
             'super_glue/{}:1.0.2'.format(
                 'wsc.fixed' if config == 'wsc' else config), _SPLITS),
         templates=f'super_glue_{config}',
-        train_examples=size,
         keep_features=keep)
-    for config, (size, _, _, keep) in _CONFIGS.items())
+    for config, (_, _, keep) in _CONFIGS.items())
 
 
 def register() -> None:
@@ -78,13 +77,13 @@ def register() -> None:
   everything = []
   for dataset in DATASETS:
     config = dataset.name[len('super_glue_'):]
-    _, postprocess_fn, metric_fns, _ = _CONFIGS[config]
+    postprocess_fn, metric_fns, _ = _CONFIGS[config]
     names = prompted.register(
         COLLECTION, dataset, features,
         postprocess_fn=postprocess_fn,
         metric_fns=metric_fns)
     registry.add_mixture(f'{MIXTURE}_{config}', names, default_rate=1.0)
-    rate = prompted.mixing_rate(dataset.train_examples, len(names))
+    rate = prompted.lazy_mixing_rate(dataset.source, len(names))
     everything.extend((name, rate) for name in names)
   registry.add_mixture(MIXTURE, everything)
 

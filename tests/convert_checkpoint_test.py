@@ -153,3 +153,49 @@ def test_command_line(hf_model, tmp_path):
   )
   assert again.returncode != 0
   assert 'not empty' in again.stderr
+
+
+def _copy_with_config(folder, destination, **changes):
+  """The Hugging Face folder with config.json fields changed."""
+  os.makedirs(destination)
+  for name in os.listdir(folder):
+    with open(os.path.join(folder, name), 'rb') as f:
+      data = f.read()
+    if name == 'config.json':
+      data = json.dumps({**json.loads(data), **changes}).encode()
+    with open(os.path.join(destination, name), 'wb') as f:
+      f.write(data)
+  return destination
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(d_model=48), 'do not have the shapes their config gives'),
+    (dict(model_type='bert', d_model=None), "a 'bert' model, not a T5"),
+])
+def test_a_config_that_does_not_fit_the_weights_is_refused(
+    hf_model, tmp_path, changes, message):
+  _, folder = hf_model
+  changes = {k: v for k, v in changes.items() if v is not None}
+  source = _copy_with_config(folder, str(tmp_path / 'source'), **changes)
+  if 'model_type' in changes:  # A BERT config has no T5 fields at all.
+    with open(os.path.join(source, 'config.json')) as f:
+      config_json = json.load(f)
+    config_json.pop('d_model')
+    with open(os.path.join(source, 'config.json'), 'w') as f:
+      json.dump(config_json, f)
+  out = str(tmp_path / 'out')
+  with pytest.raises(ValueError, match=message):
+    convert_checkpoint.convert(out, hf_path=source)
+  assert not os.path.exists(out)
+
+
+def test_command_line_errors_are_short_and_name_the_path(tmp_path):
+  missing = str(tmp_path / 'no_such_model')
+  done = subprocess.run(
+      [sys.executable, '-m', 'spt_jax.convert_checkpoint',
+       f'--hf_path={missing}', f'--output_dir={tmp_path / "out"}'],
+      cwd=REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''},
+      capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert f"No Hugging Face checkpoint at '{missing}'" in done.stderr
+  assert 'Traceback' not in done.stderr

@@ -9,6 +9,7 @@ import tasks  # pylint: disable=unused-import
 from tasks import feature_converters
 from tasks import glue
 from tasks import registry
+from tasks import sources
 from tasks import vocab
 from tests import tasks_test_utils as tu
 
@@ -38,13 +39,23 @@ def test_glue_task(dataset):
     assert 'f1' in results
 
 
-def test_glue_mixture():
+def test_glue_mixture(monkeypatch):
+  # The prepared datasets' sizes (TFDS info): stand-ins here.
+  sizes = {'glue/qqp': 363_846, 'glue/mnli': 600_000}
+  monkeypatch.setattr(
+      sources.TfdsSource, 'num_input_examples',
+      lambda self, split: sizes.get(self.tfds_dataset.name.split(':')[0], 2_490))
+  glue.register()  # Fresh rate functions: sizes are read once, then kept.
   mixture = seqio.get_mixture_or_task(glue.MIXTURE)
   assert len(mixture.tasks) == 27
   rates = {registry.template_info(t.name)[0]: mixture.get_rate(t)
            for t in mixture.tasks}
   assert rates['glue_qqp'] == 363_846  # T0: N <= 500,000 keeps N.
+  assert rates['glue_mnli'] == 500_000 // 3  # Larger: capped per template.
   assert rates['glue_rte'] == 2_490
+  rte = seqio.get_mixture_or_task('spt_glue_rte')
+  assert [rte.get_rate(t) for t in rte.tasks] == [1.0] * 3
+  glue.register()  # Forget the stand-in sizes.
   mnli = seqio.get_mixture_or_task(
       registry.task_name(glue.COLLECTION, 'glue_mnli', 'premise_entails'))
   assert set(mnli.splits) == {'train', 'validation', 'validation_mismatched'}
@@ -52,6 +63,9 @@ def test_glue_mixture():
 
 def test_glue_mixture_batches_for_the_model(monkeypatch):
   monkeypatch.setenv(vocab.VOCAB_PATH_ENV, tu.TEST_VOCAB_PATH)
+  # Mocked TFDS data has no recorded size: say the mock's.
+  monkeypatch.setattr(sources.TfdsSource, 'num_input_examples',
+                      lambda self, split: 16)
   importlib.reload(glue)
   try:
     # The mixture ends with its first exhausted task: enough examples for
