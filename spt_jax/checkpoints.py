@@ -653,7 +653,7 @@ def initialize_spt_params(
   """`params` (a backbone) with a new memory bank and soft prompt added.
 
   The leaves are those `SptTransformer(config, spt)` creates, drawn by the
-  same initializers: keys uniform in [-1, 1]; values and the soft prompt
+  same modules and initializers (`prompts.prompt_initializer`): keys uniform in [-1, 1]; values and the soft prompt
   either uniform in [-memory_init_scale, memory_init_scale] or rows of the
   backbone's embedding table sampled from its first 5000 tokens, as prompt
   tuning initialises prompts.
@@ -697,13 +697,16 @@ def initialize_spt_params(
         np.asarray, dict(variables['params'])
     )
   if spt.soft_prompt_length:
-    shape = (spt.soft_prompt_length, width)
-    if spt.memory_init == 'vocab_sample':
-      prompt = memory_bank.sample_vocab_embeddings(prompt_rng, embedding, shape)
-    else:
-      init = prompts.symmetric_uniform(spt.memory_init_scale)
-      prompt = init(prompt_rng, shape)
-    initialized['soft_prompt'] = {'prompt': np.asarray(prompt, np.float32)}
+    soft_prompt = prompts.SoftPrompt(
+        length=spt.soft_prompt_length,
+        features=width,
+        init_scale=spt.memory_init_scale,
+        memory_init=spt.memory_init,
+    )
+    variables = soft_prompt.init(prompt_rng, 1, embedding_table=embedding)
+    initialized['soft_prompt'] = jax.tree.map(
+        np.asarray, dict(variables['params'])
+    )
   return initialized
 
 

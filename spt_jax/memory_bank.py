@@ -21,20 +21,6 @@ from spt_jax.config import SptConfig
 
 Array = jax.Array
 
-# Prompt tuning samples initial prompts from the most frequent tokens.
-VOCAB_SAMPLE_POPULATION = 5000
-
-
-def sample_vocab_embeddings(
-    rng: Array, embedding_table: Array, shape: Tuple[int, ...],
-    population: int = VOCAB_SAMPLE_POPULATION,
-) -> Array:
-  """Rows of `embedding_table` [V, H] drawn at random into `shape` [..., H]."""
-  population = min(population, embedding_table.shape[0])
-  ids = jax.random.randint(rng, shape[:-1], 0, population)
-  return jnp.asarray(embedding_table, jnp.float32)[ids]
-
-
 class MemoryBank(nn.Module):
   """`num_memories` memory prompts and keys; returns the retrieved prompt.
 
@@ -84,7 +70,9 @@ class MemoryBank(nn.Module):
     )
     values = layers.param_with_axes(
         'values',
-        self._value_init(embedding_table),
+        prompts.prompt_initializer(
+            cfg.memory_init, cfg.memory_init_scale, embedding_table
+        ),
         (cfg.num_memories, cfg.memory_length, self.features),
         jnp.float32,
         axes=('memory', 'memory_length', 'embed'),
@@ -124,18 +112,3 @@ class MemoryBank(nn.Module):
         'balance_loss': retrieval.balance_loss(scores, retrieved.indices),
     }
     return prompt, retrieved, aux_losses
-
-  def _value_init(self, embedding_table: Optional[Array]):
-    cfg = self.config
-    if cfg.memory_init == 'uniform':
-      return prompts.symmetric_uniform(cfg.memory_init_scale)
-    if cfg.memory_init == 'vocab_sample':
-      if embedding_table is None:
-        raise ValueError("memory_init='vocab_sample' needs the embedding table.")
-      return lambda rng, shape, dtype=jnp.float32: sample_vocab_embeddings(
-          rng, embedding_table, shape
-      ).astype(dtype)
-    raise ValueError(
-        f"Unknown memory_init {cfg.memory_init!r}; expected 'uniform' or "
-        "'vocab_sample'."
-    )

@@ -281,6 +281,7 @@ class SptTransformer(nn.Module):
           length=self.spt.soft_prompt_length,
           features=cfg.emb_dim,
           init_scale=self.spt.memory_init_scale,
+          memory_init=self.spt.memory_init,
       )
 
   def encode(
@@ -311,7 +312,13 @@ class SptTransformer(nn.Module):
 
     prefixes = []
     if self.spt.soft_prompt_length:
-      prefixes.append(self.soft_prompt(batch_size, self.config.dtype))
+      prefixes.append(
+          self.soft_prompt(
+              batch_size,
+              self.config.dtype,
+              embedding_table=self.token_embedder.embedding,
+          )
+      )
     if self.spt.num_memories:
       prefixes.append(
           self._retrieve(tokens, embedded, prompt_tokens, deterministic)

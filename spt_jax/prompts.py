@@ -89,6 +89,10 @@ def input_mask_with_prefix(tokens: Array, prefix_length: int) -> Array:
   return jnp.concatenate([prefix, tokens > 0], axis=1)
 
 
+# Prompt tuning samples initial prompts from the most frequent tokens.
+VOCAB_SAMPLE_POPULATION = 5000
+
+
 def symmetric_uniform(scale: float):
   """Initializer drawing uniformly from [-scale, scale], as prompt tuning does."""
 
@@ -98,19 +102,72 @@ def symmetric_uniform(scale: float):
   return init
 
 
+def sample_vocab_embeddings(
+    rng: Array, embedding_table: Array, shape: Tuple[int, ...],
+    population: int = VOCAB_SAMPLE_POPULATION,
+) -> Array:
+  """Rows of `embedding_table` [V, H] drawn at random into `shape` [..., H]."""
+  population = min(population, embedding_table.shape[0])
+  ids = jax.random.randint(rng, shape[:-1], 0, population)
+  return jnp.asarray(embedding_table, jnp.float32)[ids]
+
+
+def prompt_initializer(
+    memory_init: str, scale: float, embedding_table: Optional[Array] = None
+):
+  """The initializer of prompt vectors [..., H]: memory values, soft prompt.
+
+  Args:
+    memory_init: 'uniform' (in [-scale, scale]) or 'vocab_sample' (rows of
+      the embedding table among its first `VOCAB_SAMPLE_POPULATION` tokens).
+    scale: the bound of 'uniform'.
+    embedding_table: [V, H], needed by 'vocab_sample'.
+
+  Returns:
+    A Flax initializer (rng, shape, dtype) -> array.
+  """
+  if memory_init == 'uniform':
+    return symmetric_uniform(scale)
+  if embedding_table is None:
+    raise ValueError("memory_init='vocab_sample' needs the embedding table.")
+  return lambda rng, shape, dtype=jnp.float32: sample_vocab_embeddings(
+      rng, embedding_table, shape
+  ).astype(dtype)
+
+
 class SoftPrompt(nn.Module):
-  """A parametric prompt [L, H] shared by every example (prompt tuning)."""
+  """A parametric prompt [L, H] shared by every example (prompt tuning).
+
+  Attributes:
+    length: L.
+    features: H.
+    init_scale: bound of the 'uniform' initializer.
+    memory_init: 'uniform' or 'vocab_sample' (see `prompt_initializer`).
+  """
 
   length: int
   features: int
   init_scale: float = 0.5
+  memory_init: str = 'uniform'
 
   @nn.compact
-  def __call__(self, batch_size: int, dtype=jnp.float32) -> Array:
-    """Returns the prompt broadcast to [B, L, H]."""
+  def __call__(
+      self,
+      batch_size: int,
+      dtype=jnp.float32,
+      embedding_table: Optional[Array] = None,
+  ) -> Array:
+    """Returns the prompt broadcast to [B, L, H].
+
+    Args:
+      batch_size: B.
+      dtype: activation dtype of the result.
+      embedding_table: [V, H] token embeddings, needed at initialisation when
+        `memory_init='vocab_sample'`.
+    """
     prompt = layers.param_with_axes(
         'prompt',
-        symmetric_uniform(self.init_scale),
+        prompt_initializer(self.memory_init, self.init_scale, embedding_table),
         (self.length, self.features),
         jnp.float32,
         axes=('prompt', 'embed'),

@@ -214,13 +214,20 @@ def test_first_layer_query_source_runs():
 
 
 def test_vocab_sample_init_draws_embedding_rows():
-  spt = config.SptConfig(num_memories=4, memory_length=2, top_k=1, memory_init='vocab_sample')
+  """Memory values and the soft prompt alike are rows of the embedding table."""
+  spt = config.SptConfig(
+      num_memories=4, memory_length=2, top_k=2, soft_prompt_length=3,
+      memory_init='vocab_sample',
+  )
   _, variables = _init(spt)
   params = variables['params']
   table = np.asarray(params['token_embedder']['embedding'])
-  values = np.asarray(params['memory_bank']['values']).reshape(-1, T5.emb_dim)
-  for row in values:
-    assert np.any(np.all(np.isclose(table, row), axis=1))
+  for name, leaf in (('values', params['memory_bank']['values']),
+                     ('prompt', params['soft_prompt']['prompt'])):
+    rows = np.asarray(leaf).reshape(-1, T5.emb_dim)
+    matches = np.all(rows[:, None, :] == table[None, :, :], axis=-1)
+    assert np.all(matches.any(axis=1)), name
+    assert len(np.unique(matches.argmax(axis=1))) > 1, name
 
 
 def test_disabled_spt_has_no_spt_parameters():
