@@ -883,11 +883,6 @@ def save_converted_params(
   return checkpoint_dir
 
 
-def load_converted_params(path: str) -> Params:
-  """What `save_converted_params` wrote (given its folder or checkpoint)."""
-  return load_t5x_params(path)
-
-
 def load_params(path: str) -> Params:
   """Parameters from any source the runner may start from, as float32 numpy.
 

@@ -10,8 +10,8 @@ initialised on its embedding table, and writes:
     OUTPUT_DIR/spt_conversion.json   source, backbone config, SPT shapes
 
 The local runner starts from it with
-`--gin.INITIAL_CHECKPOINT_PATH=\"OUTPUT_DIR\"` (`checkpoints.load_params`);
-`checkpoints.load_converted_params` reads it back. Only the settings that
+`--gin.INITIAL_CHECKPOINT_PATH=\"OUTPUT_DIR\"` (`checkpoints.load_params`
+reads it back). Only the settings that
 shape parameters are flags; retrieval settings (top-k, similarity, strategy)
 belong to the training configuration.
 

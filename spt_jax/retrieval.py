@@ -184,11 +184,6 @@ def _perturbed_forward(scores, noise, k, sigma):
   return jnp.mean(indicators, axis=1), (indicators, noise)
 
 
-def _perturbed_fwd(scores, noise, k, sigma):
-  marginals, residuals = _perturbed_forward(scores, noise, k, sigma)
-  return marginals, residuals
-
-
 def _perturbed_bwd(k, sigma, residuals, cotangent):
   del k
   indicators, noise = residuals
@@ -200,7 +195,7 @@ def _perturbed_bwd(k, sigma, residuals, cotangent):
   return grad_scores, jnp.zeros_like(noise)
 
 
-perturbed_topk_marginals.defvjp(_perturbed_fwd, _perturbed_bwd)
+perturbed_topk_marginals.defvjp(_perturbed_forward, _perturbed_bwd)
 
 
 def perturbed_topk(

@@ -58,7 +58,7 @@ def test_converted_backbone_gives_hf_logits(hf_model, tmp_path):
   model, folder = hf_model
   out = str(tmp_path / 'plain')
   convert_checkpoint.convert(out, hf_path=folder)
-  params = checkpoints.load_converted_params(out)
+  params = checkpoints.load_params(out)
   assert 'memory_bank' not in params and 'soft_prompt' not in params
   cfg = _t5_config(out)
   assert cfg == checkpoints.t5_config_from_hf(model.config.to_dict())
@@ -146,7 +146,7 @@ def test_command_line(hf_model, tmp_path):
   )
   assert done.returncode == 0, done.stderr
   assert 'INITIAL_CHECKPOINT_PATH' in done.stdout
-  params = checkpoints.load_converted_params(out)
+  params = checkpoints.load_params(out)
   assert params['memory_bank']['values'].shape == (4, 2, 32)
   again = subprocess.run(
       command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
