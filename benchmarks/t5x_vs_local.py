@@ -17,7 +17,6 @@ t5x, ...) so that drift of the machine hits both. Needs T5X installed.
   python -m benchmarks.t5x_vs_local --repeats=2
 """
 
-import glob
 import os
 import statistics
 import subprocess
@@ -59,14 +58,12 @@ def _command(runner: str, model_dir: str):
 def _steps_per_second(events_dir: str, tag: str):
   """{step: value} of a scalar in a TensorBoard folder."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in glob.glob(os.path.join(events_dir, 'events.out.tfevents.*')):
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      event = tf.compat.v1.Event.FromString(record)
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(
+      events_dir, size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  return {e.step: float(tf.make_ndarray(e.tensor_proto))
+          for e in events.Tensors(tag)}
 
 
 def run_once(runner: str):

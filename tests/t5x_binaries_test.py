@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorboard.backend.event_processing import event_accumulator
 
-from spt_jax import checkpoints
+from spt_jax import t5x_checkpoints
 from tasks import synthetic
 from tasks import vocab
 from tests import t5x_test_utils
@@ -59,7 +60,7 @@ stage_chain = pytest.mark.xdist_group('t5x_stages')
 
 def _params(checkpoint_dir):
   return traverse_util.flatten_dict(
-      checkpoints.load_t5x_params(checkpoint_dir), sep='/')
+      t5x_checkpoints.load_t5x_params(checkpoint_dir), sep='/')
 
 
 def _is_spt(name):
@@ -68,14 +69,11 @@ def _is_spt(name):
 
 def _scalars(events_dir, tag):
   """{step: value} of a scalar T5X wrote to TensorBoard."""
-  values = {}
-  for path in glob.glob(os.path.join(events_dir, 'events.out.tfevents.*')):
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      event = tf.compat.v1.Event.FromString(record)
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values
+  events = event_accumulator.EventAccumulator(
+      events_dir, size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  return {e.step: float(tf.make_ndarray(e.tensor_proto))
+          for e in events.Tensors(tag)}
 
 
 # ---- synthetic: train from scratch, eval, infer -------------------------------
