@@ -35,10 +35,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-from spt_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from spt_jax import config  # pylint: disable=g-import-not-at-top
 from spt_jax import models  # pylint: disable=g-import-not-at-top
 from spt_jax import network  # pylint: disable=g-import-not-at-top
+from spt_jax import spt_params  # pylint: disable=g-import-not-at-top
 from spt_jax import trainer  # pylint: disable=g-import-not-at-top
 
 # Dense bfloat16 tensor-core peaks, FLOP/s, by device-kind substring.
@@ -92,7 +92,7 @@ def main() -> None:
   for name, spt in step_time.VARIANTS.items():
     params = backbone
     if spt.prefix_length:
-      params = checkpoints.initialize_spt_params(
+      params = spt_params.initialize_spt_params(
           backbone, jax.random.PRNGKey(1), spt
       )
     model = models.SptModel(network.SptTransformer(cfg, spt))

@@ -48,10 +48,10 @@ import optax  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-from spt_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from spt_jax import config  # pylint: disable=g-import-not-at-top
 from spt_jax import models  # pylint: disable=g-import-not-at-top
 from spt_jax import network  # pylint: disable=g-import-not-at-top
+from spt_jax import spt_params  # pylint: disable=g-import-not-at-top
 from spt_jax import trainer  # pylint: disable=g-import-not-at-top
 
 LEARNING_RATE = 1e-3
@@ -144,7 +144,7 @@ def torch_prompt_tuning_step(cfg: config.T5Config, batch, threads: int):
 
 def jax_step(cfg, spt, backbone, batch, seed):
   """A zero-argument callable: one jitted JAX step with a frozen backbone."""
-  params = checkpoints.initialize_spt_params(
+  params = spt_params.initialize_spt_params(
       backbone, jax.random.PRNGKey(seed), spt
   )
   model = models.SptModel(network.SptTransformer(cfg, spt))

@@ -35,10 +35,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from spt_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from spt_jax import config  # pylint: disable=g-import-not-at-top
 from spt_jax import models  # pylint: disable=g-import-not-at-top
 from spt_jax import network  # pylint: disable=g-import-not-at-top
+from spt_jax import spt_params  # pylint: disable=g-import-not-at-top
 from spt_jax import trainer  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
@@ -133,7 +133,7 @@ def main() -> None:
     common.log(f'compiling {name}')
     params = backbone
     if spt.prefix_length:
-      params = checkpoints.initialize_spt_params(
+      params = spt_params.initialize_spt_params(
           backbone, jax.random.PRNGKey(args.seed + 1), spt
       )
     model = models.SptModel(network.SptTransformer(cfg, spt))

@@ -31,9 +31,9 @@ import jax
 import numpy as np
 import seqio
 
-from spt_jax import checkpoints
 from spt_jax import gin_utils
 from spt_jax import models
+from spt_jax import train_checkpoints
 
 Array = jax.Array
 Counts = Mapping[str, np.ndarray]
@@ -355,7 +355,7 @@ def analyze(
   """
   if not model.module.spt.num_memories:
     raise ValueError('The model has no memory bank to analyse.')
-  params = checkpoints.TrainCheckpoints(model_dir).restore_params()
+  params = train_checkpoints.TrainCheckpoints(model_dir).restore_params()
   converter = model.FEATURE_CONVERTER_CLS(pack=False)
   indices_by_name = {}
   for name in mixture_or_task_names:

@@ -10,7 +10,7 @@ initialised on its embedding table, and writes:
     OUTPUT_DIR/spt_conversion.json   source, backbone config, SPT shapes
 
 The local runner starts from it with
-`--gin.INITIAL_CHECKPOINT_PATH=\"OUTPUT_DIR\"` (`checkpoints.load_params`
+`--gin.INITIAL_CHECKPOINT_PATH=\"OUTPUT_DIR\"` (`train_checkpoints.load_params`
 reads it back). Only the settings that
 shape parameters are flags; retrieval settings (top-k, similarity, strategy)
 belong to the training configuration.
@@ -31,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spt_jax import checkpoints
 from spt_jax import gin_utils
+from spt_jax import hf_checkpoints
+from spt_jax import spt_params
+from spt_jax import t5x_checkpoints
 from spt_jax.config import NO_SPT, SptConfig, T5Config
 
 
@@ -78,9 +80,9 @@ def _load_backbone(hf_path: Optional[str], t5x_path: Optional[str]):
   if (hf_path is None) == (t5x_path is None):
     raise ValueError('Give exactly one of hf_path and t5x_path.')
   if hf_path is not None:
-    return checkpoints.load_hf_t5(hf_path)
-  params = checkpoints.load_t5x_params(t5x_path)
-  return checkpoints.t5_config_from_params(params), params
+    return hf_checkpoints.load_hf_t5(hf_path)
+  params = t5x_checkpoints.load_t5x_params(t5x_path)
+  return t5x_checkpoints.t5_config_from_params(params), params
 
 
 def convert(
@@ -106,7 +108,7 @@ def convert(
     )
   cfg, params = _load_backbone(hf_path, t5x_path)
   if spt.prefix_length:
-    params = checkpoints.initialize_spt_params(
+    params = spt_params.initialize_spt_params(
         params, jax.random.PRNGKey(seed), spt
     )
   info = {
@@ -119,7 +121,7 @@ def convert(
       'seed': seed,
       'num_parameters': int(sum(np.size(x) for x in jax.tree.leaves(params))),
   }
-  return checkpoints.save_converted_params(params, output_dir, info)
+  return t5x_checkpoints.save_converted_params(params, output_dir, info)
 
 
 def _define_flags() -> None:
@@ -177,7 +179,7 @@ def main(argv: Sequence[str]) -> None:
       spt=spt,
       seed=FLAGS.seed,
   )
-  with open(os.path.join(FLAGS.output_dir, checkpoints.CONVERSION_INFO)) as f:
+  with open(os.path.join(FLAGS.output_dir, t5x_checkpoints.CONVERSION_INFO)) as f:
     info = json.load(f)
   t5 = info['t5_config']
   print(

@@ -26,10 +26,10 @@ import jax
 import numpy as np
 import seqio
 
-from spt_jax import checkpoints
 from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import partitioning
+from spt_jax import train_checkpoints
 
 # The model features scoring and decoding read from a batch.
 _MODEL_FEATURES = (
@@ -286,7 +286,7 @@ def run_eval(
   check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
   check_data(mixture_or_task_name, split)
   check_metrics(mixture_or_task_name)
-  store = checkpoints.TrainCheckpoints(checkpoint_dir)
+  store = train_checkpoints.TrainCheckpoints(checkpoint_dir)
   step = store.latest_step() if step is None else step
   params = store.restore_params(step)
   results = evaluate(
@@ -310,4 +310,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  gin_utils.run(main, short_errors=(checkpoints.CheckpointError,))
+  gin_utils.run(main, short_errors=(train_checkpoints.CheckpointError,))

@@ -35,11 +35,11 @@ import optax
 import seqio
 import tqdm
 
-from spt_jax import checkpoints
 from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import partitioning
+from spt_jax import train_checkpoints
 from spt_jax import trainer
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -286,7 +286,7 @@ def train(
   rng = jax.random.PRNGKey(random_seed)
   init_rng, dropout_rng = jax.random.split(rng)
   state = sharded.init_state(init_rng, input_shapes)
-  store = checkpoints.TrainCheckpoints(model_dir, max_to_keep=keep_checkpoints)
+  store = train_checkpoints.TrainCheckpoints(model_dir, max_to_keep=keep_checkpoints)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       state,
@@ -376,8 +376,8 @@ def train(
 
 def _with_initial_params(sharded, state, path):
   """The state with parameters from `path` put in place (partial restore)."""
-  pretrained = checkpoints.load_params(path)
-  params = checkpoints.merge_params(jax.device_get(state.params), pretrained)
+  pretrained = train_checkpoints.load_params(path)
+  params = train_checkpoints.merge_params(jax.device_get(state.params), pretrained)
   return sharded.state_from_params(params)
 
 
@@ -413,5 +413,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('process_index', None, 'This process (--multiprocess).')
   FLAGS = flags.FLAGS
   gin_utils.run(
-      main, short_errors=(checkpoints.CheckpointError, TrainingDiverged)
+      main, short_errors=(train_checkpoints.CheckpointError, TrainingDiverged)
   )

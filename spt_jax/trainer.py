@@ -18,12 +18,11 @@ import optax
 
 from spt_jax import models
 from spt_jax import partitioning
+from spt_jax import spt_params
 
 Array = jax.Array
 Params = Any
 
-# Top-level parameter groups that belong to SPT rather than to the backbone.
-SPT_PARAM_GROUPS = ('memory_bank', 'soft_prompt')
 TRAINABLE_CHOICES = ('all', 'spt_only')
 
 
@@ -44,20 +43,11 @@ class TrainState:
     )
 
 
-def is_spt_param(path: str, value: Any = None) -> bool:
-  """Whether a '/'-joined parameter path is SPT's (memory bank, soft prompt).
-
-  Also the `filter_fn` of T5X's `ModelParamTraversal` for a frozen backbone.
-  """
-  del value
-  return path.strip('/').split('/')[0] in SPT_PARAM_GROUPS
-
-
 def param_labels(params: Params) -> Params:
   """'spt' for memory bank and soft prompt leaves, 'backbone' for the rest."""
   flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
   labels = {
-      path: 'spt' if is_spt_param('/'.join(path)) else 'backbone'
+      path: 'spt' if spt_params.is_spt_param('/'.join(path)) else 'backbone'
       for path in flat
   }
   return traverse_util.unflatten_dict(labels)
@@ -103,13 +93,6 @@ def create_optimizer(
   )
 
 
-def split_spt_params(params: Params) -> Tuple[Params, Params]:
-  """(SPT groups, backbone groups) of a parameter tree."""
-  spt = {k: v for k, v in params.items() if k in SPT_PARAM_GROUPS}
-  backbone = {k: v for k, v in params.items() if k not in SPT_PARAM_GROUPS}
-  return spt, backbone
-
-
 def make_train_step(
     model: models.SptModel,
     optimizer: optax.GradientTransformation,
@@ -132,7 +115,7 @@ def make_train_step(
     if trainable == 'all':
       (_, metrics), grads = grad_fn(params, batch, rng)
       return metrics, grads, grads
-    spt, backbone = split_spt_params(params)
+    spt, backbone = spt_params.split_spt_params(params)
     (_, metrics), spt_grads = jax.value_and_grad(
         lambda trained: model.loss_fn({**backbone, **trained}, batch, rng),
         has_aux=True,

@@ -13,10 +13,12 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from spt_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from spt_jax import config  # pylint: disable=g-import-not-at-top
 from spt_jax import convert_checkpoint  # pylint: disable=g-import-not-at-top
+from spt_jax import hf_checkpoints  # pylint: disable=g-import-not-at-top
 from spt_jax import network  # pylint: disable=g-import-not-at-top
+from spt_jax import t5x_checkpoints  # pylint: disable=g-import-not-at-top
+from spt_jax import train_checkpoints  # pylint: disable=g-import-not-at-top
 from tests import t5_reference  # pylint: disable=g-import-not-at-top
 
 ATOL = 1e-4
@@ -47,7 +49,7 @@ def _batch():
 
 
 def _t5_config(output_dir):
-  with open(os.path.join(output_dir, checkpoints.CONVERSION_INFO)) as f:
+  with open(os.path.join(output_dir, t5x_checkpoints.CONVERSION_INFO)) as f:
     fields = json.load(f)['t5_config']
   fields['dtype'] = getattr(jnp, fields['dtype'])
   fields['mlp_activations'] = tuple(fields['mlp_activations'])
@@ -58,10 +60,10 @@ def test_converted_backbone_gives_hf_logits(hf_model, tmp_path):
   model, folder = hf_model
   out = str(tmp_path / 'plain')
   convert_checkpoint.convert(out, hf_path=folder)
-  params = checkpoints.load_params(out)
+  params = train_checkpoints.load_params(out)
   assert 'memory_bank' not in params and 'soft_prompt' not in params
   cfg = _t5_config(out)
-  assert cfg == checkpoints.t5_config_from_hf(model.config.to_dict())
+  assert cfg == hf_checkpoints.t5_config_from_hf(model.config.to_dict())
   encoder, decoder_inputs, targets = _batch()
   ours = network.SptTransformer(cfg).apply(
       {'params': params}, encoder, decoder_inputs, targets, enable_dropout=False
@@ -69,7 +71,7 @@ def test_converted_backbone_gives_hf_logits(hf_model, tmp_path):
   theirs = t5_reference.hf_logits(model, encoder, decoder_inputs)
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=ATOL, rtol=0)
   # The runner's loader reads the Hugging Face folder itself the same way.
-  direct = traverse_util.flatten_dict(checkpoints.load_params(folder), sep='/')
+  direct = traverse_util.flatten_dict(train_checkpoints.load_params(folder), sep='/')
   for name, value in traverse_util.flatten_dict(params, sep='/').items():
     np.testing.assert_array_equal(direct[name], value, err_msg=name)
 
@@ -78,7 +80,7 @@ def test_spt_conversion_keeps_hf_weights_bit_identical(hf_model, tmp_path):
   model, folder = hf_model
   out = str(tmp_path / 'spt')
   convert_checkpoint.convert(out, hf_path=folder, spt=SPT, seed=3)
-  params = checkpoints.load_params(out)  # What the local runner reads.
+  params = train_checkpoints.load_params(out)  # What the local runner reads.
   _, hf_params = t5_reference.converted(model)
   flat = traverse_util.flatten_dict(params, sep='/')
   flat_hf = traverse_util.flatten_dict(hf_params, sep='/')
@@ -106,14 +108,14 @@ def test_spt_conversion_keeps_hf_weights_bit_identical(hf_model, tmp_path):
   convert_checkpoint.convert(
       again, t5x_path=os.path.join(out, 'checkpoint_0')
   )
-  reread = traverse_util.flatten_dict(checkpoints.load_params(again), sep='/')
+  reread = traverse_util.flatten_dict(train_checkpoints.load_params(again), sep='/')
   assert sorted(reread) == sorted(flat)
   for name, value in flat.items():
     np.testing.assert_array_equal(reread[name], value, err_msg=name)
   encoder, decoder_inputs, targets = _batch()
   net = network.SptTransformer(_t5_config(again), SPT)
   logits = net.apply(
-      {'params': checkpoints.load_params(again)}, encoder, decoder_inputs,
+      {'params': train_checkpoints.load_params(again)}, encoder, decoder_inputs,
       targets, enable_dropout=False,
   )
   assert logits.shape == (3, 5, 96)
@@ -146,7 +148,7 @@ def test_command_line(hf_model, tmp_path):
   )
   assert done.returncode == 0, done.stderr
   assert 'INITIAL_CHECKPOINT_PATH' in done.stdout
-  params = checkpoints.load_params(out)
+  params = train_checkpoints.load_params(out)
   assert params['memory_bank']['values'].shape == (4, 2, 32)
   again = subprocess.run(
       command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120

@@ -18,10 +18,10 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from spt_jax import checkpoints
 from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
 from spt_jax import train as train_lib
+from spt_jax import train_checkpoints
 from tasks import preprocessors
 from tasks import prompt_templates
 from tasks import prompted
@@ -173,7 +173,7 @@ def test_target_not_among_answer_choices_is_an_error(tmp_path):
 
 
 def _saved(tmp_path):
-  store = checkpoints.TrainCheckpoints(str(tmp_path))
+  store = train_checkpoints.TrainCheckpoints(str(tmp_path))
   state = {'params': {'w': jnp.ones(4)}, 'step': jnp.zeros((), jnp.int32)}
   store.save(0, state)
   store.save(1, state)
@@ -183,14 +183,14 @@ def _saved(tmp_path):
 def test_damaged_checkpoints_are_named(tmp_path):
   store, state = _saved(tmp_path)
   shutil.rmtree(os.path.join(store.step_dir(1), 'default'))
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(train_checkpoints.CheckpointError,
                      match=f'step 1 in {store.step_dir(1)}'):
     store.restore_params(1)
   step, _ = store.restore_latest(state)
   assert step == 0
   assert os.listdir(tmp_path / 'damaged_checkpoints') == ['1']
   shutil.rmtree(os.path.join(store.step_dir(0), 'default'))
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(train_checkpoints.CheckpointError,
                      match=r'(?s)No checkpoint .* can be read.*checkpoints/0'):
     store.restore_latest(state)
   store.close()
@@ -203,7 +203,7 @@ def test_full_disk_is_named(tmp_path, monkeypatch):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(store._manager, 'save', full)  # pylint: disable=protected-access
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(train_checkpoints.CheckpointError,
                      match='No space left on device while writing checkpoint '
                      'step 2.*last complete checkpoint is step 1'):
     store.save(2, state)

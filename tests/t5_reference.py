@@ -6,7 +6,7 @@ requirements-test.txt, and tests that need them skip when they are absent.
 
 import numpy as np
 
-from spt_jax import checkpoints
+from spt_jax import hf_checkpoints
 
 TINY_HF_CONFIG = dict(
     vocab_size=96,
@@ -59,8 +59,8 @@ def state_dict_numpy(model):
 
 def converted(model):
   """(T5Config, params) of our network holding the model's weights."""
-  cfg = checkpoints.t5_config_from_hf(model.config.to_dict())
-  return cfg, checkpoints.params_from_hf_state_dict(state_dict_numpy(model), cfg)
+  cfg = hf_checkpoints.t5_config_from_hf(model.config.to_dict())
+  return cfg, hf_checkpoints.params_from_hf_state_dict(state_dict_numpy(model), cfg)
 
 
 def hf_logits(model, encoder_tokens, decoder_input_tokens):

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from spt_jax import checkpoints
 from spt_jax import gin_utils
 from spt_jax import train as train_lib
+from spt_jax import train_checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_RUN = [
@@ -75,7 +75,7 @@ def test_frozen_backbone_changes_only_spt_parameters(tmp_path):
   model_dir = str(tmp_path / 'frozen')
   _train(model_dir, 'TRAIN_STEPS = 5',
          files=('gin_configs/local/synthetic.gin', 'gin_configs/local/frozen_backbone.gin'))
-  store = checkpoints.TrainCheckpoints(model_dir)
+  store = train_checkpoints.TrainCheckpoints(model_dir)
   before, after = store.restore_params(0), store.restore_params(5)
   for group in before:
     changed = [
@@ -118,7 +118,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
   finally:
     process.send_signal(signal.SIGKILL)
     process.wait()
-  last = checkpoints.TrainCheckpoints(model_dir).latest_step()
+  last = train_checkpoints.TrainCheckpoints(model_dir).latest_step()
   assert last >= 10
   resumed = _train(model_dir, f'TRAIN_STEPS = {last + 5}', 'CHECKPOINT_PERIOD = 5')
   assert resumed.history[0][0] == last + 5

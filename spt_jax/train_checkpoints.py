@@ -1,0 +1,243 @@
+"""The local runner's checkpoints, and the loader of its starting parameters.
+
+`TrainCheckpoints` saves and restores the runner's sharded train states with
+orbax under `<model_dir>/checkpoints`. `load_params` reads whichever starting
+point the runner is given (a pretrained Hugging Face or T5X checkpoint, a
+`convert_checkpoint` output, or a run's MODEL_DIR), and `merge_params` puts
+it onto freshly initialised parameters.
+"""
+
+import errno
+import os
+from typing import Any, Dict, Mapping, Optional
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from spt_jax import hf_checkpoints
+from spt_jax import t5x_checkpoints
+
+Params = Dict[str, Any]
+
+
+def merge_params(initial: Params, pretrained: Params, where: str = '') -> Params:
+  """`initial` with every leaf that `pretrained` has replaced by it.
+
+  Parameters only `initial` has (the memory bank, the soft prompt) keep their
+  initial values; a pretrained leaf with no place, or of another shape, is an
+  error.
+  """
+  merged = dict(initial)
+  for name, value in pretrained.items():
+    path = f'{where}/{name}' if where else name
+    if name not in initial:
+      raise ValueError(f'Pretrained parameter {path!r} has no place in the network.')
+    if isinstance(value, Mapping):
+      merged[name] = merge_params(initial[name], value, path)
+    else:
+      if tuple(np.shape(value)) != tuple(np.shape(initial[name])):
+        raise ValueError(
+            f'Pretrained parameter {path!r} has shape {np.shape(value)}, the '
+            f'network expects {np.shape(initial[name])}.'
+        )
+      merged[name] = np.asarray(value, np.float32)
+  return merged
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be read or written; the message names the step folder."""
+
+
+def _no_space_left(error: BaseException) -> bool:
+  """Whether an error (or one it was raised from) is a full disk."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ''
+  return f'{type(error).__name__}: {line[:300]}'
+
+
+class TrainCheckpoints:
+  """The local runner's checkpoints: orbax steps under `<model_dir>/checkpoints`.
+
+  Orbax writes each step to a temporary folder and renames it when complete,
+  so a run killed mid-save resumes from the last whole checkpoint and older
+  checkpoints are never overwritten. A step that cannot be read (a truncated
+  file, a deleted folder) is reported by name; `restore_latest` moves it to
+  `<model_dir>/damaged_checkpoints/` and falls back to the step before it.
+  Checkpoints restore onto any number of devices: the caller's target layout,
+  or this host's first device, replaces the layout they were saved with.
+  """
+
+  def __init__(self, model_dir: str, max_to_keep: Optional[int] = 3):
+    self.model_dir = os.path.abspath(model_dir)
+    self.directory = os.path.join(self.model_dir, 'checkpoints')
+    self._max_to_keep = max_to_keep
+    self._manager = self._new_manager()
+
+  def _new_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=self._max_to_keep, create=True
+        ),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves a train state (any pytree of arrays); waits for the write.
+
+    Raises:
+      CheckpointError: the write failed; a full disk is named as such.
+    """
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      previous = [s for s in self.all_steps() if s < step]
+      kept = (
+          f'the last complete checkpoint is step {previous[-1]}'
+          if previous else 'no earlier checkpoint exists'
+      )
+      if _no_space_left(e):
+        raise CheckpointError(
+            f'No space left on device while writing checkpoint step {step} '
+            f'to {self.step_dir(step)}; {kept}. Free disk space (or point '
+            'MODEL_DIR at a larger disk) and run again to resume.'
+        ) from None
+      raise CheckpointError(
+          f'Cannot write checkpoint step {step} to {self.step_dir(step)} '
+          f'({_first_line(e)}); {kept}.'
+      ) from e
+
+  def _read(self, step: int, target: Any) -> Any:
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'Checkpoint step {step} in {self.step_dir(step)} cannot be read '
+          f'({_first_line(e)}). It is damaged or was written by a different '
+          'model; delete or move that folder to use the step before it.'
+      ) from None
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
+    """Restores into the structure, shapes and shardings of `abstract_state`."""
+    return self._read(self._require_step(step), abstract_state)
+
+  def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any]]:
+    """(step, state) of the newest readable checkpoint, or None if none exist.
+
+    A step that cannot be read is moved to `<model_dir>/damaged_checkpoints/`
+    (with a warning naming it) and the step before it is tried, so that the
+    run resumes from there and later saves do not collide with it.
+
+    Raises:
+      CheckpointError: no checkpoint can be read; it names every bad step.
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self._read(step, abstract_state)
+      except CheckpointError as e:
+        failures.append(str(e))
+        logging.warning('%s Trying the step before it.', e)
+        self._set_aside(step)
+    if failures:
+      raise CheckpointError(
+          'No checkpoint in {} can be read (moved to {}):\n  {}'.format(
+              self.directory, self._damaged_dir, '\n  '.join(failures)))
+    return None
+
+  @property
+  def _damaged_dir(self) -> str:
+    return os.path.join(self.model_dir, 'damaged_checkpoints')
+
+  def _set_aside(self, step: int) -> None:
+    """Moves an unreadable step folder out of the way of later saves."""
+    os.makedirs(self._damaged_dir, exist_ok=True)
+    destination = os.path.join(self._damaged_dir, str(step))
+    suffix = 0
+    while os.path.exists(destination):
+      suffix += 1
+      destination = os.path.join(self._damaged_dir, f'{step}.{suffix}')
+    os.rename(self.step_dir(step), destination)
+    self._manager.close()
+    self._manager = self._new_manager()
+
+  def restore_params(self, step: Optional[int] = None) -> Params:
+    """The `params` of a saved train state, as host arrays.
+
+    The state is read onto this host's first device, whatever the number of
+    devices it was saved from.
+    """
+    step = self._require_step(step)
+    try:
+      metadata = self._manager.item_metadata(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'Checkpoint step {step} in {self.step_dir(step)} has no readable '
+          f'metadata ({_first_line(e)}); it is damaged.'
+      ) from None
+    tree = getattr(metadata, 'tree', metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+    )
+    restored = self._read(step, target)
+    params = restored['params'] if isinstance(restored, Mapping) else restored.params
+    return jax.tree.map(np.asarray, params)
+
+  def _require_step(self, step: Optional[int]) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self._manager.all_steps():
+      raise CheckpointError(
+          f'No checkpoint{"" if step is None else f" at step {step}"} in '
+          f'{self.directory}.'
+      )
+    return step
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def load_params(path: str) -> Params:
+  """Parameters from any source the runner may start from, as float32 numpy.
+
+  Args:
+    path: a `convert_checkpoint` output, a local run's MODEL_DIR (its latest
+      checkpoint), a T5X checkpoint (legacy or orbax), or a Hugging Face T5
+      folder (`config.json` with `model.safetensors` or `pytorch_model.bin`).
+
+  Returns:
+    The nested parameter dict.
+  """
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    store = TrainCheckpoints(path)
+    try:
+      return jax.tree.map(t5x_checkpoints.host_float32, store.restore_params())
+    finally:
+      store.close()
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    return hf_checkpoints.load_hf_t5(path)[1]
+  return t5x_checkpoints.load_t5x_params(path)

@@ -1,0 +1,50 @@
+"""A tiny T5 and its parameters, shared by the checkpoint and SPT-parameter tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from spt_jax import config
+from spt_jax import network
+
+VOCAB = 64
+T5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
+SPT = config.SptConfig(
+    num_memories=12, memory_length=3, top_k=2, soft_prompt_length=2
+)
+SHAPES = dict(enc=(2, 9), dec=(2, 5))
+
+
+def init_params(spt=config.NO_SPT, t5=T5, seed=0):
+  """(network, params as numpy) of a tiny T5 with `spt`."""
+  net = network.SptTransformer(t5, spt)
+  variables = net.init(
+      jax.random.PRNGKey(seed),
+      jnp.ones(SHAPES['enc'], jnp.int32),
+      jnp.ones(SHAPES['dec'], jnp.int32),
+      jnp.ones(SHAPES['dec'], jnp.int32),
+      enable_dropout=False,
+  )
+  return net, jax.tree.map(np.asarray, dict(variables['params']))
+
+
+def logits(net, params):
+  """Logits [2, 5, VOCAB] of a fixed padded batch."""
+  rng = np.random.default_rng(0)
+  enc = rng.integers(2, VOCAB, size=SHAPES['enc'])
+  enc[1, 6:] = 0
+  dec = rng.integers(2, VOCAB, size=SHAPES['dec'])
+  return np.asarray(
+      net.apply({'params': params}, enc, dec, dec, enable_dropout=False)
+  )
+
+
+def assert_trees_equal(actual, expected):
+  """Same leaf names, dtypes and values."""
+  flat_actual = traverse_util.flatten_dict(actual, sep='/')
+  flat_expected = traverse_util.flatten_dict(expected, sep='/')
+  assert sorted(flat_actual) == sorted(flat_expected)
+  for name, value in flat_expected.items():
+    assert flat_actual[name].dtype == value.dtype, name
+    np.testing.assert_array_equal(flat_actual[name], value, err_msg=name)
