@@ -87,7 +87,7 @@ def main() -> None:
   cfg = config.t5_1_1_config(args.size, dtype=jnp.bfloat16)
   batch = step_time.random_batch(shapes, cfg.vocab_size)
   backbone = step_time.backbone_params(cfg, shapes, seed=0)
-  optimizer = trainer.create_optimizer()
+  optimizer = trainer.adafactor()
   steps, flops = {}, {}
   for name, spt in step_time.VARIANTS.items():
     params = backbone

@@ -148,9 +148,7 @@ def jax_step(cfg, spt, backbone, batch, seed):
       backbone, jax.random.PRNGKey(seed), spt
   )
   model = models.SptModel(network.SptTransformer(cfg, spt))
-  optimizer = trainer.create_optimizer(
-      optax.adamw(LEARNING_RATE), trainable='spt_only'
-  )
+  optimizer = optax.adamw(LEARNING_RATE)
   compiled, state = step_time.compiled_step(
       model, optimizer, params, batch, trainable='spt_only'
   )

@@ -2,16 +2,15 @@
 
 Parameters and optimizer state are laid out on a ('data', 'model') mesh by the
 logical axis rules (see partitioning.py); batches are split along `data`. The
-frozen-backbone setting trains only the SPT parameters (memory bank and soft
-prompt) through `optax.multi_transform`, the counterpart of T5X's
-`MultiOptimizer`: the backbone gets no optimizer state and no update.
+frozen-backbone setting (`trainable='spt_only'`) trains only the SPT
+parameters (memory bank and soft prompt): the optimizer sees that subtree
+alone, so the backbone gets no optimizer state, no gradient and no update,
+as under T5X's `MultiOptimizer` (gin_configs/runs/frozen_backbone.gin).
 """
 
-import functools
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,31 +25,45 @@ Params = Any
 TRAINABLE_CHOICES = ('all', 'spt_only')
 
 
+def split_trained(params: Params, trainable: str) -> Tuple[Params, Params]:
+  """(trained, frozen) parameter groups; `{**frozen, **trained}` is `params`.
+
+  Args:
+    params: the whole parameter tree.
+    trainable: 'all' (full fine-tuning: nothing frozen) or 'spt_only'
+      (frozen backbone: only the SPT groups train).
+  """
+  if trainable == 'all':
+    return params, {}
+  if trainable == 'spt_only':
+    return spt_params.split_spt_params(params)
+  raise ValueError(
+      f'Unknown trainable={trainable!r}; expected one of {TRAINABLE_CHOICES}.'
+  )
+
+
 @flax.struct.dataclass
 class TrainState:
-  """Step, parameters and optimizer state, sharded together."""
+  """Step, parameters and the optimizer state of the trained ones, sharded together."""
 
   step: Array
   params: Params
   opt_state: optax.OptState
 
   @classmethod
-  def create(cls, params: Params, optimizer: optax.GradientTransformation):
+  def create(
+      cls,
+      params: Params,
+      optimizer: optax.GradientTransformation,
+      trainable: str = 'all',
+  ):
+    """Step 0, with optimizer slots for the `trainable` parameters only."""
+    trained, _ = split_trained(params, trainable)
     return cls(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=optimizer.init(params),
+        opt_state=optimizer.init(trained),
     )
-
-
-def param_labels(params: Params) -> Params:
-  """'spt' for memory bank and soft prompt leaves, 'backbone' for the rest."""
-  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
-  labels = {
-      path: 'spt' if spt_params.is_spt_param('/'.join(path)) else 'backbone'
-      for path in flat
-  }
-  return traverse_util.unflatten_dict(labels)
 
 
 def adafactor(
@@ -68,31 +81,6 @@ def adafactor(
   )
 
 
-def create_optimizer(
-    base_optimizer: Optional[optax.GradientTransformation] = None,
-    trainable: str = 'all',
-) -> optax.GradientTransformation:
-  """The optimizer for a run, with the backbone frozen when asked.
-
-  Args:
-    base_optimizer: the optimizer of trained parameters (default Adafactor).
-    trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone).
-
-  Returns:
-    An optax transformation over the whole parameter tree.
-  """
-  base_optimizer = base_optimizer or adafactor()
-  if trainable == 'all':
-    return base_optimizer
-  if trainable == 'spt_only':
-    return optax.multi_transform(
-        {'spt': base_optimizer, 'backbone': optax.set_to_zero()}, param_labels
-    )
-  raise ValueError(
-      f'Unknown trainable={trainable!r}; expected one of {TRAINABLE_CHOICES}.'
-  )
-
-
 def make_train_step(
     model: models.SptModel,
     optimizer: optax.GradientTransformation,
@@ -100,35 +88,22 @@ def make_train_step(
 ) -> Callable[[TrainState, Mapping[str, Array], Array], Tuple[TrainState, Dict]]:
   """A pure training step: (state, batch, dropout rng) -> (state, metrics).
 
-  With `trainable='spt_only'` only the SPT parameters are differentiated, so
-  the backbone's weight gradients are never computed (the optimizer from
-  `create_optimizer(..., 'spt_only')` leaves the backbone unchanged anyway).
-  `grad_norm` is the norm of the trained parameters' gradients.
+  Only the `trainable` parameters are differentiated and updated (with
+  'spt_only', the backbone's weight gradients are never computed). The state
+  comes from `TrainState.create(params, optimizer, trainable)`. `grad_norm` is
+  the norm of the trained parameters' gradients.
   """
-  if trainable not in TRAINABLE_CHOICES:
-    raise ValueError(
-        f'Unknown trainable={trainable!r}; expected one of {TRAINABLE_CHOICES}.'
-    )
-
-  def gradients(params, batch, rng):
-    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-    if trainable == 'all':
-      (_, metrics), grads = grad_fn(params, batch, rng)
-      return metrics, grads, grads
-    spt, backbone = spt_params.split_spt_params(params)
-    (_, metrics), spt_grads = jax.value_and_grad(
-        lambda trained: model.loss_fn({**backbone, **trained}, batch, rng),
-        has_aux=True,
-    )(spt)
-    zeros = jax.tree.map(jnp.zeros_like, backbone)
-    return metrics, {**zeros, **spt_grads}, spt_grads
+  split_trained({}, trainable)  # Fails early on an unknown choice.
 
   def train_step(state: TrainState, batch, dropout_rng):
     rng = jax.random.fold_in(dropout_rng, state.step)
-    metrics, grads, trained_grads = gradients(state.params, batch, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.global_norm(trained_grads)
+    trained, frozen = split_trained(state.params, trainable)
+    (_, metrics), grads = jax.value_and_grad(
+        lambda t: model.loss_fn({**frozen, **t}, batch, rng), has_aux=True
+    )(trained)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+    params = {**frozen, **optax.apply_updates(trained, updates)}
+    metrics['grad_norm'] = optax.global_norm(grads)
     return (
         TrainState(step=state.step + 1, params=params, opt_state=opt_state),
         metrics,
@@ -142,8 +117,7 @@ class ShardedTrainer:
 
   Attributes:
     model: loss and network.
-    optimizer: the optax transformation of the whole tree (`create_optimizer`
-      of the base optimizer and `trainable`).
+    optimizer: the optax transformation of the trained parameters.
     trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone).
     mesh: ('data', 'model') mesh.
     rules: logical axis rules mapping parameter and activation axes to it.
@@ -152,18 +126,22 @@ class ShardedTrainer:
   def __init__(
       self,
       model: models.SptModel,
-      base_optimizer: optax.GradientTransformation,
+      optimizer: optax.GradientTransformation,
       mesh: jax.sharding.Mesh,
       rules: partitioning.LogicalRules,
       trainable: str = 'all',
   ):
     self.model = model
     self.trainable = trainable
-    self.optimizer = create_optimizer(base_optimizer, trainable)
+    split_trained({}, trainable)  # Fails early on an unknown choice.
+    self.optimizer = optimizer
     self.mesh = mesh
     self.rules = rules
     self.state_shardings = None
     self._train_step = None
+
+  def _create_state(self, params: Params) -> TrainState:
+    return TrainState.create(params, self.optimizer, self.trainable)
 
   def _context(self):
     return partitioning.mesh_and_rules(self.mesh, self.rules)
@@ -187,16 +165,14 @@ class ShardedTrainer:
           abstract['params_axes'], self.mesh, self.rules
       )
       params = jax.jit(init_params, out_shardings=params_shardings)(rng)
-      state = jax.jit(functools.partial(TrainState.create, optimizer=self.optimizer))(
-          params
-      )
+      state = jax.jit(self._create_state)(params)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
     return state
 
   def state_from_params(self, params: Params) -> TrainState:
     """A fresh state (step 0, new optimizer slots) around given parameters."""
     create = jax.jit(
-        functools.partial(TrainState.create, optimizer=self.optimizer),
+        self._create_state,
         in_shardings=(self.state_shardings.params,),
         out_shardings=self.state_shardings,
     )
