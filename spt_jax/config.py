@@ -27,6 +27,17 @@ T5_1_1_SIZES = {
 }
 T5_VOCAB_SIZE = 32128
 
+# The choices of SptConfig's named settings. SptConfig validates them once;
+# the modules that implement them (memory_bank.py, retrieval.py, prompts.py)
+# take them as given.
+MEMORY_INITS = ('uniform', 'vocab_sample')
+RETRIEVAL_STRATEGIES = ('softmax_topk', 'straight_through', 'perturbed_topk')
+COMBINATIONS = ('concat', 'weighted_sum')
+SIMILARITIES = ('cosine', 'dot')
+QUERY_POOLINGS = ('mean', 'max')
+QUERY_SOURCES = ('embeddings', 'first_layer')
+PROMPT_SPANS = ('all_tokens', 'before_separator')
+
 # Retrieval strategies whose weights are a softmax over the k retrieved
 # scores: with k = 1 the weight is 1 whatever the score.
 _CONSTANT_WEIGHT_STRATEGIES = ('softmax_topk', 'straight_through')
@@ -76,7 +87,7 @@ class SptConfig:
   num_memories: int = 256
   memory_length: int = 10
   key_dim: Optional[int] = None  # Defaults to the model width.
-  memory_init: str = 'uniform'  # 'uniform' or 'vocab_sample'.
+  memory_init: str = 'uniform'  # One of MEMORY_INITS.
   memory_init_scale: float = 0.5
   # Retrieval (see retrieval.py).
   top_k: int = 4
@@ -90,8 +101,8 @@ class SptConfig:
   perturbed_samples: int = 16
   perturbed_sigma: float = 0.1
   # Query from the discrete prompt (see prompts.py).
-  query_pooling: str = 'mean'  # 'mean' or 'max'.
-  query_source: str = 'embeddings'  # 'embeddings' or 'first_layer'.
+  query_pooling: str = 'mean'  # One of QUERY_POOLINGS.
+  query_source: str = 'embeddings'  # One of QUERY_SOURCES.
   query_stop_gradient: bool = True
   # The discrete prompt rides in the last `prompt_length` positions of
   # `encoder_input_tokens` (tasks.feature_converters puts it there), so that
@@ -105,17 +116,15 @@ class SptConfig:
   soft_prompt_length: int = 0
 
   def __post_init__(self):
-    # Imported here: the modules that define the choices import this one.
-    from spt_jax import prompts, retrieval  # pylint: disable=g-import-not-at-top
-
+    """Validates every setting, once: the SPT modules take them as given."""
     choices = {
-        'memory_init': ('uniform', 'vocab_sample'),
-        'retrieval': tuple(sorted(retrieval.STRATEGIES)),
-        'combine': retrieval.COMBINATIONS,
-        'similarity': retrieval.SIMILARITIES,
-        'query_pooling': prompts.POOLINGS,
-        'query_source': ('embeddings', 'first_layer'),
-        'prompt_span': prompts.PROMPT_SPANS,
+        'memory_init': MEMORY_INITS,
+        'retrieval': RETRIEVAL_STRATEGIES,
+        'combine': COMBINATIONS,
+        'similarity': SIMILARITIES,
+        'query_pooling': QUERY_POOLINGS,
+        'query_source': QUERY_SOURCES,
+        'prompt_span': PROMPT_SPANS,
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:

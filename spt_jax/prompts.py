@@ -20,9 +20,6 @@ from spt_jax import layers
 
 Array = jax.Array
 
-POOLINGS = ('mean', 'max')
-PROMPT_SPANS = ('all_tokens', 'before_separator')
-
 
 def split_prompt(
     tokens: Array, prompt_length: int
@@ -41,22 +38,19 @@ def prompt_span_mask(
   `all_tokens` takes every non-padding token. `before_separator` takes the
   tokens before the first `separator_id` (inputs laid out as
   "instruction <sep> data"); a row without a separator counts as all prompt.
+  `SptConfig` checks the span's name and that `before_separator` has an id.
   """
   not_pad = tokens > 0
   if span == 'all_tokens':
     return not_pad
-  if span == 'before_separator':
-    if separator_id is None:
-      raise ValueError("prompt_span='before_separator' needs prompt_separator_id.")
-    seen_separator = jnp.cumsum(tokens == separator_id, axis=-1) > 0
-    return jnp.logical_and(not_pad, jnp.logical_not(seen_separator))
-  raise ValueError(f'Unknown prompt span {span!r}; expected one of {PROMPT_SPANS}.')
+  seen_separator = jnp.cumsum(tokens == separator_id, axis=-1) > 0
+  return jnp.logical_and(not_pad, jnp.logical_not(seen_separator))
 
 
 def pool_query(embedded: Array, mask: Array, pooling: str = 'mean') -> Array:
   """Pools embeddings [B, T, H] over mask [B, T] into queries [B, H].
 
-  A row whose mask is empty pools to zeros (and scores equally against every
+  `pooling` is 'mean' or 'max' (`config.QUERY_POOLINGS`). A row whose mask is empty pools to zeros (and scores equally against every
   key) rather than to NaN.
   """
   if embedded.ndim != 3 or mask.shape != embedded.shape[:2]:
@@ -70,10 +64,8 @@ def pool_query(embedded: Array, mask: Array, pooling: str = 'mean') -> Array:
     return jnp.sum(embedded * mask, axis=1) / jnp.maximum(
         jnp.sum(mask, axis=1), 1.0
     )
-  if pooling == 'max':
-    pooled = jnp.max(jnp.where(mask > 0, embedded, -jnp.inf), axis=1)
-    return jnp.where(jnp.isfinite(pooled), pooled, 0.0)
-  raise ValueError(f'Unknown query pooling {pooling!r}; expected one of {POOLINGS}.')
+  pooled = jnp.max(jnp.where(mask > 0, embedded, -jnp.inf), axis=1)
+  return jnp.where(jnp.isfinite(pooled), pooled, 0.0)
 
 
 def prepend(prefixes, embedded: Array) -> Array:

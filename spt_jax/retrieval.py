@@ -36,9 +36,6 @@ from spt_jax import layers
 
 Array = jax.Array
 
-SIMILARITIES = ('cosine', 'dot')
-COMBINATIONS = ('concat', 'weighted_sum')
-
 
 class Retrieved(NamedTuple):
   """The outcome of one retrieval.
@@ -57,23 +54,20 @@ class Retrieved(NamedTuple):
 def similarity(
     query: Array, keys: Array, kind: str = 'cosine', temperature: float = 1.0
 ) -> Array:
-  """Scores [B, M] of queries [B, D] against keys [M, D], divided by temperature."""
+  """Scores [B, M] of queries [B, D] against keys [M, D], divided by temperature.
+
+  `kind` is 'cosine' or 'dot' (`config.SIMILARITIES`); `temperature` > 0.
+  """
   if query.ndim != 2 or keys.ndim != 2 or query.shape[-1] != keys.shape[-1]:
     raise ValueError(
         f'Expected query [B, D] and keys [M, D] with equal D, got query '
         f'{query.shape} and keys {keys.shape}.'
     )
-  if temperature <= 0:
-    raise ValueError(f'temperature must be positive, got {temperature}.')
   query = query.astype(jnp.float32)
   keys = keys.astype(jnp.float32)
   if kind == 'cosine':
     query = query * lax.rsqrt(jnp.sum(query**2, -1, keepdims=True) + 1e-12)
     keys = keys * lax.rsqrt(jnp.sum(keys**2, -1, keepdims=True) + 1e-12)
-  elif kind != 'dot':
-    raise ValueError(
-        f'Unknown similarity {kind!r}; expected one of {SIMILARITIES}.'
-    )
   scores = jnp.einsum('bd,md->bm', query, keys) / temperature
   # Scores follow the bank's sharding; queries are small enough to replicate.
   return layers.with_sharding_constraint(scores, (None, 'memory'))
@@ -90,21 +84,17 @@ def top_k(
 
   Args:
     scores: [B, M].
-    k: how many to select; at most M.
+    k: how many to select; at most M (`SptConfig` checks it).
     approx: use `jax.lax.approx_max_k` (fast on TPU; exact on CPU).
     recall_target: the recall `approx_max_k` aims for.
     num_chunks: split M into this many chunks, select k in each, then k among
-      the chunk winners. Matching the number of bank shards keeps the first
-      stage local to each device.
+      the chunk winners; it divides M into chunks of at least k. Matching the
+      number of bank shards keeps the first stage local to each device.
 
   Returns:
     values [B, k] and int32 indices [B, k].
   """
   num_memories = scores.shape[-1]
-  if not 0 < k <= num_memories:
-    raise ValueError(
-        f'top_k must be in [1, num_memories={num_memories}], got {k}.'
-    )
   select = (
       functools.partial(lax.approx_max_k, recall_target=recall_target)
       if approx
@@ -113,11 +103,6 @@ def top_k(
   if num_chunks == 1:
     values, indices = select(scores, k)
     return values, indices.astype(jnp.int32)
-  if num_memories % num_chunks or num_memories // num_chunks < k:
-    raise ValueError(
-        f'num_chunks={num_chunks} must divide num_memories={num_memories} '
-        f'into chunks of at least top_k={k} memories.'
-    )
   chunk = num_memories // num_chunks
   chunked = scores.reshape(scores.shape[0], num_chunks, chunk)
   chunked = layers.with_sharding_constraint(chunked, (None, 'memory', None))
@@ -235,16 +220,11 @@ def retrieve(
     rng: Optional[Array] = None,
     **kwargs,
 ) -> Retrieved:
-  """Selects k memories per row of `scores` [B, M] with the named strategy."""
-  if strategy not in STRATEGIES:
-    raise ValueError(
-        f'Unknown retrieval strategy {strategy!r}; expected one of '
-        f'{sorted(STRATEGIES)}.'
-    )
-  if combine not in COMBINATIONS:
-    raise ValueError(
-        f'Unknown combination {combine!r}; expected one of {COMBINATIONS}.'
-    )
+  """Selects k memories per row of `scores` [B, M] with the named strategy.
+
+  `strategy` is a key of `STRATEGIES` (`config.RETRIEVAL_STRATEGIES`) and
+  `combine` one of `config.COMBINATIONS`.
+  """
   if strategy == 'perturbed_topk':
     if rng is None:
       raise ValueError('The perturbed_topk strategy needs an rng.')
@@ -268,11 +248,7 @@ def combine_values(values: Array, retrieved: Retrieved, combine: str) -> Array:
   if combine == 'concat':
     batch, k, length, width = weighted.shape
     return weighted.reshape(batch, k * length, width)
-  if combine == 'weighted_sum':
-    return jnp.sum(weighted, axis=1)
-  raise ValueError(
-      f'Unknown combination {combine!r}; expected one of {COMBINATIONS}.'
-  )
+  return jnp.sum(weighted, axis=1)
 
 
 def pull_loss(query: Array, keys: Array, indices: Array) -> Array:

@@ -262,32 +262,6 @@ def test_wrong_token_rank_and_encoded_length_are_named():
                       method=with_prompt.encode)
 
 
-@pytest.mark.parametrize('strategy', ['softmax_topk', 'straight_through'])
-def test_top_k_of_one_warns_that_keys_get_no_task_gradient(strategy, caplog):
-  with caplog.at_level('WARNING'):
-    config.SptConfig(num_memories=4, top_k=1, retrieval=strategy)
-  assert 'keys get no gradient from the task loss' in caplog.text
-  caplog.clear()
-  with caplog.at_level('WARNING'):
-    config.SptConfig(num_memories=4, top_k=1, retrieval='perturbed_topk')
-  assert not caplog.text
-
-
-@pytest.mark.parametrize('fields, message', [
-    (dict(num_memories=4, top_k=5), 'top_k must be in'),
-    (dict(retrieval='gumbel'), 'Unknown SptConfig.retrieval'),
-    (dict(similarity='l2'), 'Unknown SptConfig.similarity'),
-    (dict(combine='mean'), 'Unknown SptConfig.combine'),
-    (dict(query_pooling='cls'), 'Unknown SptConfig.query_pooling'),
-    (dict(prompt_span='before_separator'), 'needs prompt_separator_id'),
-    (dict(num_memories=10, top_k=4, top_k_chunks=3), 'must divide'),
-    (dict(temperature=0.0), 'temperature must be positive'),
-])
-def test_bad_spt_config_is_named(fields, message):
-  with pytest.raises(ValueError, match=message):
-    config.SptConfig(**fields)
-
-
 @pytest.mark.parametrize('policy', ['full', 'dots'])
 def test_remat_matches_plain_gradients(policy):
   t5_remat = config.t5_1_1_config('tiny', vocab_size=VOCAB, remat_policy=policy, dropout_rate=0.0)

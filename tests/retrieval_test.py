@@ -21,8 +21,6 @@ def test_similarity_cosine_and_dot():
   np.testing.assert_allclose(retrieval.similarity(query, keys, 'dot'), [[3.0, 8.0]])
   with pytest.raises(ValueError, match='equal D'):
     retrieval.similarity(query, jnp.ones((2, 3)))
-  with pytest.raises(ValueError, match='Unknown similarity'):
-    retrieval.similarity(query, keys, 'l2')
 
 
 @pytest.mark.parametrize('approx', [False, True])
@@ -33,12 +31,6 @@ def test_top_k_finds_the_largest(approx, num_chunks):
   expected = np.argsort(-np.asarray(scores), axis=-1)[:, :4]
   np.testing.assert_array_equal(indices, expected)
   np.testing.assert_allclose(values, np.take_along_axis(np.asarray(scores), expected, -1))
-
-
-@pytest.mark.parametrize('k, chunks, message', [(13, 1, 'top_k must be'), (4, 5, 'must divide'), (5, 3, 'must divide')])
-def test_top_k_rejects_bad_sizes(k, chunks, message):
-  with pytest.raises(ValueError, match=message):
-    retrieval.top_k(_scores(), k, num_chunks=chunks)
 
 
 def test_softmax_weights():
@@ -89,13 +81,9 @@ def test_perturbed_marginals_and_their_gradient():
   assert grad[0, 1] > 0 > grad[0, 0]
 
 
-def test_perturbed_needs_rng_and_unknown_names_fail():
+def test_perturbed_needs_an_rng():
   with pytest.raises(ValueError, match='needs an rng'):
     retrieval.retrieve(_scores(), 2, 'perturbed_topk')
-  with pytest.raises(ValueError, match='Unknown retrieval strategy'):
-    retrieval.retrieve(_scores(), 2, 'gumbel')
-  with pytest.raises(ValueError, match='Unknown combination'):
-    retrieval.retrieve(_scores(), 2, 'softmax_topk', 'mean')
 
 
 @pytest.mark.parametrize('combine, length', [('concat', 6), ('weighted_sum', 3)])
