@@ -5,9 +5,10 @@
 `t5x.models.EncoderDecoderModel`. The discrete prompt travels inside the
 encoder tokens, in their last `SptConfig.prompt_length` positions, so that
 training, scoring, decoding and beam search see it through any T5X code path.
-In `encode`, a query pooled from the discrete prompt retrieves memory prompts
-from the bank; the prompt positions are dropped, and the retrieved prompts are
-prepended to the embedded input after the optional soft prompt:
+In `encode`, the SPT prefix (`spt_prefix.py`) pools a query from the discrete
+prompt and retrieves memory prompts from the bank; the prompt positions are
+dropped, and the retrieved prompts are prepended to the embedded input after
+the optional soft prompt:
 
     [soft prompt (S) | memory prompt (k*P or P) | input tokens (T)]
 
@@ -33,8 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from spt_jax import layers
-from spt_jax import memory_bank
 from spt_jax import prompts
+from spt_jax import spt_prefix
 from spt_jax.config import NO_SPT, SptConfig, T5Config
 
 Array = jax.Array
@@ -272,17 +273,16 @@ class SptTransformer(nn.Module):
     )
     self.encoder = Encoder(config=cfg)
     self.decoder = Decoder(config=cfg, shared_embedding=self.token_embedder)
-    if self.spt.num_memories:
-      self.memory_bank = memory_bank.MemoryBank(
-          config=self.spt, features=cfg.emb_dim, dtype=cfg.dtype
+    if self.spt.prefix_length:
+      self.prefix = spt_prefix.SptPrefix(
+          config=cfg,
+          spt=self.spt,
+          token_embedder=self.token_embedder,
+          encoder=self.encoder,
       )
-    if self.spt.soft_prompt_length:
-      self.soft_prompt = prompts.SoftPrompt(
-          length=self.spt.soft_prompt_length,
-          features=cfg.emb_dim,
-          init_scale=self.spt.memory_init_scale,
-          memory_init=self.spt.memory_init,
-      )
+      # The prefix's parameters and sown values stay top-level groups
+      # (`memory_bank`, `soft_prompt`), as checkpoints and T5X expect.
+      nn.share_scope(self, self.prefix)
 
   def encode(
       self,
@@ -305,26 +305,13 @@ class SptTransformer(nn.Module):
       Encodings [B, prefix_length + T, H].
     """
     _refuse_packing(encoder_segment_ids=encoder_segment_ids)
-    tokens, prompt_tokens = self._split_prompt(encoder_input_tokens)
-    batch_size = tokens.shape[0]
     deterministic = not enable_dropout
+    tokens, prompt_tokens = self._split_prompt(encoder_input_tokens)
     embedded = self.token_embedder(tokens)
-
-    prefixes = []
-    if self.spt.soft_prompt_length:
-      prefixes.append(
-          self.soft_prompt(
-              batch_size,
-              self.config.dtype,
-              embedding_table=self.token_embedder.embedding,
-          )
-      )
-    if self.spt.num_memories:
-      prefixes.append(
-          self._retrieve(tokens, embedded, prompt_tokens, deterministic)
-      )
-    x = prompts.prepend(prefixes, embedded)
-    input_mask = prompts.input_mask_with_prefix(tokens, self.spt.prefix_length)
+    if self.spt.prefix_length:
+      x, input_mask = self.prefix(tokens, embedded, prompt_tokens, deterministic)
+    else:
+      x, input_mask = embedded, tokens > 0
     mask = layers.make_attention_mask(input_mask, input_mask, dtype=self.config.dtype)
     return self.encoder(x, mask, deterministic)
 
@@ -347,39 +334,6 @@ class SptTransformer(nn.Module):
     return prompts.split_prompt(
         encoder_input_tokens.astype(jnp.int32), prompt_length
     )
-
-  def _retrieve(self, tokens, embedded, prompt_tokens, deterministic) -> Array:
-    """The combined memory prompt [B, k*P or P, H] for each example."""
-    spt = self.spt
-    if prompt_tokens is not None:
-      query_source, span = self.token_embedder(prompt_tokens), prompt_tokens > 0
-      context = span
-    else:
-      query_source, context = embedded, tokens > 0
-      span = prompts.prompt_span_mask(
-          tokens, spt.prompt_span, spt.prompt_separator_id
-      )
-    if spt.query_source == 'first_layer':
-      mask = layers.make_attention_mask(context, context, dtype=self.config.dtype)
-      query_source = self.encoder.first_layer(query_source, mask, deterministic)
-    query = prompts.pool_query(query_source, span, spt.query_pooling)
-    if spt.query_stop_gradient:
-      query = jax.lax.stop_gradient(query)
-
-    prompt, retrieved, aux_losses = self.memory_bank(
-        query,
-        deterministic=deterministic,
-        embedding_table=self.token_embedder.embedding,
-    )
-    if not self.is_initializing():
-      self.sow('intermediates', 'retrieval_indices', retrieved.indices)
-      self.sow('intermediates', 'retrieval_scores', retrieved.scores)
-      # Unweighted: the model (models.py) owns the loss weights.
-      for name, value in aux_losses.items():
-        self.sow(
-            'losses', name, value, init_fn=lambda: 0.0, reduce_fn=jnp.add
-        )
-    return prompt
 
   def decode(
       self,

@@ -202,17 +202,6 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   assert logits.shape == (2, 5, VOCAB)
 
 
-def test_first_layer_query_source_runs():
-  spt = config.SptConfig(
-      num_memories=8, memory_length=2, top_k=2, query_source='first_layer',
-      query_stop_gradient=False,
-  )
-  net, variables = _init(spt)
-  enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
-  logits = net.apply({'params': variables['params']}, enc, dec, dec, enable_dropout=False)
-  assert logits.shape == (2, 5, VOCAB)
-
-
 def test_vocab_sample_init_draws_embedding_rows():
   """Memory values and the soft prompt alike are rows of the embedding table."""
   spt = config.SptConfig(
