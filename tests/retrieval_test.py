@@ -26,6 +26,14 @@ def test_similarity_cosine_and_dot():
 @pytest.mark.parametrize('approx', [False, True])
 @pytest.mark.parametrize('num_chunks', [1, 3])
 def test_top_k_finds_the_largest(approx, num_chunks):
+  """Exact and approximate top-k, whole and chunked.
+
+  XLA approximates `lax.approx_max_k` only on TPU; on CPU (and GPU) it lowers
+  to an exact top-k, so here `approx=True` checks the wiring (the chunked
+  two-stage selection and its indices), not a recall below 1. There is no CPU
+  case where XLA approximates, so recall against `recall_target` is not
+  measured here.
+  """
   scores = _scores()
   values, indices = retrieval.top_k(scores, 4, approx=approx, num_chunks=num_chunks)
   expected = np.argsort(-np.asarray(scores), axis=-1)[:, :4]
