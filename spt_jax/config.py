@@ -10,7 +10,9 @@ from typing import Any, Optional, Sequence
 from absl import logging
 import jax.numpy as jnp
 
-# Shapes of the T5 1.1 and T5-LM-adapt checkpoints (vocabulary 32128).
+# Shapes of the T5 1.1 and T5-LM-adapt checkpoints (vocabulary 32128): the one
+# source of sizes; gin_configs/sizes/<size>.gin only names one (T5_SIZE) for
+# `t5_1_1_config`.
 T5_1_1_SIZES = {
     'tiny': dict(emb_dim=64, num_heads=4, num_encoder_layers=2,
                  num_decoder_layers=2, head_dim=16, mlp_dim=128),

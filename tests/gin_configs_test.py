@@ -132,14 +132,18 @@ T5X_MODELS = _gin_files('models')
 def test_t5x_model_files(model_file, monkeypatch):
   t5x_test_utils.import_t5x()
   from spt_jax import t5x_models  # pylint: disable=g-import-not-at-top
+  size = os.path.basename(model_file)[len('spt_t5_1_1_'):-4]
+  files = [model_file]
+  if size not in config.T5_1_1_SIZES:  # The bare model file needs a size.
+    size = 'small'
+    files.append('gin_configs/sizes/small.gin')
   with _clean_gin():
-    _parse_t5x([model_file], [], 't5x.train', monkeypatch)
+    _parse_t5x(files, [], 't5x.train', monkeypatch)
     model = gin.get_configurable(t5x_models.SptEncoderDecoderModel)()
   assert isinstance(model.module, network.SptTransformer)
   assert model.module.spt.num_memories == 256
-  size = os.path.basename(model_file)[len('spt_t5_1_1_'):-4]
-  if size in config.T5_1_1_SIZES:
-    assert model.module.config.emb_dim == config.T5_1_1_SIZES[size]['emb_dim']
+  expected = config.T5_1_1_SIZES[size]
+  assert {k: getattr(model.module.config, k) for k in expected} == expected
 
 
 _TRAIN_BINDINGS = ['MODEL_DIR = "/tmp/unused"', 'INITIAL_CHECKPOINT_PATH = "/tmp/ckpt"']
