@@ -23,6 +23,7 @@ from t5x import adafactor
 from t5x import models
 
 from spt_jax import models as spt_models
+from spt_jax import spt_params
 
 # Factoring of Adafactor's second moments for SPT's logical axes: values
 # [memory, memory_length, embed] are factored per memory, keys are not.
@@ -34,7 +35,7 @@ SPT_FACTOR_RULES = {
 }
 
 # Parameters that a checkpoint without SPT lacks (a pretrained T5).
-SPT_PARAMS_PATTERN = r'^.*(memory_bank|soft_prompt).*$'
+SPT_PARAMS_PATTERN = rf'^.*({"|".join(spt_params.SPT_PARAM_GROUPS)}).*$'
 
 
 def logical_factor_rules():
