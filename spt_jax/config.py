@@ -83,9 +83,15 @@ class SptConfig:
 
   `num_memories=0` with `soft_prompt_length=0` is the plain backbone; with only
   `soft_prompt_length > 0` it is prompt tuning.
+
+  These defaults are the one source of SPT's settings: gin files and flags bind
+  only what they change (`config.SptConfig.top_k = 2`,
+  `--gin.SptConfig.top_k=2`).
   """
 
   # Memory bank: `num_memories` prompts of `memory_length` vectors, with keys.
+  # The paper's bank size, memory length and k are not public; these follow
+  # L2P's setting (256 memories x 10 vectors, k = 4) and are meant to be swept.
   num_memories: int = 256
   memory_length: int = 10
   key_dim: Optional[int] = None  # Defaults to the model width.
@@ -97,7 +103,7 @@ class SptConfig:
   combine: str = 'concat'
   similarity: str = 'cosine'
   temperature: float = 0.1
-  approx_top_k: bool = False
+  approx_top_k: bool = False  # jax.lax.approx_max_k, for 1e5-1e6 on TPU.
   approx_recall_target: float = 0.95
   top_k_chunks: int = 1
   perturbed_samples: int = 16

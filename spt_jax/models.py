@@ -37,6 +37,11 @@ LossNormalizingFactor = Optional[Union[float, int, str]]
 # T5X's `SpecialLossNormalizingFactor` names (packing aside, which SPT
 # refuses): divide the summed loss by the number of real target tokens, by all
 # target positions, or average per sequence first.
+# Weights of L2P's key-query pull loss and usage balance loss, relative to the
+# mean token cross entropy (the defaults of both model classes).
+PULL_LOSS_WEIGHT = 0.1
+BALANCE_LOSS_WEIGHT = 0.01
+
 LOSS_NORMALIZING_FACTORS = (
     'NUM_REAL_TARGET_TOKENS',
     'NUM_TOTAL_TARGET_TOKENS',
@@ -163,6 +168,12 @@ def sequence_scores(logits: Array, batch: Batch) -> Array:
   return -jnp.sum(token_loss * jnp.asarray(weights, jnp.float32), axis=-1)
 
 
+def retrieval_indices(collections: Mapping[str, Any]) -> Optional[Array]:
+  """The retrieved ids [B, k] a forward pass sowed, or None without a bank."""
+  sown = collections.get('intermediates', {}).get('retrieval_indices')
+  return None if sown is None else sown[0]
+
+
 def feature_converter_cls(module: network.SptTransformer):
   """The feature converter that lays batches out for `module`."""
   return functools.partial(
@@ -187,8 +198,8 @@ class SptModel:
       z_loss: float = 1e-4,
       label_smoothing: float = 0.0,
       loss_normalizing_factor: LossNormalizingFactor = 'NUM_REAL_TARGET_TOKENS',
-      pull_loss_weight: float = 0.1,
-      balance_loss_weight: float = 0.01,
+      pull_loss_weight: float = PULL_LOSS_WEIGHT,
+      balance_loss_weight: float = BALANCE_LOSS_WEIGHT,
   ):
     self.module = module
     self.z_loss = z_loss
@@ -225,10 +236,15 @@ class SptModel:
       batch: Batch,
       dropout_rng: Optional[Array] = None,
       mutable=False,
+      other_variables: Optional[Mapping[str, Any]] = None,
   ):
-    """Teacher-forced logits [B, L, V] (and mutated collections if asked)."""
+    """Teacher-forced logits [B, L, V] (and mutated collections if asked).
+
+    `other_variables`: collections besides `params` (the `perturbations` of
+    the row-sparse training path), as T5X's `_compute_logits` takes them.
+    """
     return self.module.apply(
-        {'params': params},
+        {'params': params, **(other_variables or {})},
         batch['encoder_input_tokens'],
         batch['decoder_input_tokens'],
         batch['decoder_target_tokens'],
@@ -246,8 +262,24 @@ class SptModel:
       The scalar loss and a dict of metrics (`loss`, `cross_entropy`,
       `accuracy`, `z_loss`, and each weighted auxiliary loss, unweighted).
     """
+    loss, (metrics, _) = self.loss_and_retrieval(params, batch, dropout_rng)
+    return loss, metrics
+
+  def loss_and_retrieval(
+      self,
+      params: Params,
+      batch: Batch,
+      dropout_rng: Optional[Array],
+      other_variables: Optional[Mapping[str, Any]] = None,
+  ) -> Tuple[Array, Tuple[Dict[str, Array], Optional[Array]]]:
+    """`loss_fn`, plus the retrieved memory ids [B, k] (None without a bank).
+
+    The row-sparse training path (sparse_updates.value_and_grad) passes the
+    zero perturbation of the retrieved rows in `other_variables`.
+    """
     logits, collections = self.compute_logits(
-        params, batch, dropout_rng, mutable=['losses']
+        params, batch, dropout_rng, mutable=['losses', 'intermediates'],
+        other_variables=other_variables,
     )
     loss, terms = spt_loss(
         logits, batch, collections.get('losses', {}),
@@ -264,7 +296,7 @@ class SptModel:
         jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / weight_sum
     )
     metrics['loss'] = loss
-    return loss, metrics
+    return loss, (metrics, retrieval_indices(collections))
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """Summed target log-likelihood [B], for rank classification."""

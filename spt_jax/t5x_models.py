@@ -69,8 +69,8 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       output_vocabulary,
       optimizer_def,
       *,
-      pull_loss_weight: float = 0.1,
-      balance_loss_weight: float = 0.01,
+      pull_loss_weight: float = spt_models.PULL_LOSS_WEIGHT,
+      balance_loss_weight: float = spt_models.BALANCE_LOSS_WEIGHT,
       **kwargs,
   ):
     """As `EncoderDecoderModel`, plus the auxiliary loss weights.

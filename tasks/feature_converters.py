@@ -70,9 +70,10 @@ class SptEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     if vocab.PROMPT not in ds.element_spec:
       raise MissingPromptError(
           f'The model reads a discrete prompt of {self.prompt_length} tokens '
-          f"(PROMPT_LENGTH), but the task has no '{vocab.PROMPT}' feature "
-          f'(it has {sorted(ds.element_spec)}). Set PROMPT_LENGTH = 0 to '
-          'pool the retrieval query over the input instead (PROMPT_SPAN).')
+          f"(SptConfig.prompt_length), but the task has no '{vocab.PROMPT}' "
+          f'feature (it has {sorted(ds.element_spec)}). Set '
+          '`config.SptConfig.prompt_length = 0` to pool the retrieval query '
+          'over the input instead (SptConfig.prompt_span).')
     lengths[vocab.PROMPT] = self.prompt_length
     ds = ds.map(lambda ex: {**ex, vocab.PROMPT: ex[vocab.PROMPT][:self.prompt_length]},
                 num_parallel_calls=tf.data.AUTOTUNE)

@@ -47,8 +47,8 @@ then output `prompt`, int32 token ids ending in EOS, like `tasks.prompted`. A
 folder whose template the checkout lacks uses its template name as the
 instruction (a warning lists them). Without a checkout the tasks have no
 `prompt` feature, and the model pools its query over the encoder input
-(PROMPT_LENGTH = 0, PROMPT_SPAN = 'all_tokens'). Registration logs which one
-is in use.
+(`SptConfig.prompt_length = 0`, `prompt_span = 'all_tokens'`).
+Registration logs which one is in use.
 
 Which templates count, following T0's code (bigscience-workshop/t-zero,
 `t0/seqio_tasks/tasks.py`): training mixtures take every template of their
@@ -910,7 +910,7 @@ def register(p3_dir: Optional[str] = None,
     logging.warning(
         'P3: %d tasks from %s; no promptsource checkout ($%s unset): the '
         'tasks have no `prompt` feature, and SPT pools its retrieval query '
-        'over the encoder input (PROMPT_LENGTH = 0, PROMPT_SPAN = '
+        'over the encoder input (SptConfig.prompt_length = 0, prompt_span = '
         "'all_tokens'). Held-out evaluation counts every template, not only "
         "T0's original-task ones.", len(tasks), p3_dir, PROMPTSOURCE_DIR_ENV)
 

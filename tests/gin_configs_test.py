@@ -4,6 +4,7 @@ Local-runner files are checked everywhere; T5X files only where T5X imports.
 """
 
 import contextlib
+import dataclasses
 import glob
 import importlib
 import os
@@ -50,21 +51,26 @@ def test_every_gin_folder_is_a_package():
 
 
 @pytest.mark.parametrize('size', _gin_files('sizes'))
-@pytest.mark.parametrize('spt', _gin_files('spt'))
+@pytest.mark.parametrize('spt', [None] + _gin_files('spt'))
 def test_local_train_with_every_size_and_spt_setting(size, spt):
   with _clean_gin():
-    gin_utils.parse_gin(['gin_configs/local/train.gin', size, spt], LOCAL_REQUIRED)
+    gin_utils.parse_gin(
+        ['gin_configs/local/train.gin', size] + ([spt] if spt else []),
+        LOCAL_REQUIRED)
     net = gin.get_configurable(network.SptTransformer)()
   name = os.path.basename(size)[:-4]
   expected = config.T5_1_1_SIZES[name]
   assert {k: getattr(net.config, k) for k in expected} == expected
   assert net.config.vocab_size == 32128
-  if spt.endswith('no_memory.gin'):
+  if spt is None:  # SptConfig's own defaults, with the in-band prompt.
+    default = config.SptConfig()
+    assert net.spt == dataclasses.replace(default, prompt_length=64)
+  elif spt.endswith('no_memory.gin'):
     assert net.spt.prefix_length == 0
   elif spt.endswith('prompt_tuning.gin'):
     assert (net.spt.num_memories, net.spt.soft_prompt_length) == (0, 40)
-  elif spt.endswith('defaults.gin'):
-    assert (net.spt.num_memories, net.spt.memory_length, net.spt.top_k) == (256, 10, 4)
+  elif spt.endswith('large_bank.gin'):
+    assert (net.spt.num_memories, net.spt.top_k_chunks) == (131072, 8)
 
 
 @pytest.mark.parametrize('files', [

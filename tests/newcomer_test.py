@@ -29,7 +29,8 @@ TRAIN_FLAGS = [
     '--gin.EVAL_MIXTURE_OR_TASK_NAME="my_eval"',
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
     '--gin.VOCAB_SIZE=640',  # The offline vocabulary: 512 pieces + 100 ids.
-    '--gin.NUM_MEMORIES=8', '--gin.MEMORY_LENGTH=2', '--gin.TOP_K=2',
+    '--gin.SptConfig.num_memories=8', '--gin.SptConfig.memory_length=2',
+    '--gin.SptConfig.top_k=2',
     '--gin.BATCH_SIZE=8', '--gin.EVAL_BATCH_SIZE=8', '--gin.LOG_PERIOD=2',
 ]
 

@@ -77,7 +77,7 @@ def test_a_task_without_prompt_is_named():
   no_prompt = _dataset().map(
       lambda ex: {k: v for k, v in ex.items() if k != 'prompt'})
   with pytest.raises(feature_converters.MissingPromptError,
-                     match='PROMPT_LENGTH = 0'):
+                     match='prompt_length = 0'):
     converter(no_prompt, {'inputs': 6, 'targets': 5})
 
 
