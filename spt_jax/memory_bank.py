@@ -6,6 +6,10 @@ Parameters (under `memory_bank/` in `params`):
 and, when the key width D differs from the model width H, a query projection
 [H, D] ('embed', 'memory_embed'). The `memory` axis is what shards the bank over
 the device mesh (see partitioning.py).
+
+The retrieved rows [B, k, P, H] pass through Flax's `perturb`
+(`perturbations/memory_bank/retrieved_values`), the hook of the row-sparse
+training path (sparse_updates.py).
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -17,6 +21,7 @@ import jax.numpy as jnp
 from spt_jax import layers
 from spt_jax import prompts
 from spt_jax import retrieval
+from spt_jax import sparse_updates
 from spt_jax.config import SptConfig
 
 Array = jax.Array
@@ -103,8 +108,14 @@ class MemoryBank(nn.Module):
             else {}
         ),
     )
-    prompt = retrieval.combine_values(
-        jnp.asarray(values, self.dtype), retrieved, cfg.combine
+    rows = jnp.take(values, retrieved.indices, axis=0)  # [B, k, P, H]
+    if not self.is_initializing():
+      # The row-sparse training step (sparse_updates.py) passes a zero
+      # perturbation of the rows and differentiates w.r.t. it instead of the
+      # values; without one (dense training, evaluation) this adds nothing.
+      rows = self.perturb(sparse_updates.RETRIEVED_VALUES, rows)
+    prompt = retrieval.combine_rows(
+        rows.astype(self.dtype), retrieved.weights, cfg.combine
     )
     prompt = layers.with_sharding_constraint(prompt, ('batch', 'length', 'embed'))
     aux_losses = {

@@ -244,7 +244,16 @@ def combine_values(values: Array, retrieved: Retrieved, combine: str) -> Array:
     The memory prompt to prepend.
   """
   selected = jnp.take(values, retrieved.indices, axis=0)  # [B, k, P, H]
-  weighted = selected * retrieved.weights[..., None, None].astype(selected.dtype)
+  return combine_rows(selected, retrieved.weights, combine)
+
+
+def combine_rows(selected: Array, weights: Array, combine: str) -> Array:
+  """Weights and combines gathered memory prompts [B, k, P, H].
+
+  `combine_values` after the gather, for callers that gather the rows
+  themselves (the row-sparse training path, sparse_updates.py).
+  """
+  weighted = selected * weights[..., None, None].astype(selected.dtype)
   if combine == 'concat':
     batch, k, length, width = weighted.shape
     return weighted.reshape(batch, k * length, width)

@@ -6,6 +6,8 @@ frozen-backbone setting (`trainable='spt_only'`) trains only the SPT
 parameters (memory bank and soft prompt): the optimizer sees that subtree
 alone, so the backbone gets no optimizer state, no gradient and no update,
 as under T5X's `MultiOptimizer` (gin_configs/runs/frozen_backbone.gin).
+With a `sparse_updates.SparseBankOptimizer` (gin_configs/local/sparse_bank.gin)
+the memory bank's values are differentiated and updated row-sparse.
 """
 
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -17,6 +19,7 @@ import optax
 
 from spt_jax import models
 from spt_jax import partitioning
+from spt_jax import sparse_updates
 from spt_jax import spt_params
 
 Array = jax.Array
@@ -91,19 +94,36 @@ def make_train_step(
   Only the `trainable` parameters are differentiated and updated (with
   'spt_only', the backbone's weight gradients are never computed). The state
   comes from `TrainState.create(params, optimizer, trainable)`. `grad_norm` is
-  the norm of the trained parameters' gradients.
+  the norm of the trained parameters' gradients. A
+  `sparse_updates.SparseBankOptimizer` selects the row-sparse path: the
+  values' gradient is the retrieved rows, and only those rows (and their
+  optimizer state) are updated.
   """
   split_trained({}, trainable)  # Fails early on an unknown choice.
+
+  sparse = isinstance(optimizer, sparse_updates.SparseBankOptimizer)
 
   def train_step(state: TrainState, batch, dropout_rng):
     rng = jax.random.fold_in(dropout_rng, state.step)
     trained, frozen = split_trained(state.params, trainable)
-    (_, metrics), grads = jax.value_and_grad(
-        lambda t: model.loss_fn({**frozen, **t}, batch, rng), has_aux=True
-    )(trained)
-    updates, opt_state = optimizer.update(grads, state.opt_state, trained)
-    params = {**frozen, **optax.apply_updates(trained, updates)}
-    metrics['grad_norm'] = optax.global_norm(grads)
+    if sparse:
+      # The values' gradient comes out as the retrieved rows alone.
+      (_, metrics), grads = sparse_updates.value_and_grad(
+          lambda t, other: model.loss_and_retrieval(
+              {**frozen, **t}, batch, rng, other),
+          trained,
+          top_k=model.module.spt.top_k,
+          batch_size=batch['encoder_input_tokens'].shape[0],
+      )
+      trained, opt_state = optimizer.apply(grads, state.opt_state, trained)
+      params = {**frozen, **trained}
+    else:
+      (_, metrics), grads = jax.value_and_grad(
+          lambda t: model.loss_fn({**frozen, **t}, batch, rng), has_aux=True
+      )(trained)
+      updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+      params = {**frozen, **optax.apply_updates(trained, updates)}
+    metrics['grad_norm'] = sparse_updates.global_norm(grads)
     return (
         TrainState(step=state.step + 1, params=params, opt_state=opt_state),
         metrics,
