@@ -142,11 +142,38 @@ def _padded_batches(dataset, batch_size: int):
     yield indices, features, real
 
 
-class ModelFns:
-  """Jitted scoring and decoding of one model on this host's devices.
+def params_shardings(
+    model: models.SptModel,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+) -> Any:
+  """The training layout of `model`'s parameters on `mesh` (a NamedSharding tree).
 
-  Every host evaluates whole datasets, so parameters are replicated over the
-  local devices and each batch is split over them.
+  Parameter shapes do not depend on sequence lengths, so a one-token batch
+  (after the discrete prompt's positions) gives them.
+  """
+  shapes = {
+      'encoder_input_tokens': (1, model.module.spt.prompt_length + 1),
+      'decoder_input_tokens': (1, 1),
+      'decoder_target_tokens': (1, 1),
+  }
+  with partitioning.mesh_and_rules(mesh, rules):
+    abstract = jax.eval_shape(
+        lambda rng: model.get_initial_variables(rng, shapes),
+        jax.random.PRNGKey(0),
+    )
+  return partitioning.params_shardings(abstract['params_axes'], mesh, rules)
+
+
+class ModelFns:
+  """Jitted scoring and decoding of one model, laid out as in training.
+
+  The parameters keep the training partitioning (`model` axis for model
+  parallelism, the bank split along `memory`), so a model that needs several
+  devices per replica is evaluated as it was trained. Every host runs the
+  evaluator over whole datasets, so each feeds the same batches; a batch is
+  split over the `data` axis, and the small per-row results come back
+  replicated to every host.
   """
 
   def __init__(
@@ -154,27 +181,47 @@ class ModelFns:
       model: models.SptModel,
       params: Any,
       batch_size: int,
+      mesh: Optional[jax.sharding.Mesh] = None,
       rules: partitioning.LogicalRules = partitioning.default_rules(),
   ):
-    self.mesh = partitioning.create_mesh(1, jax.local_devices())
-    if batch_size % self.mesh.size:
+    """Places the parameters on the mesh.
+
+    Args:
+      model: the model to evaluate.
+      params: its parameters: host arrays, or arrays already laid out on
+        `mesh` (the training state's), which stay where they are.
+      batch_size: rows per batch, a multiple of the mesh's `data` axis.
+      mesh: the ('data', 'model') mesh (default: every device, one per replica).
+      rules: logical axis rules, as in training.
+    """
+    self.mesh = mesh if mesh is not None else partitioning.create_mesh(1)
+    data_parallelism = self.mesh.shape['data']
+    if batch_size % data_parallelism:
       raise ValueError(
           f'The eval batch size {batch_size} must be a multiple of the '
-          f'{self.mesh.size} local devices.'
+          f'{data_parallelism} model replicas (the data axis).'
       )
     self.model = model
-    self.params = jax.device_put(
-        params, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    )
     self.batch_size = batch_size
     self.rules = rules
-    self._score = jax.jit(model.score_batch)
-    self._predict = jax.jit(model.predict_batch)
+    self.params = jax.device_put(params, params_shardings(model, self.mesh, rules))
+    self._batch_sharding = partitioning.data_sharding(self.mesh)
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self._score = jax.jit(model.score_batch, out_shardings=replicated)
+    self._predict = jax.jit(model.predict_batch, out_shardings=replicated)
+
+  def _global_batch(self, batch: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """The same host batch on every host, as arrays split over `data`."""
+    return {
+        k: jax.make_array_from_callback(
+            v.shape, self._batch_sharding, lambda index, v=v: v[index])
+        for k, v in batch.items()
+    }
 
   def _run(self, fn, batch):
-    batch = partitioning.global_batch(batch, self.mesh)
     with partitioning.mesh_and_rules(self.mesh, self.rules):
-      return np.asarray(jax.device_get(fn(self.params, batch)))
+      result = fn(self.params, self._global_batch(batch))
+    return np.asarray(result.addressable_data(0))
 
   def _map_batches(self, fn, dataset):
     """[(index, fn's row)] over an enumerated dataset, padding rows dropped."""
@@ -272,12 +319,16 @@ def run_eval(
     split: str = 'validation',
     output_dir: Optional[str] = None,
     step: Optional[int] = None,
+    num_partitions: int = 1,
+    logical_axis_rules: partitioning.LogicalRules = partitioning.default_rules(),
 ) -> EvalResults:
   """Restores a checkpoint of the local runner and evaluates it.
 
-  The data, metrics and checkpoint are checked before any model work; the
-  checkpoint restores onto this host's devices whatever the device count it
-  was saved from.
+  The data, metrics and checkpoint are checked before any model work. The
+  parameters are read straight into the training layout (`num_partitions`
+  devices per replica, `logical_axis_rules`), whatever the device count the
+  checkpoint was saved from; no device holds a full copy unless that layout
+  replicates it.
   """
   if not mixture_or_task_name:
     raise gin_utils.ConfigError(
@@ -288,9 +339,11 @@ def run_eval(
   check_metrics(mixture_or_task_name)
   store = train_checkpoints.TrainCheckpoints(checkpoint_dir)
   step = store.latest_step() if step is None else step
-  params = store.restore_params(step)
+  mesh = partitioning.create_mesh(num_partitions)
+  params = store.restore_params(
+      step, params_shardings(model, mesh, logical_axis_rules))
   results = evaluate(
-      model_fns=ModelFns(model, params, batch_size),
+      model_fns=ModelFns(model, params, batch_size, mesh, logical_axis_rules),
       mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=task_feature_lengths,
       split=split,

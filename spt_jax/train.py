@@ -29,7 +29,6 @@ from absl import logging
 from clu import metric_writers
 import gin
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import optax
 import seqio
@@ -105,11 +104,13 @@ def check_settings(
   ):
     if not isinstance(value, int) or value <= 0:
       raise gin_utils.ConfigError(f'{name}={value!r} must be a positive integer.')
-  if batch_size % data_parallelism:
-    raise gin_utils.ConfigError(
-        f'BATCH_SIZE={batch_size} must be a multiple of the {data_parallelism} '
-        'data-parallel devices (devices / NUM_PARTITIONS).'
-    )
+  for name, value in (('BATCH_SIZE', batch_size),
+                      ('EVAL_BATCH_SIZE', eval_batch_size)):
+    if value % data_parallelism:
+      raise gin_utils.ConfigError(
+          f'{name}={value} must be a multiple of the {data_parallelism} '
+          'data-parallel devices (devices / NUM_PARTITIONS).'
+      )
 
 
 def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> None:
@@ -190,13 +191,6 @@ def _model_input_shapes(dataset) -> Dict[str, tuple]:
       k: (None,) + tuple(spec.shape[1:])
       for k, spec in dataset.element_spec.items()
   }
-
-
-def _host_params(params):
-  """Parameters as arrays every host can read (for evaluation)."""
-  if jax.process_count() > 1:
-    return multihost_utils.process_allgather(params)
-  return params
 
 
 def train(
@@ -362,7 +356,8 @@ def train(
   eval_results = None
   if eval_mixture_or_task_name:
     eval_results = eval_lib.evaluate(
-        model_fns=eval_lib.ModelFns(model, _host_params(state.params), eval_batch_size),
+        model_fns=eval_lib.ModelFns(
+            model, state.params, eval_batch_size, mesh, logical_axis_rules),
         mixture_or_task_name=eval_mixture_or_task_name,
         task_feature_lengths=task_feature_lengths,
         output_dir=os.path.join(model_dir, 'eval') if is_chief else None,

@@ -46,6 +46,10 @@ def merge_params(initial: Params, pretrained: Params, where: str = '') -> Params
   return merged
 
 
+# The folder of a step that holds the train state (the manager's one item).
+_ITEM = 'default'
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be read or written; the message names the step folder."""
 
@@ -131,8 +135,19 @@ class TrainCheckpoints:
           f'({_first_line(e)}); {kept}.'
       ) from e
 
-  def _read(self, step: int, target: Any) -> Any:
+  def _read(self, step: int, target: Any, partial: bool = False) -> Any:
+    """Restores `target`'s structure; with `partial`, a subtree of the state."""
     try:
+      if partial:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+          return checkpointer.restore(
+              os.path.join(self.step_dir(step), _ITEM),
+              args=ocp.args.PyTreeRestore(
+                  item=target,
+                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                  partial_restore=True,
+              ),
+          )
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
@@ -185,11 +200,19 @@ class TrainCheckpoints:
     self._manager.close()
     self._manager = self._new_manager()
 
-  def restore_params(self, step: Optional[int] = None) -> Params:
-    """The `params` of a saved train state, as host arrays.
+  def restore_params(
+      self, step: Optional[int] = None, shardings: Any = None
+  ) -> Params:
+    """The `params` of a saved train state; the optimizer state is not read.
 
-    The state is read onto this host's first device, whatever the number of
-    devices it was saved from.
+    Args:
+      step: the step to read (default: the latest).
+      shardings: a NamedSharding per parameter: the parameters are read
+        straight into that layout, whatever the number of devices they were
+        saved from. Default: host arrays, through this host's first device.
+
+    Returns:
+      The parameter tree.
     """
     step = self._require_step(step)
     try:
@@ -199,14 +222,16 @@ class TrainCheckpoints:
           f'Checkpoint step {step} in {self.step_dir(step)} has no readable '
           f'metadata ({_first_line(e)}); it is damaged.'
       ) from None
-    tree = getattr(metadata, 'tree', metadata)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
-    )
-    restored = self._read(step, target)
-    params = restored['params'] if isinstance(restored, Mapping) else restored.params
-    return jax.tree.map(np.asarray, params)
+    tree = dict(getattr(metadata, 'tree', metadata))
+    sharded = shardings is not None
+    if not sharded:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: device, tree['params'])
+    target = {'params': jax.tree.map(
+        lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+        tree['params'], shardings)}
+    params = self._read(step, target, partial=True)['params']
+    return params if sharded else jax.tree.map(np.asarray, params)
 
   def _require_step(self, step: Optional[int]) -> int:
     step = self.latest_step() if step is None else step

@@ -12,9 +12,11 @@ from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import network
+from spt_jax import partitioning
+from spt_jax import train_checkpoints
 
 VOCAB = 32
-SPT = config.SptConfig(num_memories=4, memory_length=2, top_k=2,
+SPT = config.SptConfig(num_memories=8, memory_length=2, top_k=2,
                        prompt_length=2)
 
 
@@ -67,3 +69,46 @@ def test_eval_results_to_json_and_an_unknown_task_is_named():
       'tasks': {'t': {'accuracy': 50.0}}, 'datasets': {'d': {'mean': 50.0}}}
   with pytest.raises(gin_utils.ConfigError, match="Unknown mixture or task 'nope'"):
     eval_lib.check_mixture_or_task('nope')
+
+
+def _sharded_over(leaf, mesh_axis):
+  return any(mesh_axis in (axes if isinstance(axes, tuple) else (axes,))
+             for axes in leaf.sharding.spec if axes)
+
+
+def test_model_parallel_evaluation_keeps_the_training_layout(
+    model_params_and_features, tmp_path):
+  model, params, features = model_params_and_features
+  mesh = partitioning.create_mesh(2)  # 4 replicas x 2 devices each.
+  rules = partitioning.default_rules()
+  store = train_checkpoints.TrainCheckpoints(str(tmp_path))
+  store.save(3, {'params': params, 'opt_state': {'m': np.zeros(5, np.float32)}})
+  restored = store.restore_params(
+      3, eval_lib.params_shardings(model, mesh, rules))
+  store.close()
+  fns = eval_lib.ModelFns(model, restored, batch_size=8, mesh=mesh, rules=rules)
+
+  leaves = jax.tree.leaves(fns.params)
+  # Model-parallel weights split over `model`, the bank over `data`: no
+  # device holds every parameter.
+  assert any(_sharded_over(leaf, 'model') for leaf in leaves)
+  assert _sharded_over(fns.params['memory_bank']['values'], 'data')
+  per_device = sum(leaf.addressable_shards[0].data.nbytes for leaf in leaves)
+  assert per_device <= sum(leaf.nbytes for leaf in leaves) / 2
+  jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+  rows = len(features['decoder_target_tokens'])
+  scores = fns.score_fn(_enumerated(features))
+  np.testing.assert_allclose(
+      [s for _, s in scores], model.score_batch(params, features), rtol=1e-5)
+  assert [i for i, _ in scores] == list(range(rows))
+  predictions = fns.predict_fn(_enumerated(features))
+  np.testing.assert_array_equal(
+      [p for _, p in predictions], model.predict_batch(params, features))
+
+
+def test_eval_batch_must_split_over_the_replicas(model_params_and_features):
+  model, params, _ = model_params_and_features
+  with pytest.raises(ValueError, match='multiple of the 4 model replicas'):
+    eval_lib.ModelFns(model, params, batch_size=6,
+                      mesh=partitioning.create_mesh(2))
