@@ -54,7 +54,9 @@ def aggregate_all_metrics(
       entry = aggregated.setdefault(dataset + AGGREGATE_SUFFIX, {})
       entry[f'{metric}_mean'] = stats['mean']
       entry[f'{metric}_median'] = stats['median']
-      entry['num_templates'] = stats['num_templates']
+      # A metric only some templates report must not lower the count.
+      entry['num_templates'] = max(
+          entry.get('num_templates', 0), stats['num_templates'])
   return aggregated
 
 
