@@ -104,8 +104,24 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       batch: Mapping[str, jnp.ndarray],
       dropout_rng: Optional[jax.Array],
   ) -> Tuple[jnp.ndarray, Mapping[str, clu_metrics.Metric]]:
+    loss, (metrics, _) = self.loss_and_retrieval(params, batch, dropout_rng)
+    return loss, metrics
+
+  def loss_and_retrieval(
+      self,
+      params,
+      batch: Mapping[str, jnp.ndarray],
+      dropout_rng: Optional[jax.Array],
+      other_variables=None,
+  ):
+    """`loss_fn`, plus the retrieved memory ids [B, k] (None without a bank).
+
+    The row-sparse training path (`t5x_sparse.SparseBankTrainer`) passes the
+    zero perturbation of the retrieved rows in `other_variables`.
+    """
     logits, sown = self._compute_logits(
-        params, batch, dropout_rng, mutable=['losses']
+        params, batch, dropout_rng, mutable=['losses', 'intermediates'],
+        other_variables=other_variables,
     )
     loss, terms = spt_models.spt_loss(
         logits, batch, sown.get('losses', {}),
@@ -133,7 +149,7 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       if name in terms:
         metrics[f'spt/{name}'] = clu_metrics.Average.from_model_output(
             terms[name])
-    return loss, metrics
+    return loss, (metrics, spt_models.retrieval_indices(sown))
 
   def score_batch(
       self,
