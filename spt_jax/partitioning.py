@@ -14,6 +14,7 @@ four logical axes, which T5X runs register through
 """
 
 import contextlib
+import warnings
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import flax
@@ -107,6 +108,39 @@ def global_batch(
       k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
       for k, v in local_batch.items()
   }
+
+
+def current_mesh() -> Optional[Any]:
+  """The mesh in scope while tracing, or None.
+
+  `jax.set_mesh` sets an abstract mesh; `with mesh:` (the local trainer's
+  `mesh_and_rules`, T5X's partitioned functions) only the older physical one.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    return mesh
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    from jax.interpreters import pxla  # pylint: disable=g-import-not-at-top
+    physical = pxla.thread_resources.env.physical_mesh
+  return None if physical.empty else physical
+
+
+def logical_mesh_axis(logical_name: str) -> Optional[Tuple[Any, str, int]]:
+  """(mesh, mesh axis, its size) that a logical axis is split over, or None.
+
+  None when no mesh or rules are in scope, or when the rules replicate the
+  axis or map it to a mesh axis of size 1.
+  """
+  mesh = current_mesh()
+  if mesh is None:
+    return None
+  spec = nn_partitioning.logical_to_mesh_axes((logical_name,))
+  axis = spec[0] if spec else None
+  if not isinstance(axis, str) or axis not in mesh.axis_names:
+    return None
+  size = dict(zip(mesh.axis_names, mesh.axis_sizes))[axis]
+  return (mesh, axis, size) if size > 1 else None
 
 
 @contextlib.contextmanager

@@ -18,8 +18,10 @@ memory a weight of 1 whatever its score, so the keys get no gradient from the
 task loss (only from the pull loss); `SptConfig` warns about it.
 
 For banks too large for exact top-k, `top_k(..., approx=True)` uses
-`jax.lax.approx_max_k`, and `num_chunks > 1` does a two-stage top-k whose first
-stage stays local to each shard of a bank split along the `memory` axis.
+`jax.lax.approx_max_k`, and `num_chunks > 1` does a two-stage top-k; when the
+bank is split along `memory` over the device mesh, its first stage runs on
+each shard (`shard_local_top_k`, a `shard_map`) and only the per-shard
+winners are merged.
 
 Shape letters: B batch, M memories, D key width, k selected, P memory length,
 H model width, S perturbation samples.
@@ -33,6 +35,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from spt_jax import layers
+from spt_jax import partitioning
 
 Array = jax.Array
 
@@ -88,33 +91,93 @@ def top_k(
     approx: use `jax.lax.approx_max_k` (fast on TPU; exact on CPU).
     recall_target: the recall `approx_max_k` aims for.
     num_chunks: split M into this many chunks, select k in each, then k among
-      the chunk winners; it divides M into chunks of at least k. Matching the
-      number of bank shards keeps the first stage local to each device.
+      the chunk winners; it divides M into chunks of at least k. When the
+      bank is split along `memory` over S devices (a mesh and logical axis
+      rules in scope) and S divides `num_chunks`, the first stage runs on
+      each shard (`shard_local_top_k`): every device selects among its own
+      M / S scores, and only the [S, B, k] winners are exchanged.
 
   Returns:
     values [B, k] and int32 indices [B, k].
   """
-  num_memories = scores.shape[-1]
-  select = (
+  select = _selector(approx, recall_target)
+  if num_chunks > 1:
+    shards = partitioning.logical_mesh_axis('memory')
+    if shards is not None:
+      mesh, axis, size = shards
+      if num_chunks % size == 0 and scores.shape[-1] % num_chunks == 0:
+        return shard_local_top_k(
+            scores, k, mesh, axis, approx=approx, recall_target=recall_target,
+            chunks_per_shard=num_chunks // size)
+  return _chunked_top_k(scores, k, select, num_chunks)
+
+
+def _selector(approx: bool, recall_target: float):
+  return (
       functools.partial(lax.approx_max_k, recall_target=recall_target)
       if approx
       else lax.top_k
   )
+
+
+def _chunked_top_k(scores, k, select, num_chunks):
+  """Two-stage top-k of [B, M] on one device (or left to XLA's sharding)."""
   if num_chunks == 1:
     values, indices = select(scores, k)
     return values, indices.astype(jnp.int32)
+  batch, num_memories = scores.shape
   chunk = num_memories // num_chunks
-  chunked = scores.reshape(scores.shape[0], num_chunks, chunk)
+  chunked = scores.reshape(batch, num_chunks, chunk)
   chunked = layers.with_sharding_constraint(chunked, (None, 'memory', None))
   # [B, C, k] local winners, then [B, C*k] -> [B, k].
   local_values, local_indices = select(chunked, k)
   offsets = (jnp.arange(num_chunks, dtype=jnp.int32) * chunk)[None, :, None]
-  candidates = (local_indices.astype(jnp.int32) + offsets).reshape(
-      scores.shape[0], -1
-  )
-  values, positions = select(local_values.reshape(scores.shape[0], -1), k)
+  candidates = (local_indices.astype(jnp.int32) + offsets).reshape(batch, -1)
+  values, positions = select(local_values.reshape(batch, -1), k)
   indices = jnp.take_along_axis(candidates, positions, axis=-1)
   return values, indices
+
+
+def shard_local_top_k(
+    scores: Array,
+    k: int,
+    mesh,
+    axis: str,
+    approx: bool = False,
+    recall_target: float = 0.95,
+    chunks_per_shard: int = 1,
+) -> Tuple[Array, Array]:
+  """Top-k of scores [B, M] split along M over `axis` of `mesh`.
+
+  Each of the S shards selects k among its [B, M / S] scores (in
+  `chunks_per_shard` chunks), with global indices; the [S, B, k] candidates
+  are then merged by a top-k over [B, S*k]. No device holds more than its
+  own M / S scores: per-device memory for the selection is divided by S.
+  The selected values stay differentiable w.r.t. `scores`.
+
+  Returns:
+    values [B, k] and int32 indices [B, k].
+  """
+  select = _selector(approx, recall_target)
+  batch, num_memories = scores.shape
+  size = dict(zip(mesh.axis_names, mesh.axis_sizes))[axis]
+  local_memories = num_memories // size
+
+  def local(shard):  # [B, M / S] -> [1, B, k] twice.
+    values, indices = _chunked_top_k(shard, k, select, chunks_per_shard)
+    offset = lax.axis_index(axis).astype(jnp.int32) * local_memories
+    return values[None], (indices + offset)[None]
+
+  spec = jax.sharding.PartitionSpec
+  values, indices = jax.shard_map(
+      local, mesh=mesh, in_specs=spec(None, axis),
+      out_specs=(spec(axis), spec(axis)),
+  )(scores)
+  # [S, B, k] -> [B, S*k] -> [B, k].
+  values = jnp.moveaxis(values, 0, 1).reshape(batch, size * k)
+  indices = jnp.moveaxis(indices, 0, 1).reshape(batch, size * k)
+  best, positions = select(values, k)
+  return best, jnp.take_along_axis(indices, positions, axis=-1)
 
 
 def _selected_softmax(selected_scores: Array, combine: str) -> Array:

@@ -126,3 +126,40 @@ def test_balance_loss_prefers_uniform_usage():
   collapsed = retrieval.balance_loss(scores + jnp.array([5.0, 0, 0, 0]), jnp.zeros((4, 1), jnp.int32))
   assert float(uniform) == pytest.approx(1.0)
   assert float(collapsed) > 3.0
+
+
+def test_shard_local_top_k_equals_one_device_and_divides_its_memory():
+  """With the bank split over 8 devices, top_k(num_chunks=8) selects on each
+  shard (shard_map): same values, indices and gradients as one device, and
+  the compiled step holds about 1/8 of the [B, M] scores per device."""
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
+  batch, memories, width = 64, 8 * 4096, 8
+  query = jax.random.normal(jax.random.PRNGKey(0), (batch, width))
+  keys = jax.random.normal(jax.random.PRNGKey(1), (memories, width))
+
+  def loss(keys, query, num_chunks):
+    scores = retrieval.similarity(query, keys, 'cosine', 0.1)
+    values, indices = retrieval.top_k(scores, 4, num_chunks=num_chunks)
+    return jnp.sum(values * jnp.arange(1.0, 5.0)), indices
+
+  grad_fn = jax.value_and_grad(loss, has_aux=True)
+  (expected, expected_indices), expected_grad = jax.jit(
+      grad_fn, static_argnums=2)(keys, query, 1)
+  mesh = partitioning.create_mesh()
+  sharding = NamedSharding(mesh, PartitionSpec('data', None))
+  temp = {}
+  with partitioning.mesh_and_rules(mesh, partitioning.default_rules()):
+    for num_chunks in (1, 8):
+      compiled = jax.jit(
+          grad_fn, static_argnums=2, out_shardings=((None, None), sharding)
+      ).lower(jax.device_put(keys, sharding), query, num_chunks).compile()
+      temp[num_chunks] = compiled.memory_analysis().temp_size_in_bytes
+    (value, indices), grad = compiled(jax.device_put(keys, sharding), query)
+  np.testing.assert_array_equal(indices, expected_indices)
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+  # [64, 32768] float32 scores are 8 MiB; one shard's are 1 MiB.
+  assert temp[8] * 4 < temp[1], temp
