@@ -120,15 +120,19 @@ def _selector(approx: bool, recall_target: float):
   )
 
 
-def _chunked_top_k(scores, k, select, num_chunks):
-  """Two-stage top-k of [B, M] on one device (or left to XLA's sharding)."""
+def _chunked_top_k(scores, k, select, num_chunks, constrain=True):
+  """Two-stage top-k of [B, M] on one device (or left to XLA's sharding).
+
+  `constrain=False` inside `shard_map`, where the mesh axes are manual.
+  """
   if num_chunks == 1:
     values, indices = select(scores, k)
     return values, indices.astype(jnp.int32)
   batch, num_memories = scores.shape
   chunk = num_memories // num_chunks
   chunked = scores.reshape(batch, num_chunks, chunk)
-  chunked = layers.with_sharding_constraint(chunked, (None, 'memory', None))
+  if constrain:
+    chunked = layers.with_sharding_constraint(chunked, (None, 'memory', None))
   # [B, C, k] local winners, then [B, C*k] -> [B, k].
   local_values, local_indices = select(chunked, k)
   offsets = (jnp.arange(num_chunks, dtype=jnp.int32) * chunk)[None, :, None]
@@ -164,7 +168,8 @@ def shard_local_top_k(
   local_memories = num_memories // size
 
   def local(shard):  # [B, M / S] -> [1, B, k] twice.
-    values, indices = _chunked_top_k(shard, k, select, chunks_per_shard)
+    values, indices = _chunked_top_k(
+        shard, k, select, chunks_per_shard, constrain=False)
     offset = lax.axis_index(axis).astype(jnp.int32) * local_memories
     return values[None], (indices + offset)[None]
 

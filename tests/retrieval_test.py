@@ -128,9 +128,10 @@ def test_balance_loss_prefers_uniform_usage():
   assert float(collapsed) > 3.0
 
 
-def test_shard_local_top_k_equals_one_device_and_divides_its_memory():
-  """With the bank split over 8 devices, top_k(num_chunks=8) selects on each
-  shard (shard_map): same values, indices and gradients as one device, and
+@pytest.mark.parametrize('num_chunks', [8, 16])
+def test_shard_local_top_k_equals_one_device_and_divides_its_memory(num_chunks):
+  """With the bank split over 8 devices, top_k(num_chunks=8 or 16) selects on
+  each shard (shard_map; 16: two chunks per shard): same values, indices and gradients as one device, and
   the compiled step holds about 1/8 of the [B, M] scores per device."""
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
@@ -152,14 +153,14 @@ def test_shard_local_top_k_equals_one_device_and_divides_its_memory():
   sharding = NamedSharding(mesh, PartitionSpec('data', None))
   temp = {}
   with partitioning.mesh_and_rules(mesh, partitioning.default_rules()):
-    for num_chunks in (1, 8):
+    for chunks in (1, num_chunks):
       compiled = jax.jit(
           grad_fn, static_argnums=2, out_shardings=((None, None), sharding)
-      ).lower(jax.device_put(keys, sharding), query, num_chunks).compile()
-      temp[num_chunks] = compiled.memory_analysis().temp_size_in_bytes
+      ).lower(jax.device_put(keys, sharding), query, chunks).compile()
+      temp[chunks] = compiled.memory_analysis().temp_size_in_bytes
     (value, indices), grad = compiled(jax.device_put(keys, sharding), query)
   np.testing.assert_array_equal(indices, expected_indices)
   np.testing.assert_allclose(value, expected, rtol=1e-6)
   np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
   # [64, 32768] float32 scores are 8 MiB; one shard's are 1 MiB.
-  assert temp[8] * 4 < temp[1], temp
+  assert temp[num_chunks] * 4 < temp[1], temp
