@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Sets up what is missing and runs SPT.
 #
-#   ./run_t5x.sh                 the embedded default: a tiny SPT and the same
-#                                model without memory, trained and evaluated on
-#                                the offline synthetic mixture (CPU, minutes)
+#   ./run_t5x.sh                 the embedded default: one seed of the study
+#                                below (CPU, under 10 minutes); run again, it
+#                                prints the recorded results
+#   ./run_t5x.sh study [ARGS]    the study: SPT, no memory, prompt tuning and
+#                                the frozen-backbone setting, 3 seeds each,
+#                                mean +- SE (runs/default, reusing the
+#                                default's seed 0; CPU, about 30 min)
 #   ./run_t5x.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run_t5x.sh train ARGS      python -m spt_jax.train ARGS (local runner)
 #   ./run_t5x.sh eval ARGS       python -m spt_jax.eval ARGS
@@ -133,6 +137,9 @@ case "$command" in
   default)
     ensure_venv requirements.txt
     run_python -m spt_jax.compare "$@" ;;
+  study)
+    ensure_venv requirements.txt
+    run_python -m spt_jax.compare --seeds=3 "$@" ;;
   test)
     ensure_venv requirements-test.txt
     ensure_t5x_wheels
@@ -147,5 +154,5 @@ case "$command" in
     # The header comment: from line 2 to the first line that is not a comment.
     awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;
   *)
-    die "unknown command '$command' (default, test, train, eval, compare, tpu, help)" ;;
+    die "unknown command '$command' (default, study, test, train, eval, compare, tpu, help)" ;;
 esac

@@ -15,7 +15,10 @@ counts, and a heatmap PNG. The library functions:
                for name in task_or_template_names}
     write_report(indices, num_memories, output_dir)
 
-`group_indices` folds template-level names into task-level ones.
+`group_indices` folds template-level names into task-level ones;
+`retrieval_consistency` says whether the training templates of one family
+retrieve the same memories, and whether held-out templates retrieve their
+own family's (the study's retrieval rows, `spt_jax.compare`).
 
 Shape letters: N examples, k memories retrieved per example, M memories,
 G names (tasks or templates).
@@ -23,7 +26,7 @@ G names (tasks or templates).
 
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from absl import flags
 import gin
@@ -67,6 +70,7 @@ def collect_retrievals(
     model: models.SptModel,
     params: Any,
     batches: Iterable[Mapping[str, Any]],
+    indices_fn: Optional[Callable[..., Array]] = None,
 ) -> np.ndarray:
   """Indices of the memories retrieved for every example, best first.
 
@@ -81,11 +85,13 @@ def collect_retrievals(
     batches: dicts with `encoder_input_tokens` [B, T + T_p] (the input and
       the discrete prompt, as the model's feature converter lays them out);
       other features are ignored.
+    indices_fn: `_retrieval_indices_fn(model)`, when the caller runs several
+      sets of batches (one compilation for all).
 
   Returns:
     int32 [N, k], N the number of non-padding examples.
   """
-  indices_fn = _retrieval_indices_fn(model)
+  indices_fn = indices_fn or _retrieval_indices_fn(model)
   collected = []
   for batch in batches:
     tokens = np.asarray(batch['encoder_input_tokens'], np.int32)
@@ -233,11 +239,16 @@ def write_matrix(names: Sequence[str], matrix: np.ndarray, path: str) -> str:
   return path
 
 
-def plot_heatmap(counts: Counts, path: str, max_memories: int = 64) -> str:
-  """A PNG of each name's usage share over memories, beside the Jaccard overlap.
+def plot_heatmap(
+    counts: Counts, path: str, max_memories: int = 64, row_inches: float = 0.25
+) -> str:
+  """A PNG of each name's usage share over memories, above the Jaccard overlap.
 
   The usage panel shows the `max_memories` memories retrieved most over all
   names (a bank of 1e5 has too many columns to show), ordered by that total.
+  Both panels give every name a row (and the overlap a column) of
+  `row_inches`, so labels stay legible however many names there are (44
+  templates: a figure about 15 x 27 inches at 100 dpi).
   """
   # The object-oriented API draws off-screen without touching pyplot's
   # global backend.
@@ -250,27 +261,103 @@ def plot_heatmap(counts: Counts, path: str, max_memories: int = 64) -> str:
   order = np.argsort(-matrix.sum(0), kind='stable')[:max_memories]
   overlap = overlap_matrix(counts, 'jaccard')
 
-  figure = Figure(figsize=(15, max(4.0, 0.25 * len(names) + 2.0)))
+  side = max(3.0, row_inches * len(names))
+  label_inches = 0.075 * max(len(n) for n in names) + 0.5
+  width = label_inches + max(side, row_inches * len(order)) + 1.5
+  figure = Figure(figsize=(width, 2 * side + label_inches + 2.0))
   FigureCanvasAgg(figure)
   usage_axes, overlap_axes = figure.subplots(
-      1, 2, gridspec_kw={'width_ratios': [2, 1]}
+      2, 1, gridspec_kw={'height_ratios': [1, 1]}
   )
   image = usage_axes.imshow(shares[:, order], aspect='auto', cmap='viridis')
-  usage_axes.set_yticks(range(len(names)), names, fontsize=7)
+  usage_axes.set_yticks(range(len(names)), names, fontsize=8)
   usage_axes.set_xticks(
-      range(len(order)), [str(m) for m in order], fontsize=5, rotation=90
+      range(len(order)), [str(m) for m in order], fontsize=8, rotation=90
   )
   usage_axes.set_xlabel(f'memory id (the {len(order)} most retrieved)')
   usage_axes.set_title('share of retrievals')
-  figure.colorbar(image, ax=usage_axes, fraction=0.04)
+  figure.colorbar(image, ax=usage_axes, fraction=0.03)
   image = overlap_axes.imshow(overlap, vmin=0, vmax=1, cmap='magma')
-  overlap_axes.set_xticks(range(len(names)), names, fontsize=6, rotation=90)
-  overlap_axes.set_yticks(range(len(names)), names, fontsize=6)
+  overlap_axes.set_xticks(range(len(names)), names, fontsize=8, rotation=90)
+  overlap_axes.set_yticks(range(len(names)), names, fontsize=8)
   overlap_axes.set_title('Jaccard overlap of used memories')
-  figure.colorbar(image, ax=overlap_axes, fraction=0.04)
+  figure.colorbar(image, ax=overlap_axes, fraction=0.03)
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  figure.savefig(path, dpi=100)
   return path
+
+
+def _family(name: str) -> str:
+  """'family/template' -> 'family'."""
+  return name.split('/')[0]
+
+
+def nearest_family(
+    counts: np.ndarray, family_counts: Mapping[str, np.ndarray]
+) -> Dict[str, float]:
+  """Credit per family for being nearest (cosine) to one name's usage.
+
+  Args:
+    counts: a name's usage counts [M].
+    family_counts: family -> pooled usage counts [M] of its templates.
+
+  Returns:
+    family -> 1/t for the t families tied for the highest cosine similarity,
+    0 for the others (so a tie among all families gives chance credit).
+  """
+  families = list(family_counts)
+  overlap = overlap_matrix(
+      {'': counts, **{f'family:{f}': family_counts[f] for f in families}},
+      'cosine',
+  )[0, 1:]
+  best = np.isclose(overlap, overlap.max())
+  return {f: float(b) / best.sum() for f, b in zip(families, best)}
+
+
+def retrieval_consistency(
+    counts: Counts, trained: Iterable[str]
+) -> Dict[str, float]:
+  """Whether a family's templates retrieve the same memories, and new ones too.
+
+  Names are 'family/template'.
+
+  Args:
+    counts: name -> usage counts [M] (`usage_counts`).
+    trained: the names of the training templates; the other names of their
+      families are held-out templates.
+
+  Returns:
+    `same_family_jaccard`: the mean Jaccard overlap of the memories used by
+    two training templates of one family; `other_family_jaccard`: the same
+    for two of different families (what sharing by chance looks like);
+    `heldout_own_family`: the share (%) of held-out templates whose usage is
+    nearest (cosine) to their own family's pooled training templates, among
+    the trained families (ties share the credit); `heldout_chance`: that
+    share when retrieval ignores the family, 100 / trained families.
+  """
+  trained = [n for n in counts if n in set(trained)]
+  same, other = [], []
+  jaccard = overlap_matrix({n: counts[n] for n in trained}, 'jaccard')
+  for i, a in enumerate(trained):
+    for j in range(i + 1, len(trained)):
+      (same if _family(a) == _family(trained[j]) else other).append(
+          jaccard[i, j])
+  families = {}
+  for name in trained:
+    families[_family(name)] = families.get(_family(name), 0) + np.asarray(
+        counts[name])
+  heldout = [n for n in counts if n not in trained and _family(n) in families]
+  hits = [nearest_family(counts[n], families)[_family(n)] for n in heldout]
+
+  def mean(values):
+    return float(np.mean(values)) if values else float('nan')
+
+  return {
+      'same_family_jaccard': mean(same),
+      'other_family_jaccard': mean(other),
+      'heldout_own_family': 100 * mean(hits),
+      'heldout_chance': 100 / len(families) if families else float('nan'),
+  }
 
 
 def write_report(
@@ -356,22 +443,55 @@ def analyze(
   if not model.module.spt.num_memories:
     raise ValueError('The model has no memory bank to analyse.')
   params = train_checkpoints.TrainCheckpoints(model_dir).restore_params()
-  converter = model.FEATURE_CONVERTER_CLS(pack=False)
-  indices_by_name = {}
-  for name in mixture_or_task_names:
-    for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
-      dataset = converter(
-          task.get_dataset(task_feature_lengths, split=split, shuffle=False),
-          task_feature_lengths,
-      )
-      indices_by_name[_short_name(task.name)] = collect_retrievals(
-          model, params, dataset.batch(batch_size).as_numpy_iterator()
-      )
+  indices_by_name = collect_by_task(model, params, task_batches(
+      model.FEATURE_CONVERTER_CLS(pack=False), mixture_or_task_names,
+      task_feature_lengths, split, batch_size,
+  ))
   if group_by == 'dataset':
     indices_by_name = group_indices(indices_by_name, lambda n: n.split('/')[0])
   elif group_by != 'template':
     raise ValueError(f"group_by must be 'template' or 'dataset', got {group_by!r}.")
   return write_report(indices_by_name, model.module.spt.num_memories, output_dir)
+
+
+def task_batches(
+    feature_converter: seqio.FeatureConverter,
+    mixture_or_task_names: Sequence[str],
+    task_feature_lengths: Mapping[str, int],
+    split: str = 'validation',
+    batch_size: int = 64,
+    max_batches: Optional[int] = None,
+) -> Dict[str, List[Dict[str, np.ndarray]]]:
+  """'dataset/template' -> the model's batches of every task of the names.
+
+  Read into memory, so that several models can be run over them.
+  `max_batches` caps the examples read per task: with the query pooled from
+  the prompt alone, every example of a template retrieves the same memories.
+  """
+  batches = {}
+  for name in mixture_or_task_names:
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+      dataset = feature_converter(
+          task.get_dataset(task_feature_lengths, split=split, shuffle=False),
+          task_feature_lengths,
+      ).batch(batch_size)
+      if max_batches:
+        dataset = dataset.take(max_batches)
+      batches[_short_name(task.name)] = list(dataset.as_numpy_iterator())
+  return batches
+
+
+def collect_by_task(
+    model: models.SptModel,
+    params: Any,
+    batches: Mapping[str, Iterable[Mapping[str, Any]]],
+) -> Dict[str, np.ndarray]:
+  """name -> retrieved indices [N, k] over its batches (see `task_batches`)."""
+  indices_fn = _retrieval_indices_fn(model)
+  return {
+      name: collect_retrievals(model, params, name_batches, indices_fn)
+      for name, name_batches in batches.items()
+  }
 
 
 def _short_name(task_name: str) -> str:

@@ -1,98 +1,516 @@
-r"""Train and evaluate model variants side by side, then print a results table.
+r"""The study: SPT against its baselines, over seeds, with retrieval statistics.
 
-Each variant is the base gin configuration plus its own gin files, trained in
-its own folder under `--model_dir` with the same data, seed and steps. With no
-flags this is the project's embedded default: a tiny SPT and the same model
-without memory, trained on the offline synthetic mixture and evaluated
-zero-shot on its held-out templates and tasks by rank classification.
+Each variant is the base gin configuration plus its own gin files; each
+(variant, seed) trains in `--model_dir/<variant>/seed_<seed>` and records
+what it measured in `result.json` there. A second invocation reuses every
+recorded run and trains only what is missing, so running the same command
+again prints the recorded table. A variant written `NAME:FILES@OTHER` starts
+from the trained run of variant OTHER with the same seed (the local runner's
+INITIAL_CHECKPOINT_PATH): the frozen-backbone setting's stage 2.
 
-    python -m spt_jax.compare [--model_dir=runs/default] \
-      [--variant=prompt_tuning:gin_configs/spt/prompt_tuning.gin] \
-      [--gin.TRAIN_STEPS=3000]
+With no flags this is the project's embedded default (one seed); the full
+study is the same with three, and reuses the default's runs of seed 0:
+
+    python -m spt_jax.compare              # runs/default, seed 0
+    python -m spt_jax.compare --seeds=3    # the study: seeds 0, 1, 2
+
+Every invocation shows all the seeds recorded for every variant, at least
+`--seeds`.
+
+The default variants (gin_configs/local/study/): `spt`; `no_memory`;
+`prompt_tuning` with as many prepended positions as SPT retrieves; and the
+frozen-backbone setting: `backbone_a`, the backbone alone trained on families
+A, then frozen while `frozen_spt` and `frozen_prompt_tuning` adapt to families
+B. Every run is evaluated zero-shot by rank classification on the held-out
+test split (`spt_study_test`, `spt_study_test_b`), and runs with a memory bank
+report how consistently each family's templates retrieve the same memories
+(`analysis.retrieval_consistency`). `results.txt` holds accuracy per family
+and on average as mean +- standard error over seeds, and `results.png` the
+same as bars with error bars.
 """
 
+import dataclasses
+import json
+import math
 import os
-import statistics
-from typing import Dict, Mapping, Sequence, Tuple
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from absl import flags
 from absl import logging
 import gin
 import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+import tqdm
 
+from spt_jax import analysis
+from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
+from spt_jax import models
+from spt_jax import network
 from spt_jax import train as train_lib
+from spt_jax import train_checkpoints
 
+BASE_GIN = 'gin_configs/local/study/base.gin'
 DEFAULT_VARIANTS = (
-    'spt:',
-    'no_memory:gin_configs/spt/no_memory.gin',
+    'spt:gin_configs/local/study/spt.gin',
+    'no_memory:gin_configs/local/study/no_memory.gin',
+    'prompt_tuning:gin_configs/local/study/prompt_tuning.gin',
+    'backbone_a:gin_configs/local/study/backbone_a.gin',
+    'frozen_spt:gin_configs/local/study/frozen_spt.gin@backbone_a',
+    'frozen_prompt_tuning:gin_configs/local/study/frozen_prompt_tuning.gin'
+    '@backbone_a',
 )
+RESULT_FILE = 'result.json'
+RESULTS_TABLE = 'results.txt'
+RESULTS_PLOT = 'results.png'
+# Rows of the table after the accuracies: (label, RunResult field, key).
+RETRIEVAL_ROWS = (
+    ('retrieval: same-family overlap', 'same_family_jaccard'),
+    ('retrieval: other-family overlap', 'other_family_jaccard'),
+    ('retrieval: held-out tpl -> own family %', 'heldout_own_family'),
+    ('  (chance %)', 'heldout_chance'),
+)
+AVERAGE = 'average'
 
 
-def parse_variant(spec: str) -> Tuple[str, Tuple[str, ...]]:
-  """'name:a.gin,b.gin' -> ('name', ('a.gin', 'b.gin'))."""
-  name, _, files = spec.partition(':')
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A variant: its gin files, and the variant whose runs it starts from."""
+
+  name: str
+  gin_files: Tuple[str, ...] = ()
+  init_from: Optional[str] = None
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one (variant, seed) run measured; stored as `result.json`.
+
+  Attributes:
+    variant: the variant's name.
+    seed: RANDOM_SEED of the run.
+    step: the last training step.
+    train_loss: the token cross entropy over the last logged period.
+    datasets: accuracy (%) per dataset, the mean over its templates.
+    tasks: accuracy (%) per evaluated task.
+    retrieval: `analysis.retrieval_consistency` (runs with a memory bank).
+    seconds: wall time of training and evaluation.
+  """
+
+  variant: str
+  seed: int
+  step: int
+  train_loss: float
+  datasets: Dict[str, float]
+  tasks: Dict[str, float]
+  retrieval: Dict[str, float] = dataclasses.field(default_factory=dict)
+  seconds: float = 0.0
+
+  @property
+  def average(self) -> float:
+    """The mean accuracy over datasets (each dataset counts once)."""
+    return float(np.mean(list(self.datasets.values())))
+
+  def save(self, path: str) -> None:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+  @classmethod
+  def load(cls, path: str) -> 'RunResult':
+    with open(path) as f:
+      return cls(**json.load(f))
+
+
+def parse_variant(spec: str) -> Variant:
+  """'name:a.gin,b.gin[@other]' -> Variant('name', ('a.gin', 'b.gin'), 'other')."""
+  name, _, rest = spec.partition(':')
   if not name:
-    raise ValueError(f'Expected a variant as NAME:GIN_FILE[,GIN_FILE], got {spec!r}.')
-  return name, tuple(f for f in files.split(',') if f)
+    raise ValueError(
+        f'Expected a variant as NAME:GIN_FILE[,GIN_FILE][@VARIANT], got {spec!r}.'
+    )
+  files, _, init_from = rest.partition('@')
+  return Variant(name, tuple(f for f in files.split(',') if f), init_from or None)
 
 
-def train_variant(
-    name: str,
-    gin_files: Sequence[str],
-    variant_files: Sequence[str],
+def check_variants(variants: Sequence[Variant]) -> None:
+  """Fails when names repeat or a variant starts from one not trained before it."""
+  seen = set()
+  for variant in variants:
+    if variant.name in seen:
+      raise gin_utils.ConfigError(f'Variant {variant.name!r} is given twice.')
+    if variant.init_from and variant.init_from not in seen:
+      raise gin_utils.ConfigError(
+          f'Variant {variant.name!r} starts from {variant.init_from!r}, which '
+          'must be a variant listed before it.'
+      )
+    seen.add(variant.name)
+
+
+def run_dir(model_dir: str, variant: str, seed: int) -> str:
+  return os.path.join(model_dir, variant, f'seed_{seed}')
+
+
+def configure(
+    base_gin_files: Sequence[str],
+    variant: Variant,
     bindings: Sequence[str],
     model_dir: str,
-) -> train_lib.TrainResult:
-  """Trains one variant in `model_dir/name` from a fresh gin configuration."""
+    seed: int,
+) -> str:
+  """Parses a fresh gin configuration of one run; returns its folder."""
+  folder = run_dir(model_dir, variant.name, seed)
+  own = [f'MODEL_DIR = "{folder}"', f'RANDOM_SEED = {seed}']
+  if variant.init_from:
+    own.append(
+        f'INITIAL_CHECKPOINT_PATH = "{run_dir(model_dir, variant.init_from, seed)}"'
+    )
   gin.clear_config()
   gin_utils.parse_gin(
-      list(gin_files) + list(variant_files),
-      list(bindings) + [f'MODEL_DIR = "{os.path.join(model_dir, name)}"'],
+      list(base_gin_files) + list(variant.gin_files), list(bindings) + own
   )
-  print(f'\n== {name} ==', flush=True)
-  return gin.get_configurable(train_lib.train)()
+  return folder
 
 
-def results_table(results: Mapping[str, train_lib.TrainResult]) -> str:
-  """Accuracy per held-out dataset: mean and median over templates per variant."""
-  names = list(results)
-  datasets = sorted(
-      {d for r in results.values() if r.eval_results for d in r.eval_results.datasets}
+@dataclasses.dataclass
+class TaskRows:
+  """A rank-classification task's rows, tokenized once for all runs.
+
+  Attributes:
+    targets: (example index, choice index, is_correct) per row.
+    features: the model's features, arrays [R, ...].
+  """
+
+  targets: List[Tuple[int, int, bool]]
+  features: Dict[str, np.ndarray]
+
+
+def read_rows(
+    task: seqio.Task,
+    task_feature_lengths: Mapping[str, int],
+    feature_converter: seqio.FeatureConverter,
+    split: str = 'validation',
+) -> TaskRows:
+  """Reads a `__score` task's rows into memory."""
+  rows = task.get_dataset(task_feature_lengths, split=split, shuffle=False).cache()
+  targets = [(int(r['idx'][0]), int(r['idx'][1]), bool(r['is_correct']))
+             for r in rows.as_numpy_iterator()]
+  converted = feature_converter(rows, task_feature_lengths)
+  return TaskRows(targets, next(converted.batch(len(targets)).as_numpy_iterator()))
+
+
+def evaluate_rows(
+    rows: Mapping[str, TaskRows], model_fns: eval_lib.ModelFns
+) -> eval_lib.EvalResults:
+  """Accuracy (%) per task and per dataset (mean over its templates).
+
+  seqio's Evaluator costs more per task than scoring a tiny model does, so
+  the study scores every task's rows in one pass; the accuracy is the tasks'
+  own metric (`tasks.metrics.rank_classification_accuracy`).
+  """
+  from tasks import metrics  # pylint: disable=g-import-not-at-top
+  first = next(iter(rows.values()))
+  features = {k: np.concatenate([r.features[k] for r in rows.values()])
+              for k in first.features}
+  enumerated = tf.data.Dataset.from_tensor_slices(features).enumerate()
+  scores = [score for _, score in sorted(model_fns.score_fn(enumerated))]
+  per_task, start = {}, 0
+  for task, task_rows in rows.items():
+    stop = start + len(task_rows.targets)
+    per_task[task] = metrics.rank_classification_accuracy(
+        task_rows.targets, scores[start:stop])
+    start = stop
+  return eval_lib.EvalResults(
+      tasks=per_task, datasets=metrics.aggregate_over_templates(per_task))
+
+
+def measure_retrieval(
+    model: models.SptModel,
+    params: Any,
+    probes: Mapping[str, Mapping[str, Any]],
+    trained: Sequence[str],
+    folder: str,
+) -> Dict[str, float]:
+  """Retrieval consistency of a trained run; writes its report to folder/analysis.
+
+  Args:
+    model: the run's model, with a memory bank.
+    params: its parameters.
+    probes: 'family/template' -> batches of its examples, for the run's
+      training and evaluated templates.
+    trained: the names of the training templates.
+    folder: the run's folder.
+  """
+  indices = analysis.collect_by_task(model, params, probes)
+  num_memories = model.module.spt.num_memories
+  analysis.write_report(indices, num_memories, os.path.join(folder, 'analysis'))
+  return analysis.retrieval_consistency(
+      analysis.usage_counts(indices, num_memories), trained
   )
-  header = ['dataset'] + [f'{n} mean / median' for n in names]
-  rows = []
-  averages: Dict[str, list] = {n: [] for n in names}
-  for dataset in datasets:
-    row = [dataset]
-    for n in names:
-      stats = results[n].eval_results.datasets.get(dataset, {})
-      mean, median = stats.get('mean'), stats.get('median')
-      if mean is None:
-        row.append('-')
-        continue
-      averages[n].append(mean)
-      row.append(f'{mean:5.1f} / {median:5.1f}')
-    rows.append(row)
-  rows.append(
-      ['average'] + [
-          f'{statistics.mean(averages[n]):5.1f}' if averages[n] else '-'
-          for n in names
-      ]
+
+
+class _Data:
+  """What the runs of a study read, read once per task: rows and probes.
+
+  Every variant shares the feature converter (the prompt length is common),
+  and the frozen-backbone setting evaluates a subset of the tasks, so runs
+  reuse them: reading costs more than scoring a tiny model.
+  """
+
+  PROBE_EXAMPLES = 8
+
+  def __init__(self):
+    self._rows: Dict[Any, TaskRows] = {}
+    self._probes: Dict[Any, List[Dict[str, np.ndarray]]] = {}
+
+  @staticmethod
+  def _tasks(mixture: str) -> List[seqio.Task]:
+    return seqio.get_subtasks(seqio.get_mixture_or_task(mixture))
+
+  @staticmethod
+  def _key(model, task, lengths):
+    return (task.name, tuple(sorted(lengths.items())),
+            model.module.spt.prompt_length)
+
+  def rows(self, model, mixture: str, lengths) -> Dict[str, TaskRows]:
+    """Task name -> its rows, for every task of the mixture."""
+    converter = model.FEATURE_CONVERTER_CLS(pack=False)
+    rows = {}
+    for task in self._tasks(mixture):
+      key = self._key(model, task, lengths)
+      if key not in self._rows:
+        self._rows[key] = read_rows(task, lengths, converter)
+      rows[task.name] = self._rows[key]
+    return rows
+
+  def probes(self, model, mixture: str, lengths) -> Dict[str, Any]:
+    """'family/template' -> a batch of a few examples, per task of the mixture."""
+    from tasks import registry  # pylint: disable=g-import-not-at-top
+    converter = model.FEATURE_CONVERTER_CLS(pack=False)
+    probes = {}
+    for task in self._tasks(mixture):
+      key = self._key(model, task, lengths)
+      if key in self._rows:  # Read already for scoring.
+        tokens = self._rows[key].features['encoder_input_tokens']
+        self._probes[key] = [{'encoder_input_tokens': tokens[:self.PROBE_EXAMPLES]}]
+      elif key not in self._probes:
+        batches = analysis.task_batches(
+            converter, [task.name], lengths, batch_size=self.PROBE_EXAMPLES,
+            max_batches=1)
+        self._probes[key] = next(iter(batches.values()))
+      probes['/'.join(registry.template_info(task.name))] = self._probes[key]
+    return probes
+
+
+def train_and_measure(folder: str, data: _Data) -> RunResult:
+  """Trains the configured run, then evaluates it and measures retrieval."""
+  start = time.time()
+  # The study evaluates through `data` (rows read once, no per-example
+  # logs), so the runner's own evaluation is skipped.
+  result = gin.get_configurable(train_lib.train)(eval_mixture_or_task_name=None)
+  model = models.SptModel(gin.get_configurable(network.SptTransformer)())
+  params = train_checkpoints.TrainCheckpoints(folder).restore_params()
+  train_mixture = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
+  eval_mixture = gin.query_parameter('%EVAL_MIXTURE_OR_TASK_NAME')
+  lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
+  evaluated = evaluate_rows(
+      data.rows(model, eval_mixture, lengths),
+      eval_lib.ModelFns(model, params, gin.query_parameter('%EVAL_BATCH_SIZE')))
+  retrieval = {}
+  if model.module.spt.num_memories:
+    trained = data.probes(model, train_mixture, lengths)
+    probes = {**trained, **data.probes(model, eval_mixture, lengths)}
+    retrieval = measure_retrieval(model, params, probes, list(trained), folder)
+  return RunResult(
+      variant='', seed=-1, step=result.step,
+      train_loss=result.metrics.get('cross_entropy', float('nan')),
+      datasets={d: v['mean'] for d, v in evaluated.datasets.items()},
+      tasks={t: m['accuracy'] for t, m in evaluated.tasks.items()},
+      retrieval=retrieval, seconds=time.time() - start,
   )
-  rows.append(
-      ['train loss (last)'] + [
-          f'{results[n].metrics.get("cross_entropy", float("nan")):.3f}'
-          for n in names
-      ]
-  )
-  widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+
+def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
+  """Mean and standard error (sample sd / sqrt(n); nan for one value)."""
+  values = [v for v in values if not math.isnan(v)]
+  if not values:
+    return float('nan'), float('nan')
+  if len(values) == 1:
+    return float(values[0]), float('nan')
+  return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _cell(values: Sequence[float], digits: int = 1) -> str:
+  mean, se = mean_and_se(values)
+  if math.isnan(mean):
+    return '-'
+  if math.isnan(se):
+    return f'{mean:.{digits}f}'
+  return f'{mean:.{digits}f} ± {se:.{digits}f}'
+
+
+def _groups(
+    runs: Mapping[str, Sequence[RunResult]]
+) -> List[Tuple[Tuple[str, ...], List[str]]]:
+  """Variants grouped by the datasets they are evaluated on, in order."""
+  groups: Dict[Tuple[str, ...], List[str]] = {}
+  for name, results in runs.items():
+    if results:
+      datasets = tuple(sorted(results[0].datasets))
+      groups.setdefault(datasets, []).append(name)
+  return list(groups.items())
+
+
+def _format_table(header: List[str], rows: List[List[str]]) -> str:
+  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 
   def fmt(row):
-    return ' | '.join(str(c).ljust(w) for c, w in zip(row, widths))
+    return ' | '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
 
-  line = '-+-'.join('-' * w for w in widths)
-  return '\n'.join([fmt(header), line] + [fmt(r) for r in rows])
+  return '\n'.join([fmt(header), '-+-'.join('-' * w for w in widths)]
+                   + [fmt(r) for r in rows])
+
+
+def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
+  """Mean ± standard error over seeds per dataset, on average and of retrieval.
+
+  One table per set of evaluated datasets (the frozen-backbone variants are
+  evaluated on fewer families). The average is taken per seed over the
+  datasets, then over seeds.
+  """
+  tables = []
+  for datasets, names in _groups(runs):
+    seeds = sorted({len(runs[n]) for n in names})
+    header = ['dataset'] + names
+    rows = [
+        [d] + [_cell([r.datasets[d] for r in runs[n]]) for n in names]
+        for d in datasets
+    ]
+    rows.append([AVERAGE] + [_cell([r.average for r in runs[n]]) for n in names])
+    rows.append(['train loss (last)'] + [
+        _cell([r.train_loss for r in runs[n]], 3) for n in names])
+    if any(runs[n][0].retrieval for n in names):
+      for label, key in RETRIEVAL_ROWS:
+        digits = 2 if 'overlap' in label else 1
+        rows.append([label] + [
+            _cell([r.retrieval[key] for r in runs[n] if r.retrieval], digits)
+            for n in names])
+    tables.append(
+        f'seeds per variant: {"/".join(map(str, seeds))}\n'
+        + _format_table(header, rows))
+  return '\n\n'.join(tables)
+
+
+def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
+  """A PNG of accuracy per dataset and on average, bars ± SE over seeds."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  groups = _groups(runs)
+  figure = Figure(figsize=(11, 3.6 * len(groups)))
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
+  for ax, (datasets, names) in zip(axes, groups):
+    labels = list(datasets) + [AVERAGE]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+      stats = [mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets]
+      stats.append(mean_and_se([r.average for r in runs[name]]))
+      means = [m for m, _ in stats]
+      errors = [0.0 if math.isnan(se) else se for _, se in stats]
+      x = np.arange(len(labels)) + (i - (len(names) - 1) / 2) * width
+      ax.bar(x, means, width, yerr=errors, capsize=2, label=name)
+    ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
+    ax.set_ylabel('accuracy (%)')
+    ax.set_ylim(0, 100)
+    ax.axvline(len(datasets) - 0.5, color='gray', linewidth=0.5)
+    seeds = '/'.join(str(s) for s in sorted({len(runs[n]) for n in names}))
+    ax.set_title(f'zero-shot held-out accuracy, mean ± SE over {seeds} seed(s)',
+                 fontsize=10)
+    ax.legend(fontsize=8, ncol=len(names), loc='upper left')
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  return path
+
+
+def recorded_seeds(variants: Sequence[Variant], model_dir: str) -> int:
+  """How many seeds, from 0 on, every variant has a recorded run of."""
+  seed = 0
+  while all(
+      os.path.exists(os.path.join(run_dir(model_dir, v.name, seed), RESULT_FILE))
+      for v in variants
+  ):
+    seed += 1
+  return seed
+
+
+def run_study(
+    variants: Sequence[Variant],
+    seeds: Iterable[int],
+    model_dir: str,
+    base_gin_files: Sequence[str],
+    bindings: Sequence[str],
+    on_seed_done=None,
+) -> Dict[str, List[RunResult]]:
+  """Trains (or reads back) every (variant, seed), seed by seed.
+
+  Args:
+    variants: in order; a variant's `init_from` comes before it.
+    seeds: RANDOM_SEED of each repetition.
+    model_dir: runs go to `model_dir/<variant>/seed_<seed>`.
+    base_gin_files: the configuration every variant adds its files to.
+    bindings: gin bindings for every run.
+    on_seed_done: called with the results so far after each seed.
+
+  Returns:
+    variant -> its runs' results, in seed order.
+  """
+  check_variants(variants)
+  seeds = list(seeds)
+  runs = {v.name: [] for v in variants}
+  data = _Data()
+  pending = []
+  for seed in seeds:
+    for variant in variants:
+      path = os.path.join(run_dir(model_dir, variant.name, seed), RESULT_FILE)
+      pending.append((seed, variant, path, os.path.exists(path)))
+  # One bar over the study, in training steps: a recorded run counts at once.
+  steps = {}
+  for seed, variant, path, done in pending:
+    if not done:
+      configure(base_gin_files, variant, bindings, model_dir, seed)
+      steps[path] = gin.query_parameter('%TRAIN_STEPS')
+  bar = tqdm.tqdm(total=sum(steps.values()), desc='study', unit='step',
+                  dynamic_ncols=True, disable=not steps)
+  with bar:
+    for i, (seed, variant, path, done) in enumerate(pending):
+      if done:
+        result = RunResult.load(path)
+      else:
+        bar.set_postfix_str(f'{variant.name} seed {seed}')
+        folder = configure(base_gin_files, variant, bindings, model_dir, seed)
+        result = train_and_measure(folder, data)
+        result = dataclasses.replace(result, variant=variant.name, seed=seed)
+        if jax.process_index() == 0:
+          result.save(path)
+        bar.update(steps[path])
+      runs[variant.name].append(result)
+      seed_done = i + 1 == len(pending) or pending[i + 1][0] != seed
+      if seed_done and on_seed_done:
+        on_seed_done(runs)
+  return runs
+
+
+def write_results(runs: Mapping[str, Sequence[RunResult]], model_dir: str) -> str:
+  """Writes results.txt and results.png into model_dir; returns the table."""
+  table = results_table(runs)
+  with open(os.path.join(model_dir, RESULTS_TABLE), 'w') as f:
+    f.write(table + '\n')
+  plot_results(runs, os.path.join(model_dir, RESULTS_PLOT))
+  return table
 
 
 def main(argv: Sequence[str]) -> None:
@@ -101,26 +519,40 @@ def main(argv: Sequence[str]) -> None:
     # Progress bars and the table; --verbosity=0 shows the runner's logs.
     logging.set_verbosity(logging.WARNING)
   variants = [parse_variant(v) for v in FLAGS.variant or DEFAULT_VARIANTS]
-  gin_files = FLAGS.gin_file or ['gin_configs/local/synthetic.gin']
-  results = {
-      name: train_variant(name, gin_files, files, FLAGS.gin_bindings, FLAGS.model_dir)
-      for name, files in variants
-  }
-  if jax.process_index() == 0:
-    table = results_table(results)
-    with open(os.path.join(FLAGS.model_dir, 'results.txt'), 'w') as f:
-      f.write(table + '\n')
-    print('\nZero-shot held-out accuracy (%, rank classification):\n')
+  base = FLAGS.gin_file or [BASE_GIN]
+  is_chief = jax.process_index() == 0
+
+  def record(runs):
+    if is_chief:
+      write_results({k: v for k, v in runs.items() if v}, FLAGS.model_dir)
+
+  start = time.time()
+  # Seeds recorded beyond --seeds (the study's, when the default runs again)
+  # are shown too.
+  seeds = max(FLAGS.seeds, recorded_seeds(variants, FLAGS.model_dir))
+  runs = run_study(variants, range(seeds), FLAGS.model_dir, base,
+                   FLAGS.gin_bindings, on_seed_done=record)
+  if is_chief:
+    table = write_results(runs, FLAGS.model_dir)
+    print('\nZero-shot held-out accuracy (%, rank classification), mean ± '
+          'standard error over seeds:\n')
     print(table)
-    print(f'\nWritten to {os.path.join(FLAGS.model_dir, "results.txt")}.')
+    trained = sum(r.seconds for rs in runs.values() for r in rs)
+    print(f'\nThis invocation: {time.time() - start:.0f} s; the runs recorded '
+          f'took {trained:.0f} s to train and evaluate.')
+    print(f'Written to {os.path.join(FLAGS.model_dir, RESULTS_TABLE)} and '
+          f'{RESULTS_PLOT}.')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('model_dir', 'runs/default', 'Each variant trains in a subfolder.')
+  flags.DEFINE_string('model_dir', 'runs/default',
+                      'Each run trains in MODEL_DIR/<variant>/seed_<seed>.')
+  flags.DEFINE_integer('seeds', 1, 'Seeds per variant (0, 1, ...).')
   flags.DEFINE_multi_string(
       'variant', [],
-      f'NAME:GIN_FILE[,GIN_FILE] added to the base configuration (default: '
-      f'{" and ".join(DEFAULT_VARIANTS)}).',
+      'NAME:GIN_FILE[,GIN_FILE][@VARIANT] added to the base configuration; '
+      '@VARIANT starts from that variant\'s run of the same seed (default: '
+      f'{", ".join(DEFAULT_VARIANTS)}).',
   )
   FLAGS = flags.FLAGS
   gin_utils.run(main)

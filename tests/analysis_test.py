@@ -155,3 +155,55 @@ def test_report_on_a_model(trained, tmp_path):
     assert np.all((matrix >= 0) & (matrix <= 1))
   with open(paths['table_md']) as f:
     assert f.readline().startswith('| name | examples |')
+
+
+def _counts(sets, num_memories=NUM_MEMORIES):
+  """name -> counts [M] of a template that always retrieves `sets[name]`."""
+  return analysis.usage_counts(
+      {name: np.tile(np.array(ids)[None], (4, 1)) for name, ids in sets.items()},
+      num_memories,
+  )
+
+
+def test_nearest_family_shares_ties():
+  families = {'a': np.array([4, 4, 0, 0]), 'b': np.array([0, 0, 4, 4])}
+  assert analysis.nearest_family(np.array([1, 1, 0, 0]), families) == {
+      'a': 1.0, 'b': 0.0}
+  assert analysis.nearest_family(np.array([0, 1, 1, 0]), families) == {
+      'a': 0.5, 'b': 0.5}
+
+
+def test_retrieval_consistency():
+  counts = _counts({
+      'a/t0': [0, 1], 'a/t1': [0, 1], 'a/t2': [0, 2],
+      'b/t0': [3, 4], 'b/t1': [3, 5],
+      'a/new': [1, 2],      # Nearest to a.
+      'b/new': [4, 3],      # Nearest to b.
+      'b/miss': [0, 1],     # Nearest to a.
+      'c/held_out_family': [5, 6],  # Not a trained family: not counted.
+  })
+  trained = ['a/t0', 'a/t1', 'a/t2', 'b/t0', 'b/t1']
+  stats = analysis.retrieval_consistency(counts, trained)
+  # Pairs within a: 1, 1/3, 1/3; within b: 1/3.
+  assert stats['same_family_jaccard'] == pytest.approx((1 + 3 * (1 / 3)) / 4)
+  assert stats['other_family_jaccard'] == 0.0
+  assert stats['heldout_own_family'] == pytest.approx(100 * 2 / 3)
+  assert stats['heldout_chance'] == 50.0
+
+
+def _png_size(path):
+  with open(path, 'rb') as f:
+    header = f.read(24)
+  return int.from_bytes(header[16:20], 'big'), int.from_bytes(header[20:24], 'big')
+
+
+def test_heatmap_gives_every_name_a_legible_row(tmp_path):
+  # 44 templates, the synthetic study's count.
+  names = [f'family_{i // 4}/template_{i % 4}' for i in range(44)]
+  counts = _counts({n: [i % NUM_MEMORIES, (i + 1) % NUM_MEMORIES]
+                    for i, n in enumerate(names)})
+  width, height = _png_size(
+      analysis.plot_heatmap(counts, str(tmp_path / 'heatmap.png')))
+  # At 100 dpi each panel gives a name at least 0.25 inch: room for 8 pt labels.
+  assert height >= 2 * 44 * 25
+  assert width >= 44 * 25

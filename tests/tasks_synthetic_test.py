@@ -167,3 +167,80 @@ def test_rank_classification_task_output():
     assert {r['targets_pretokenized'].decode() for r in example_rows} == set(
         synthetic.LEXICON)
     assert all(r['targets'].dtype == np.int32 for r in example_rows)
+
+
+def _tasks_of(mixture):
+  return [t.name for t in seqio.get_mixture_or_task(mixture).tasks]
+
+
+def _templates_of(mixture):
+  return {registry.template_info(n) for n in _tasks_of(mixture)}
+
+
+def test_study_splits_keep_dev_and_test_apart_from_training():
+  mixtures = synthetic.STUDY_MIXTURES
+  train = _templates_of(mixtures['train'])
+  dev, test = _templates_of(mixtures['dev']), _templates_of(mixtures['test'])
+  assert _tasks_of(mixtures['train']) == _tasks_of(synthetic.TRAIN_MIXTURE)
+  assert (len(train), len(dev), len(test)) == (28, 7 + 4, 7 * 3 + 8)
+  assert not train & dev and not train & test and not dev & test
+  trained_families = {f for f, _ in train}
+  # Held-out families are test only; the dev family is dev only.
+  assert {f for f, _ in test} - trained_families == {'category_last',
+                                                     'cipher_first'}
+  assert {f for f, _ in dev} - trained_families == {'cipher_last'}
+  for mixture in ('dev', 'test'):
+    for name in _tasks_of(mixtures[mixture]):
+      assert name.endswith('__score')
+      task = seqio.get_mixture_or_task(name)
+      assert task.splits == ('validation',)
+      assert task.num_input_examples('validation') == (
+          synthetic.STUDY_TEST_EXAMPLES_PER_TASK if mixture == 'test'
+          else synthetic.STUDY_DEV_EXAMPLES_PER_TASK)
+
+
+def test_study_family_split_for_the_frozen_backbone():
+  mixtures = synthetic.STUDY_MIXTURES
+  a = {f for f, _ in _templates_of(mixtures['train_a'])}
+  b = {f for f, _ in _templates_of(mixtures['train_b'])}
+  assert a == set(synthetic.STUDY_FAMILIES_A)
+  assert b == set(synthetic.STUDY_FAMILIES_B)
+  assert not a & b and a | b == {f.name for f in _TRAINED}
+  assert {f for f, _ in _templates_of(mixtures['test_b'])} == b | {
+      f.name for f in _HELDOUT}
+  assert {f for f, _ in _templates_of(mixtures['dev_b'])} == b | {
+      'cipher_last'}
+
+
+def test_dev_examples_are_other_lists_of_the_evaluation_pool():
+  for family in ('first', 'cipher_last'):
+    dev = synthetic.SyntheticSource(
+        family, 't', ('validation',), 256, synthetic.DEV_SALT)
+    test = synthetic.SyntheticSource(family, 't', ('validation',), 256)
+    dev_lists = {e['words'] for e in dev.examples('validation')}
+    test_lists = {e['words'] for e in test.examples('validation')}
+    assert all(synthetic.in_eval_pool(w.split()) for w in dev_lists)
+    assert len(dev_lists & test_lists) < 5
+  example = synthetic.make_example('cipher_last', 'validation', 0, 'dev')
+  words = example['words'].split()
+  assert example['answer'] == synthetic.CIPHER[words[-1]]
+  assert len(set(example['choices'])) == 4
+
+
+def test_study_instructions_recombine_trained_key_words(sentencepiece):
+  key_words = {**_KEY_WORDS, 'cipher_last': ('secret code', 'last')}
+  lengths = dict(synthetic.SYNTHETIC_FEATURE_LENGTHS, inputs=24)
+  longest = ' '.join(sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS:])
+  for family in synthetic.FAMILIES + synthetic.DEV_FAMILIES:
+    is_dev = family in synthetic.DEV_FAMILIES
+    study = (synthetic.study_templates(family.name).templates
+             if is_dev or not family.heldout else ())
+    own = () if is_dev else family.templates.templates
+    for template in study + own:
+      for word in key_words[family.name]:
+        assert word in template.instruction.lower(), template.name
+      rendered = template.render(
+          {'words': longest, 'answer': longest, 'choices': [longest]})
+      # gin_configs/local/study/base.gin's feature lengths, with EOS.
+      assert len(sentencepiece.encode(rendered.inputs)) < lengths['inputs']
+      assert len(sentencepiece.encode(template.instruction)) < lengths['prompt']
