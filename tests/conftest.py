@@ -5,10 +5,18 @@ before JAX is first imported, so it lives here rather than in the tests.
 """
 import os
 import sys
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Many tests (and the runs they start as subprocesses) compile the same small
+# models and train steps; XLA's persistent cache compiles each program once
+# per machine instead of once per test and process.
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    os.path.join(tempfile.gettempdir(), 'spt_jax_test_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # The repository root holds the `spt_jax` and `tasks` packages.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
