@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Sets up what is missing and runs SPT.
 #
-#   ./run_t5x.sh                 the embedded default: one seed of the study
-#                                below (CPU, under 10 minutes); run again, it
-#                                prints the recorded results
-#   ./run_t5x.sh study [ARGS]    the study: SPT, no memory, prompt tuning and
-#                                the frozen-backbone setting, 3 seeds each,
-#                                mean +- SE (runs/default, reusing the
-#                                default's seed 0; CPU, about 30 min)
+#   ./run_t5x.sh                 the embedded default: SPT, no memory and
+#                                prompt tuning, one seed (CPU, minutes); run
+#                                again, it prints the recorded results
+#   ./run_t5x.sh study [ARGS]    the study: those and the frozen-backbone
+#                                setting, 3 seeds each, mean +- SE
+#                                (runs/default, reusing the default's runs)
 #   ./run_t5x.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run_t5x.sh train ARGS      python -m spt_jax.train ARGS (local runner)
 #   ./run_t5x.sh eval ARGS       python -m spt_jax.eval ARGS
@@ -139,7 +138,7 @@ case "$command" in
     run_python -m spt_jax.compare "$@" ;;
   study)
     ensure_venv requirements.txt
-    run_python -m spt_jax.compare --seeds=3 "$@" ;;
+    run_python -m spt_jax.compare --seeds=3 --frozen_backbone "$@" ;;
   test)
     ensure_venv requirements-test.txt
     ensure_t5x_wheels

@@ -8,18 +8,19 @@ again prints the recorded table. A variant written `NAME:FILES@OTHER` starts
 from the trained run of variant OTHER with the same seed (the local runner's
 INITIAL_CHECKPOINT_PATH): the frozen-backbone setting's stage 2.
 
-With no flags this is the project's embedded default (one seed); the full
-study is the same with three, and reuses the default's runs of seed 0:
+With no flags this is the project's embedded default: one seed of the three
+fully trained variants. The full study adds the frozen-backbone setting and
+two seeds, and reuses the default's runs:
 
-    python -m spt_jax.compare              # runs/default, seed 0
-    python -m spt_jax.compare --seeds=3    # the study: seeds 0, 1, 2
+    python -m spt_jax.compare                                # runs/default
+    python -m spt_jax.compare --seeds=3 --frozen_backbone    # the study
 
 Every invocation shows all the seeds recorded for every variant, at least
 `--seeds`.
 
-The default variants (gin_configs/local/study/): `spt`; `no_memory`;
+The variants (gin_configs/local/study/): `spt`; `no_memory`;
 `prompt_tuning` with as many prepended positions as SPT retrieves; and the
-frozen-backbone setting: `backbone_a`, the backbone alone trained on families
+frozen-backbone setting (`--frozen_backbone`): `backbone_a`, the backbone alone trained on families
 A, then frozen while `frozen_spt` and `frozen_prompt_tuning` adapt to families
 B. Every run is evaluated zero-shot by rank classification on the held-out
 test split (`spt_study_test`, `spt_study_test_b`), and runs with a memory bank
@@ -54,15 +55,18 @@ from spt_jax import train as train_lib
 from spt_jax import train_checkpoints
 
 BASE_GIN = 'gin_configs/local/study/base.gin'
-DEFAULT_VARIANTS = (
+FULL_TRAINING_VARIANTS = (
     'spt:gin_configs/local/study/spt.gin',
     'no_memory:gin_configs/local/study/no_memory.gin',
     'prompt_tuning:gin_configs/local/study/prompt_tuning.gin',
+)
+FROZEN_BACKBONE_VARIANTS = (
     'backbone_a:gin_configs/local/study/backbone_a.gin',
     'frozen_spt:gin_configs/local/study/frozen_spt.gin@backbone_a',
     'frozen_prompt_tuning:gin_configs/local/study/frozen_prompt_tuning.gin'
     '@backbone_a',
 )
+STUDY_VARIANTS = FULL_TRAINING_VARIANTS + FROZEN_BACKBONE_VARIANTS
 RESULT_FILE = 'result.json'
 RESULTS_TABLE = 'results.txt'
 RESULTS_PLOT = 'results.png'
@@ -522,7 +526,9 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS['verbosity'].present:
     # Progress bars and the table; --verbosity=0 shows the runner's logs.
     logging.set_verbosity(logging.WARNING)
-  variants = [parse_variant(v) for v in FLAGS.variant or DEFAULT_VARIANTS]
+  defaults = (STUDY_VARIANTS if FLAGS.frozen_backbone
+              else FULL_TRAINING_VARIANTS)
+  variants = [parse_variant(v) for v in FLAGS.variant or defaults]
   base = FLAGS.gin_file or [BASE_GIN]
   is_chief = jax.process_index() == 0
 
@@ -556,7 +562,11 @@ if __name__ == '__main__':
       'variant', [],
       'NAME:GIN_FILE[,GIN_FILE][@VARIANT] added to the base configuration; '
       '@VARIANT starts from that variant\'s run of the same seed (default: '
-      f'{", ".join(DEFAULT_VARIANTS)}).',
+      f'{", ".join(FULL_TRAINING_VARIANTS)}).',
   )
+  flags.DEFINE_bool(
+      'frozen_backbone', False,
+      'Add the frozen-backbone setting to the default variants: '
+      f'{", ".join(FROZEN_BACKBONE_VARIANTS)}.')
   FLAGS = flags.FLAGS
   gin_utils.run(main)

@@ -20,7 +20,7 @@ def test_parse_variant():
 
 
 def test_default_variants_start_from_earlier_ones():
-  variants = [compare.parse_variant(v) for v in compare.DEFAULT_VARIANTS]
+  variants = [compare.parse_variant(v) for v in compare.STUDY_VARIANTS]
   compare.check_variants(variants)
   for variant in variants:
     for path in variant.gin_files:
@@ -119,7 +119,7 @@ def _configured(variant, tmp_path):
 
 def test_default_variants_configure_the_study(tmp_path):
   variants = {v.name: v for v in map(compare.parse_variant,
-                                     compare.DEFAULT_VARIANTS)}
+                                     compare.STUDY_VARIANTS)}
   configured = {n: _configured(v, tmp_path) for n, v in variants.items()}
   spt, settings = configured['spt']
   assert spt.num_memories > spt.top_k >= 2 and settings['RANDOM_SEED'] == 1
