@@ -144,8 +144,8 @@ def test_sparse_step_with_lazy_sgd_equals_t5x_dense_step(dense_result):
   assert not np.allclose(state.params['memory_bank']['values'], initial)
 
 
-def test_sparse_step_partitioned_over_8_devices_equals_one_device(
-    dense_result):
+def _partitioned(row_optimizer):
+  """(model, partitioner, state axes, state) over 8 devices, bank on `model`."""
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
   # T5X's CPU mesh puts every device on `model`: the bank goes there.
@@ -153,10 +153,17 @@ def test_sparse_step_partitioned_over_8_devices_equals_one_device(
       num_partitions=1,
       logical_axis_rules=t5x_partitioning.standard_logical_axis_rules(
           additional_rules=partitioning.spt_logical_axis_rules('model')))
-  model = _model(t5x_sparse.LazyRowOptimizer('sgd'))
+  model = _model(row_optimizer)
   init = _init(model)
   axes = partitioner.get_mesh_axes(jax.eval_shape(init, jax.random.PRNGKey(0)))
   state = partitioner.partition(init, None, axes)(jax.random.PRNGKey(0))
+  return model, partitioner, axes, state
+
+
+def test_sparse_step_partitioned_over_8_devices_equals_one_device(
+    dense_result):
+  model, partitioner, axes, state = _partitioned(
+      t5x_sparse.LazyRowOptimizer('sgd'))
   step = partitioner.partition(
       _sparse_step(model),
       in_axis_resources=(axes, partitioner.data_partition_spec),
@@ -175,19 +182,10 @@ def test_sparse_step_partitioned_over_8_devices_equals_one_device(
 
 
 def test_lazy_adam_slots_are_split_along_memory_like_the_values():
-  if jax.device_count() < 8:
-    pytest.skip('needs 8 devices')
-  partitioner = t5x_partitioning.PjitPartitioner(
-      num_partitions=1,
-      logical_axis_rules=t5x_partitioning.standard_logical_axis_rules(
-          additional_rules=partitioning.spt_logical_axis_rules('model')))
-  model = _model(t5x_sparse.LazyRowOptimizer('adam'))
-  init = _init(model)
-  axes = partitioner.get_mesh_axes(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  _, _, axes, state = _partitioned(t5x_sparse.LazyRowOptimizer('adam'))
   slots = axes.param_states['memory_bank']['values']
   assert isinstance(slots, sparse_updates.LazyAdamState)
   assert slots.mu[0] == 'model' and slots.nu[0] == 'model'
-  state = partitioner.partition(init, None, axes)(jax.random.PRNGKey(0))
   mu = state.param_states['memory_bank']['values'].mu
   assert {s.data.shape for s in mu.addressable_shards} == {(2, 2, 64)}
 
