@@ -8,6 +8,7 @@ import pytest
 from spt_jax import config
 from spt_jax import models
 from spt_jax import network
+from tests import params_test_utils
 
 VOCAB = 32
 T5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
@@ -98,23 +99,11 @@ def test_every_cached_decode_step_matches_the_uncached_forward_pass(
   encoded = module.apply({'params': params}, encoder_tokens,
                          enable_dropout=False, method=module.encode)
   assert encoded.shape[1] == SPT.prefix_length + INPUT_LENGTH
-  shape = batch['decoder_input_tokens'].shape
-  _, variables = module.apply(
-      {'params': params}, jnp.ones_like(encoder_tokens),
-      jnp.ones(shape, jnp.int32), jnp.ones(shape, jnp.int32),
-      mutable=['cache'], decode=True, enable_dropout=False,
-  )
-  cache = variables['cache']
+  cached = params_test_utils.cached_decode_logits(
+      module, params, encoded, encoder_tokens, batch['decoder_input_tokens'])
   for t in range(TARGET_LENGTH):
-    ids = batch['decoder_input_tokens'][:, t:t + 1]
-    logits, variables = module.apply(
-        {'params': params, 'cache': cache}, encoded, encoder_tokens, ids, ids,
-        enable_dropout=False, decode=True, max_decode_length=TARGET_LENGTH,
-        mutable=['cache'], method=module.decode,
-    )
-    cache = variables['cache']
     np.testing.assert_allclose(
-        logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5, err_msg=f'step {t}'
+        cached[:, t], full[:, t], rtol=1e-5, atol=1e-5, err_msg=f'step {t}'
     )
 
 

@@ -1,6 +1,5 @@
 """Parity of the network (SPT disabled) with `transformers`' T5 1.1 in fp32."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,6 +7,7 @@ pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
 from spt_jax import network  # pylint: disable=g-import-not-at-top
+from tests import params_test_utils  # pylint: disable=g-import-not-at-top
 from tests import t5_reference  # pylint: disable=g-import-not-at-top
 
 ATOL = 1e-4
@@ -50,23 +50,10 @@ def test_cached_decoding_matches_step_by_step(reference):
   encoded = net.apply(
       {'params': params}, encoder, enable_dropout=False, method=net.encode
   )
-  _, variables = net.apply(
-      {'params': params},
-      encoder_input_tokens=jnp.ones_like(encoder),
-      decoder_input_tokens=jnp.ones((3, length), jnp.int32),
-      decoder_target_tokens=jnp.ones((3, length), jnp.int32),
-      mutable=['cache'], decode=True, enable_dropout=False,
-  )
-  cache = variables['cache']
+  cached = params_test_utils.cached_decode_logits(
+      net, params, encoded, encoder, decoder_inputs)
   for step in range(length):
-    ids = decoder_inputs[:, step:step + 1]
-    logits, variables = net.apply(
-        {'params': params, 'cache': cache}, encoded, encoder, ids, ids,
-        enable_dropout=False, decode=True, max_decode_length=length,
-        mutable=['cache'], method=net.decode,
-    )
-    cache = variables['cache']
     np.testing.assert_allclose(
-        np.asarray(logits[:, 0]), theirs[:, step], atol=ATOL, rtol=0,
+        cached[:, step], theirs[:, step], atol=ATOL, rtol=0,
         err_msg=f'decode step {step}',
     )

@@ -1,4 +1,4 @@
-"""A tiny T5 and its parameters, shared by the checkpoint and SPT-parameter tests."""
+"""A tiny T5, its parameters and cached decoding, shared by several test modules."""
 
 import jax
 import jax.numpy as jnp
@@ -48,3 +48,34 @@ def assert_trees_equal(actual, expected):
   for name, value in flat_expected.items():
     assert flat_actual[name].dtype == value.dtype, name
     np.testing.assert_array_equal(flat_actual[name], value, err_msg=name)
+
+
+def cached_decode_logits(net, params, encoded, encoder_tokens, decoder_inputs):
+  """Logits [B, T, V] of teacher-forced decoding one step at a time with the cache.
+
+  Args:
+    net: an `SptTransformer`.
+    params: its parameters.
+    encoded: [B, L, H] the encoder output (`net.encode`).
+    encoder_tokens: [B, T_e] the encoder tokens (their padding mask).
+    decoder_inputs: [B, T] the decoder input tokens, fed one per step.
+  """
+  length = decoder_inputs.shape[1]
+  shape = decoder_inputs.shape
+  _, variables = net.apply(
+      {'params': params}, jnp.ones_like(encoder_tokens),
+      jnp.ones(shape, jnp.int32), jnp.ones(shape, jnp.int32),
+      mutable=['cache'], decode=True, enable_dropout=False,
+  )
+  cache = variables['cache']
+  steps = []
+  for t in range(length):
+    ids = decoder_inputs[:, t:t + 1]
+    logits, variables = net.apply(
+        {'params': params, 'cache': cache}, encoded, encoder_tokens, ids, ids,
+        enable_dropout=False, decode=True, max_decode_length=length,
+        mutable=['cache'], method=net.decode,
+    )
+    cache = variables['cache']
+    steps.append(np.asarray(logits[:, 0]))
+  return np.stack(steps, axis=1)
