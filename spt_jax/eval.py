@@ -30,6 +30,7 @@ from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import partitioning
 from spt_jax import train_checkpoints
+from spt_jax import trainer
 
 # The model features scoring and decoding read from a batch.
 _MODEL_FEATURES = (
@@ -142,29 +143,6 @@ def _padded_batches(dataset, batch_size: int):
     yield indices, features, real
 
 
-def params_shardings(
-    model: models.SptModel,
-    mesh: jax.sharding.Mesh,
-    rules: partitioning.LogicalRules,
-) -> Any:
-  """The training layout of `model`'s parameters on `mesh` (a NamedSharding tree).
-
-  Parameter shapes do not depend on sequence lengths, so a one-token batch
-  (after the discrete prompt's positions) gives them.
-  """
-  shapes = {
-      'encoder_input_tokens': (1, model.module.spt.prompt_length + 1),
-      'decoder_input_tokens': (1, 1),
-      'decoder_target_tokens': (1, 1),
-  }
-  with partitioning.mesh_and_rules(mesh, rules):
-    abstract = jax.eval_shape(
-        lambda rng: model.get_initial_variables(rng, shapes),
-        jax.random.PRNGKey(0),
-    )
-  return partitioning.params_shardings(abstract['params_axes'], mesh, rules)
-
-
 class ModelFns:
   """Jitted scoring and decoding of one model, laid out as in training.
 
@@ -204,7 +182,7 @@ class ModelFns:
     self.model = model
     self.batch_size = batch_size
     self.rules = rules
-    self.params = jax.device_put(params, params_shardings(model, self.mesh, rules))
+    self.params = jax.device_put(params, trainer.params_shardings(model, self.mesh, rules))
     self._batch_sharding = partitioning.data_sharding(self.mesh)
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._score = jax.jit(model.score_batch, out_shardings=replicated)
@@ -341,7 +319,7 @@ def run_eval(
   step = store.latest_step() if step is None else step
   mesh = partitioning.create_mesh(num_partitions)
   params = store.restore_params(
-      step, params_shardings(model, mesh, logical_axis_rules))
+      step, trainer.params_shardings(model, mesh, logical_axis_rules))
   results = evaluate(
       model_fns=ModelFns(model, params, batch_size, mesh, logical_axis_rules),
       mixture_or_task_name=mixture_or_task_name,

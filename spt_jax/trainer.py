@@ -132,6 +132,29 @@ def make_train_step(
   return train_step
 
 
+def params_shardings(
+    model: models.SptModel,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+) -> Any:
+  """The training layout of `model`'s parameters on `mesh` (a NamedSharding tree).
+
+  Parameter shapes do not depend on sequence lengths, so a one-token batch
+  (after the discrete prompt's positions) gives them.
+  """
+  shapes = {
+      'encoder_input_tokens': (1, model.module.spt.prompt_length + 1),
+      'decoder_input_tokens': (1, 1),
+      'decoder_target_tokens': (1, 1),
+  }
+  with partitioning.mesh_and_rules(mesh, rules):
+    abstract = jax.eval_shape(
+        lambda rng: model.get_initial_variables(rng, shapes),
+        jax.random.PRNGKey(0),
+    )
+  return partitioning.params_shardings(abstract['params_axes'], mesh, rules)
+
+
 class ShardedTrainer:
   """Initialises and steps a `TrainState` laid out over a device mesh.
 
@@ -177,14 +200,9 @@ class ShardedTrainer:
     def init_params(rng):
       return self.model.get_initial_variables(rng, input_shapes)['params']
 
+    shardings = params_shardings(self.model, self.mesh, self.rules)
     with self._context():
-      abstract = jax.eval_shape(
-          lambda r: self.model.get_initial_variables(r, input_shapes), rng
-      )
-      params_shardings = partitioning.params_shardings(
-          abstract['params_axes'], self.mesh, self.rules
-      )
-      params = jax.jit(init_params, out_shardings=params_shardings)(rng)
+      params = jax.jit(init_params, out_shardings=shardings)(rng)
       state = jax.jit(self._create_state)(params)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
     return state

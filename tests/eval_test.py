@@ -14,6 +14,7 @@ from spt_jax import models
 from spt_jax import network
 from spt_jax import partitioning
 from spt_jax import train_checkpoints
+from spt_jax import trainer
 
 VOCAB = 32
 SPT = config.SptConfig(num_memories=8, memory_length=2, top_k=2,
@@ -84,7 +85,7 @@ def test_model_parallel_evaluation_keeps_the_training_layout(
   store = train_checkpoints.TrainCheckpoints(str(tmp_path))
   store.save(3, {'params': params, 'opt_state': {'m': np.zeros(5, np.float32)}})
   restored = store.restore_params(
-      3, eval_lib.params_shardings(model, mesh, rules))
+      3, trainer.params_shardings(model, mesh, rules))
   store.close()
   fns = eval_lib.ModelFns(model, restored, batch_size=8, mesh=mesh, rules=rules)
 
