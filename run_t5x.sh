@@ -142,7 +142,8 @@ case "$command" in
   test)
     ensure_venv requirements-test.txt
     ensure_t5x_wheels
-    # loadgroup: each chain of T5X runs stays in one worker (t5x_binaries_test).
+    # loadgroup: each test module stays on one worker (tests/conftest.py),
+    # and so does each chain of T5X runs (t5x_binaries_test).
     run_python -m pytest -n 2 --dist loadgroup "$@" ;;
   train|eval|compare)
     ensure_venv requirements.txt

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import gin
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from spt_jax import gin_utils
@@ -17,7 +19,11 @@ from spt_jax import train as train_lib
 from spt_jax import train_checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One task of the offline mixture: the mechanics under test do not depend on
+# the mixture, and filling 28 tasks' shuffle buffers takes longer than the
+# short runs themselves.
 SMALL_RUN = [
+    'MIXTURE_OR_TASK_NAME = "spt_synthetic__first__first_word_in_list"',
     'BATCH_SIZE = 8',
     'LOG_PERIOD = 5',
     'EVAL_MIXTURE_OR_TASK_NAME = None',
@@ -48,15 +54,23 @@ def _cli(model_dir, *bindings, env_devices=None):
   return argv, env
 
 
-def test_train_checkpoint_resume_and_evaluate(tmp_path):
-  model_dir = str(tmp_path / 'run')
-  first = _train(model_dir, 'TRAIN_STEPS = 40', 'CHECKPOINT_PERIOD = 20')
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A 40-step run (checkpoints 0, 20, 40) that the tests below only read."""
+  model_dir = str(tmp_path_factory.mktemp('trained') / 'run')
+  return model_dir, _train(model_dir, 'TRAIN_STEPS = 40', 'CHECKPOINT_PERIOD = 20')
+
+
+def test_train_checkpoint_resume_and_evaluate(trained, tmp_path):
+  trained_dir, first = trained
   assert first.step == 40
   losses = [m['loss'] for _, m in first.history]
   assert losses[-1] < losses[0] - 0.5, losses
-  assert sorted(os.listdir(os.path.join(model_dir, 'checkpoints'))) == ['0', '20', '40']
-  assert os.listdir(os.path.join(model_dir, 'train'))  # TensorBoard events.
+  assert sorted(os.listdir(os.path.join(trained_dir, 'checkpoints'))) == ['0', '20', '40']
+  assert os.listdir(os.path.join(trained_dir, 'train'))  # TensorBoard events.
 
+  model_dir = str(tmp_path / 'run')
+  shutil.copytree(trained_dir, model_dir)
   resumed = _train(
       model_dir, 'TRAIN_STEPS = 50', 'CHECKPOINT_PERIOD = 20',
       'EVAL_MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout_tasks"',
@@ -69,6 +83,30 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path):
     assert 0.0 <= stats['median'] <= 100.0 and stats['num_templates'] == 4
   with open(os.path.join(model_dir, 'eval', 'eval_results_50.json')) as f:
     assert json.load(f)['datasets'].keys() == datasets.keys()
+
+
+def test_sparse_bank_run_resumes_exactly(tmp_path):
+  """Lazy Adam's row slots are checkpointed: resuming from step 2 gives the
+  uninterrupted run's step 4, parameters and slots alike."""
+  files = ('gin_configs/local/synthetic.gin', 'gin_configs/local/sparse_bank.gin')
+  through = str(tmp_path / 'through')
+  _train(through, 'TRAIN_STEPS = 4', 'CHECKPOINT_PERIOD = 2', files=files)
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(through, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '4'))
+  _train(resumed, 'TRAIN_STEPS = 4', 'CHECKPOINT_PERIOD = 2', files=files)
+
+  def read(model_dir):
+    with ocp.StandardCheckpointer() as checkpointer:
+      return jax.device_get(checkpointer.restore(
+          os.path.join(model_dir, 'checkpoints', '4', 'default')))
+
+  expected, actual = read(through), read(resumed)
+  assert jax.tree.structure(expected) == jax.tree.structure(actual)
+  row_slots = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(expected)
+               if 'mu' in jax.tree_util.keystr(path)]
+  assert row_slots and all(np.any(leaf) for leaf in row_slots)
+  jax.tree.map(np.testing.assert_array_equal, expected, actual)
 
 
 def test_frozen_backbone_changes_only_spt_parameters(tmp_path):
@@ -147,13 +185,12 @@ def test_unknown_task_fails_at_start_with_its_name(tmp_path):
   assert not os.path.exists(tmp_path / 'x' / 'checkpoints')
 
 
-def test_retrieval_analysis_of_a_trained_run(tmp_path):
+def test_retrieval_analysis_of_a_trained_run(trained, tmp_path):
   """The analysis command's work on an offline-mixture model: table and PNG."""
   from spt_jax import analysis  # pylint: disable=g-import-not-at-top
   from spt_jax import models  # pylint: disable=g-import-not-at-top
   from spt_jax import network  # pylint: disable=g-import-not-at-top
-  model_dir = str(tmp_path / 'run')
-  _train(model_dir, 'TRAIN_STEPS = 5')
+  model_dir, _ = trained
   gin.clear_config()
   try:
     gin_utils.parse_gin(['gin_configs/local/synthetic.gin'], [f'MODEL_DIR = "{model_dir}"'])
