@@ -1,5 +1,7 @@
 """A tiny T5, its parameters and cached decoding, shared by several test modules."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,12 +21,14 @@ SHAPES = dict(enc=(2, 9), dec=(2, 5))
 def init_params(spt=config.NO_SPT, t5=T5, seed=0):
   """(network, params as numpy) of a tiny T5 with `spt`."""
   net = network.SptTransformer(t5, spt)
-  variables = net.init(
+  # Under jit: one XLA program (which the persistent compilation cache shares
+  # between tests) instead of an op-by-op dispatch of every initialiser.
+  init = jax.jit(functools.partial(net.init, enable_dropout=False))
+  variables = init(
       jax.random.PRNGKey(seed),
       jnp.ones(SHAPES['enc'], jnp.int32),
       jnp.ones(SHAPES['dec'], jnp.int32),
       jnp.ones(SHAPES['dec'], jnp.int32),
-      enable_dropout=False,
   )
   return net, jax.tree.map(np.asarray, dict(variables['params']))
 
@@ -35,9 +39,8 @@ def logits(net, params):
   enc = rng.integers(2, VOCAB, size=SHAPES['enc'])
   enc[1, 6:] = 0
   dec = rng.integers(2, VOCAB, size=SHAPES['dec'])
-  return np.asarray(
-      net.apply({'params': params}, enc, dec, dec, enable_dropout=False)
-  )
+  apply = jax.jit(functools.partial(net.apply, enable_dropout=False))
+  return np.asarray(apply({'params': params}, enc, dec, dec))
 
 
 def assert_trees_equal(actual, expected):
