@@ -16,6 +16,11 @@ T5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.1)
 SPT = config.SptConfig(
     num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2
 )
+# The gradient checks compile a backward pass per configuration; one layer a
+# side reaches every kind of parameter at half the program size.
+T5_ONE_LAYER = config.t5_1_1_config(
+    'tiny', vocab_size=VOCAB, dropout_rate=0.1, num_encoder_layers=1,
+    num_decoder_layers=1)
 
 
 def _tokens(shape, seed=0, pad_from=None):
@@ -25,20 +30,32 @@ def _tokens(shape, seed=0, pad_from=None):
   return jnp.asarray(tokens, jnp.int32)
 
 
-@functools.lru_cache(maxsize=None)  # Tests share each built network.
-def _init(spt=SPT, t5=T5, enc_len=9, dec_len=5):
-  """(network, variables), initialised with the arguments T5X passes."""
-  net = network.SptTransformer(t5, spt)
-  variables = net.init(
-      jax.random.PRNGKey(0),
-      jnp.ones((2, enc_len), jnp.float32),  # T5X's dummy inputs are float ones.
-      jnp.ones((2, dec_len), jnp.float32),
-      jnp.ones((2, dec_len), jnp.float32),
+def _init_fn(net, enc_len=9, dec_len=5):
+  """`net.init` of a PRNG key, with the arguments T5X passes."""
+  return functools.partial(
+      net.init,
+      encoder_input_tokens=jnp.ones((2, enc_len), jnp.float32),  # T5X's dummy
+      decoder_input_tokens=jnp.ones((2, dec_len), jnp.float32),  # inputs are
+      decoder_target_tokens=jnp.ones((2, dec_len), jnp.float32),  # float ones.
       encoder_positions=None, decoder_positions=None,
       encoder_segment_ids=None, decoder_segment_ids=None,
       decode=False, enable_dropout=False,
   )
+
+
+@functools.lru_cache(maxsize=None)  # Tests share each built network.
+def _init(spt=SPT, t5=T5, enc_len=9, dec_len=5):
+  """(network, variables), initialised with the arguments T5X passes."""
+  net = network.SptTransformer(t5, spt)
+  # One compiled program rather than hundreds of op-by-op dispatches.
+  variables = jax.jit(_init_fn(net, enc_len, dec_len))(jax.random.PRNGKey(0))
   return net, variables
+
+
+@functools.lru_cache(maxsize=None)  # Same network and flags: one trace.
+def _apply(net, **static):
+  """`net.apply` under jit (as T5X calls it), with `static` keyword arguments."""
+  return jax.jit(functools.partial(net.apply, **static))
 
 
 def test_init_returns_only_params_and_their_axes():
@@ -64,39 +81,36 @@ def test_t5x_contract_calls():
   net, variables = _init()
   params = variables['params']
   enc, dec = _tokens((2, 9), pad_from=7), _tokens((2, 5), seed=1)
-  logits = net.apply(
-      {'params': params}, enc, dec, dec,
-      encoder_segment_ids=None, decoder_segment_ids=None,
+  logits = _apply(
+      net, encoder_segment_ids=None, decoder_segment_ids=None,
       encoder_positions=None, decoder_positions=None,
-      decode=False, enable_dropout=True, rngs={'dropout': jax.random.PRNGKey(1)},
-  )
+      decode=False, enable_dropout=True,
+  )({'params': params}, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(1)})
   assert logits.shape == (2, 5, VOCAB)
 
-  encoded = net.apply(
-      {'params': params}, enc, enable_dropout=False, method=net.encode
-  )
+  encoded = _apply(net, enable_dropout=False, method=net.encode)(
+      {'params': params}, enc)
   assert encoded.shape == (2, SPT.prefix_length + 9, T5.emb_dim)
   assert SPT.prefix_length == 2 + 2 * 3
 
   max_len = 4
-  _, cache_vars = net.apply(
+  _, cache_vars = _apply(
+      net, mutable=('cache',), decode=True, enable_dropout=False,
+  )(
       {'params': params},
       encoder_input_tokens=jnp.ones((2, 9), jnp.int32),
       decoder_input_tokens=jnp.ones((2, max_len), jnp.int32),
       decoder_target_tokens=jnp.ones((2, max_len), jnp.int32),
-      mutable=['cache'], decode=True, enable_dropout=False,
   )
   cache = cache_vars['cache']
   ids = jnp.zeros((2, 1), jnp.int32)
   # Targets only shape the padding mask; any non-padding id will do.
-  teacher_forced = net.apply(
-      {'params': params}, enc, ids, jnp.ones_like(ids), enable_dropout=False,
-  )
-  step_logits, new_vars = net.apply(
-      {'params': params, 'cache': cache}, encoded, enc, ids, ids,
-      enable_dropout=False, decode=True, max_decode_length=max_len,
-      mutable=['cache'], method=net.decode,
-  )
+  teacher_forced = _apply(net, enable_dropout=False)(
+      {'params': params}, enc, ids, jnp.ones_like(ids))
+  step_logits, new_vars = _apply(
+      net, enable_dropout=False, decode=True, max_decode_length=max_len,
+      mutable=('cache',), method=net.decode,
+  )({'params': params, 'cache': cache}, encoded, enc, ids, ids)
   assert step_logits.shape == (2, 1, VOCAB)
   np.testing.assert_allclose(step_logits, teacher_forced, atol=1e-5)
   assert int(new_vars['cache']['decoder']['layers_0']['self_attention']['cache_index']) == 1
@@ -105,10 +119,9 @@ def test_t5x_contract_calls():
 def test_retrieval_telemetry_and_losses_are_sown_on_request():
   net, variables = _init()
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
-  _, sown = net.apply(
-      {'params': variables['params']}, enc, dec, dec, enable_dropout=False,
-      mutable=['intermediates', 'losses'],
-  )
+  _, sown = _apply(
+      net, enable_dropout=False, mutable=('intermediates', 'losses'),
+  )({'params': variables['params']}, enc, dec, dec)
   (indices,) = sown['intermediates']['retrieval_indices']
   (scores,) = sown['intermediates']['retrieval_scores']
   assert indices.shape == scores.shape == (2, SPT.top_k)
@@ -124,7 +137,7 @@ def test_gradients_reach_every_part(strategy, combine):
       num_memories=16, memory_length=3, top_k=3, soft_prompt_length=2,
       retrieval=strategy, combine=combine,
   )
-  net, variables = _init(spt)
+  net, variables = _init(spt, T5_ONE_LAYER)
   enc, dec = _tokens((4, 9)), _tokens((4, 5), seed=1)
 
   def loss(params):
@@ -153,8 +166,9 @@ def test_padding_does_not_change_outputs():
   enc = _tokens((1, 6))
   padded = jnp.concatenate([enc, jnp.zeros((1, 5), jnp.int32)], axis=1)
   dec = _tokens((1, 4), seed=1)
-  short = net.apply({'params': params}, enc, dec, dec, enable_dropout=False)
-  long = net.apply({'params': params}, padded, dec, dec, enable_dropout=False)
+  forward = _apply(net, enable_dropout=False)
+  short = forward({'params': params}, enc, dec, dec)
+  long = forward({'params': params}, padded, dec, dec)
   np.testing.assert_allclose(short, long, atol=1e-5)
 
 
@@ -170,10 +184,8 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
 
   def run(net, tokens):
-    logits, sown = net.apply(
-        {'params': params}, tokens, dec, dec, enable_dropout=False,
-        mutable=['intermediates'],
-    )
+    logits, sown = _apply(net, enable_dropout=False, mutable=('intermediates',))(
+        {'params': params}, tokens, dec, dec)
     return logits, np.asarray(sown['intermediates']['retrieval_indices'][0])
 
   # The first four input tokens as the in-band prompt, or as the span before
@@ -196,11 +208,9 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   without_memory = network.SptTransformer(
       T5, dataclasses.replace(spt, num_memories=0))
   no_memory_params = {k: v for k, v in params.items() if k != 'memory_bank'}
-  short = without_memory.apply(
-      {'params': no_memory_params}, with_prompt, dec, dec, enable_dropout=False)
-  changed = without_memory.apply(
-      {'params': no_memory_params}, other_prompt, dec, dec,
-      enable_dropout=False)
+  forward = _apply(without_memory, enable_dropout=False)
+  short = forward({'params': no_memory_params}, with_prompt, dec, dec)
+  changed = forward({'params': no_memory_params}, other_prompt, dec, dec)
   np.testing.assert_allclose(short, changed, atol=1e-6)
   assert logits.shape == (2, 5, VOCAB)
 
@@ -223,7 +233,9 @@ def test_vocab_sample_init_draws_embedding_rows():
 
 
 def test_disabled_spt_has_no_spt_parameters():
-  _, variables = _init(config.NO_SPT)
+  # Only the names matter: shapes suffice, nothing is compiled.
+  net = network.SptTransformer(T5, config.NO_SPT)
+  variables = jax.eval_shape(_init_fn(net), jax.random.PRNGKey(0))
   assert set(variables['params']) == {'token_embedder', 'encoder', 'decoder'}
 
 
@@ -254,19 +266,27 @@ def test_wrong_token_rank_and_encoded_length_are_named():
                       method=with_prompt.encode)
 
 
-@pytest.mark.parametrize('policy', ['full', 'dots'])
-def test_remat_matches_plain_gradients(policy):
-  t5_remat = config.t5_1_1_config('tiny', vocab_size=VOCAB, remat_policy=policy, dropout_rate=0.0)
-  t5_plain = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
-  net_plain, variables = _init(SPT, t5_plain)
-  net_remat = network.SptTransformer(t5_remat, SPT)
+@functools.lru_cache(maxsize=None)  # Both policies compare to one plain run.
+def _squared_logit_gradients(remat_policy):
+  """Gradients of the summed squared logits, one layer a side, no dropout."""
+  t5 = config.t5_1_1_config(
+      'tiny', vocab_size=VOCAB, remat_policy=remat_policy, dropout_rate=0.0,
+      num_encoder_layers=1, num_decoder_layers=1)
+  # Rematerialisation leaves the parameters as they are: one set for all.
+  _, variables = _init(SPT, dataclasses.replace(t5, remat_policy='none'))
+  net = network.SptTransformer(t5, SPT)
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
 
-  def loss(net):
-    return lambda p: jnp.sum(net.apply({'params': p}, enc, dec, dec, enable_dropout=False) ** 2)
+  def loss(p):
+    return jnp.sum(net.apply({'params': p}, enc, dec, dec, enable_dropout=False) ** 2)
 
-  g_plain = jax.jit(jax.grad(loss(net_plain)))(variables['params'])
-  g_remat = jax.jit(jax.grad(loss(net_remat)))(variables['params'])
+  return jax.jit(jax.grad(loss))(variables['params'])
+
+
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_remat_matches_plain_gradients(policy):
+  g_plain = _squared_logit_gradients('none')
+  g_remat = _squared_logit_gradients(policy)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -276,8 +296,8 @@ def test_bfloat16_activations_stay_close_to_float32():
   net32, variables = _init()
   net16 = network.SptTransformer(t5_bf16, SPT)
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
-  out32 = net32.apply(variables, enc, dec, dec, enable_dropout=False)
-  out16 = net16.apply(variables, enc, dec, dec, enable_dropout=False)
+  out32 = _apply(net32, enable_dropout=False)(variables, enc, dec, dec)
+  out16 = _apply(net16, enable_dropout=False)(variables, enc, dec, dec)
   assert out16.dtype == jnp.float32  # Logits stay float32.
   assert jax.tree.leaves(variables['params'])[0].dtype == jnp.float32
   np.testing.assert_allclose(out16, out32, atol=0.25)
