@@ -23,7 +23,9 @@ def _model_and_params():
   t5 = config.t5_1_1_config('tiny', vocab_size=64, dropout_rate=0.0)
   spt = config.SptConfig(num_memories=8, memory_length=2, top_k=2, soft_prompt_length=2)
   model = models.SptModel(network.SptTransformer(t5, spt))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)['params']
+  # One compiled init rather than op-by-op dispatch.
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
+      jax.random.PRNGKey(0))['params']
   return model, params
 
 
@@ -42,6 +44,22 @@ def model_and_params():
   return _model_and_params()
 
 
+@pytest.fixture(scope='module')
+def sgd_steps(model_and_params):
+  """trainable -> (initial state, compiled SGD step): each step is compiled
+  once, run by the tests and measured for its flops."""
+  model, params = model_and_params
+  optimizer = optax.sgd(0.1)
+  steps = {}
+  for trainable in ('spt_only', 'all'):
+    state = trainer.TrainState.create(params, optimizer, trainable)
+    step = trainer.make_train_step(model, optimizer, trainable)
+    compiled = jax.jit(step).lower(
+        state, _batch(), jax.random.PRNGKey(1)).compile()
+    steps[trainable] = state, compiled
+  return steps
+
+
 def test_frozen_state_has_optimizer_slots_for_spt_parameters_only(
     model_and_params,
 ):
@@ -54,19 +72,16 @@ def test_frozen_state_has_optimizer_slots_for_spt_parameters_only(
 
 
 def test_frozen_step_is_sgd_on_spt_parameters_and_keeps_the_backbone(
-    model_and_params,
+    model_and_params, sgd_steps,
 ):
   model, params = model_and_params
-  optimizer = optax.sgd(0.1)
-  state = trainer.TrainState.create(params, optimizer, 'spt_only')
-  frozen_step = trainer.make_train_step(model, optimizer, 'spt_only')
-  new_state, metrics = jax.jit(frozen_step)(
-      state, _batch(), jax.random.PRNGKey(1)
-  )
+  state, frozen_step = sgd_steps['spt_only']
+  new_state, metrics = frozen_step(state, _batch(), jax.random.PRNGKey(1))
 
   # Oracle: the full gradient, and SGD applied to the SPT groups alone.
   rng = jax.random.fold_in(jax.random.PRNGKey(1), 0)
-  grads = jax.grad(lambda p: model.loss_fn(p, _batch(), rng)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, _batch(), rng)[0]))(
+      params)
   spt_grads, _ = spt_params.split_spt_params(grads)
   for group in params:
     for got, old, grad in zip(jax.tree.leaves(new_state.params[group]),
@@ -82,23 +97,15 @@ def test_frozen_step_is_sgd_on_spt_parameters_and_keeps_the_backbone(
   assert float(metrics['grad_norm']) > 0
 
   # The backbone's weight gradients are never computed.
-  full_state = trainer.TrainState.create(params, optimizer)
-  full_step = trainer.make_train_step(model, optimizer, 'all')
-
-  def flops(step, state):
-    lowered = jax.jit(step).lower(state, _batch(), jax.random.PRNGKey(1))
-    return lowered.compile().cost_analysis()['flops']
-
-  assert flops(frozen_step, state) < 0.9 * flops(full_step, full_state)
+  _, full_step = sgd_steps['all']
+  flops = lambda compiled: compiled.cost_analysis()['flops']
+  assert flops(frozen_step) < 0.9 * flops(full_step)
 
 
-def test_full_step_updates_everything(model_and_params):
-  model, params = model_and_params
-  optimizer = optax.sgd(0.1)
-  state = trainer.TrainState.create(params, optimizer)
-  new_state, _ = jax.jit(trainer.make_train_step(model, optimizer))(
-      state, _batch(), jax.random.PRNGKey(1)
-  )
+def test_full_step_updates_everything(model_and_params, sgd_steps):
+  _, params = model_and_params
+  state, full_step = sgd_steps['all']
+  new_state, _ = full_step(state, _batch(), jax.random.PRNGKey(1))
   assert int(new_state.step) == 1
   kernel = ('encoder', 'layers_0', 'mlp', 'wo', 'kernel')
   old, new = params, new_state.params
