@@ -43,7 +43,9 @@ def model_and_params():
   spt = config.SptConfig(
       num_memories=NUM_MEMORIES, memory_length=2, top_k=2, soft_prompt_length=2)
   model = models.SptModel(network.SptTransformer(t5, spt))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)['params']
+  # One compiled init rather than op-by-op dispatch.
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
+      jax.random.PRNGKey(0))['params']
   return model, params
 
 
@@ -205,7 +207,9 @@ def test_sharded_sparse_step_equals_one_device():
   spt = config.SptConfig(num_memories=NUM_MEMORIES, memory_length=2, top_k=2,
                          top_k_chunks=8)
   model = models.SptModel(network.SptTransformer(t5, spt))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)['params']
+  # One compiled init rather than op-by-op dispatch.
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
+      jax.random.PRNGKey(0))['params']
   optimizer = sparse_updates.sparse_bank_optimizer(optax.sgd(0.5), 'adam', 0.01)
   single, _, _ = _steps(model, params, optimizer)
   sharded = trainer.ShardedTrainer(
