@@ -29,7 +29,9 @@ def trained():
       'decoder_input_tokens': (2, 4),
       'decoder_target_tokens': (2, 4),
   }
-  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)['params']
+  # One compiled init rather than op-by-op dispatch.
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+      jax.random.PRNGKey(0))['params']
   return model, params
 
 
@@ -59,11 +61,11 @@ def test_collect_retrievals_matches_the_network(trained):
   assert all(len(set(row)) == 3 for row in indices)  # k distinct memories.
   # The same indices the full forward pass sows.
   batch = next(_batches(0))
-  _, state = model.module.apply(
-      {'params': params}, batch['encoder_input_tokens'],
+  _, state = jax.jit(lambda p, tokens: model.module.apply(
+      {'params': p}, tokens,
       jnp.ones((4, 2), jnp.int32), jnp.ones((4, 2), jnp.int32),
       enable_dropout=False, mutable=['intermediates'],
-  )
+  ))(params, batch['encoder_input_tokens'])
   np.testing.assert_array_equal(
       indices[:4], state['intermediates']['retrieval_indices'][0]
   )
