@@ -38,7 +38,9 @@ def model_params_and_features():
       'decoder_loss_weights': (targets > 0).astype(np.int32),
   }
   shapes = {k: v.shape for k, v in features.items()}
-  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)['params']
+  # One compiled init rather than op-by-op dispatch.
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+      jax.random.PRNGKey(0))['params']
   return model, params, features
 
 
