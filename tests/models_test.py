@@ -42,7 +42,9 @@ def model_and_params():
       pull_loss_weight=0.5, balance_loss_weight=0.25,
   )
   shapes = {k: v.shape for k, v in _batch().items()}
-  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)['params']
+  # One compiled init rather than op-by-op dispatch.
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+      jax.random.PRNGKey(0))['params']
   return model, params
 
 
