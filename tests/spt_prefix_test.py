@@ -36,10 +36,10 @@ def _encoder_tokens():
 def _build(spt):
   net = network.SptTransformer(T5, spt)
   tokens = jnp.ones((2, INPUT_LENGTH + spt.prompt_length), jnp.int32)
-  variables = net.init(
-      jax.random.PRNGKey(0), tokens, tokens[:, :3], tokens[:, :3],
-      enable_dropout=False,
-  )
+  # One compiled init rather than op-by-op dispatch.
+  variables = jax.jit(lambda rng: net.init(
+      rng, tokens, tokens[:, :3], tokens[:, :3], enable_dropout=False,
+  ))(jax.random.PRNGKey(0))
   return net, {'params': variables['params']}
 
 
@@ -55,6 +55,12 @@ def _prefix(module, encoder_input_tokens):
   return module.prefix(tokens, embedded, prompt_tokens, True), embedded
 
 
+def _run_prefix(net, variables, tokens):
+  """`_prefix` of `net` and its sown intermediates, compiled as one program."""
+  return jax.jit(lambda v, t: net.apply(
+      v, t, method=_prefix, mutable=['intermediates']))(variables, tokens)
+
+
 def test_parameters_and_sown_values_stay_top_level(spt_net):
   net, variables = spt_net
   params = variables['params']
@@ -66,10 +72,11 @@ def test_parameters_and_sown_values_stay_top_level(spt_net):
   assert set(params['memory_bank']['query_projection']) == {'kernel'}
   assert set(params['soft_prompt']) == {'prompt'}
   tokens = _encoder_tokens()
-  _, sown = net.apply(
-      variables, tokens, tokens[:, :3], tokens[:, :3], enable_dropout=False,
+  # Only the names of the sown values are checked: shapes suffice.
+  _, sown = jax.eval_shape(lambda v, t: net.apply(
+      v, t, t[:, :3], t[:, :3], enable_dropout=False,
       mutable=['intermediates', 'losses'],
-  )
+  ), variables, tokens)
   assert set(sown['intermediates']) == {'retrieval_indices', 'retrieval_scores'}
   assert set(sown['losses']) == {'pull_loss', 'balance_loss'}
 
@@ -77,9 +84,7 @@ def test_parameters_and_sown_values_stay_top_level(spt_net):
 def test_prefix_is_the_soft_prompt_then_the_weighted_memories(spt_net):
   net, variables = spt_net
   tokens = _encoder_tokens()
-  ((x, mask), embedded), sown = net.apply(
-      variables, tokens, method=_prefix, mutable=['intermediates']
-  )
+  ((x, mask), embedded), sown = _run_prefix(net, variables, tokens)
   params = variables['params']
   soft = SPT.soft_prompt_length
   memory = SPT.memory_positions
@@ -118,16 +123,12 @@ def test_first_layer_query_pools_the_first_encoder_layer_over_the_prompt():
 
   full = net.apply(variables, tokens, method=oracle_scores)
   expected = np.sort(np.asarray(full), axis=-1)[:, ::-1][:, :FIRST_LAYER.top_k]
-  _, sown = net.apply(
-      variables, tokens, method=_prefix, mutable=['intermediates']
-  )
+  _, sown = _run_prefix(net, variables, tokens)
   (scores,) = sown['intermediates']['retrieval_scores']
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
   # The embeddings alone (the default source) would have retrieved otherwise.
   by_embeddings = network.SptTransformer(
       T5, dataclasses.replace(FIRST_LAYER, query_source='embeddings')
   )
-  _, sown = by_embeddings.apply(
-      variables, tokens, method=_prefix, mutable=['intermediates']
-  )
+  _, sown = _run_prefix(by_embeddings, variables, tokens)
   assert not np.allclose(sown['intermediates']['retrieval_scores'][0], scores)
