@@ -84,9 +84,11 @@ def test_local_run_files_build_a_runnable_model(files):
     trainable = gin.query_parameter('%TRAINABLE')
   assert net.config.vocab_size == 512 and net.spt.num_memories == 8
   assert trainable == ('spt_only' if len(files) == 2 else 'all')
-  variables = net.init(jax.random.PRNGKey(0), jax.numpy.ones((1, 24), int),
-                       jax.numpy.ones((1, 4), int), jax.numpy.ones((1, 4), int),
-                       enable_dropout=False)
+  # Compiled and run as one program rather than op by op.
+  variables = jax.jit(lambda rng: net.init(
+      rng, jax.numpy.ones((1, 24), int), jax.numpy.ones((1, 4), int),
+      jax.numpy.ones((1, 4), int), enable_dropout=False))(
+          jax.random.PRNGKey(0))
   assert 'memory_bank' in variables['params']
 
 
