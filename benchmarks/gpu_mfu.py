@@ -67,7 +67,15 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--peak_tflops', type=float, default=None)
   parser.add_argument('--allow_cpu', action='store_true')
+  parser.add_argument(
+      '--variants', default=','.join(step_time.VARIANTS),
+      help='Comma-separated subset of the variants (one compile each: on a '
+           'short lease, --variants=spt).')
   args = parser.parse_args()
+  variants = args.variants.split(',')
+  unknown = sorted(set(variants) - set(step_time.VARIANTS))
+  if unknown:
+    parser.error(f'unknown variants {unknown}; choose from {list(step_time.VARIANTS)}')
 
   try:
     devices = jax.devices('gpu')
@@ -89,7 +97,9 @@ def main() -> None:
   backbone = step_time.backbone_params(cfg, shapes, seed=0)
   optimizer = trainer.adafactor()
   steps, flops = {}, {}
-  for name, spt in step_time.VARIANTS.items():
+  for name in variants:
+    spt = step_time.VARIANTS[name]
+    common.log(f'compiling {name}')
     params = backbone
     if spt.prefix_length:
       params = spt_params.initialize_spt_params(
