@@ -142,9 +142,11 @@ case "$command" in
   test)
     ensure_venv requirements-test.txt
     ensure_t5x_wheels
-    # loadgroup: each test module stays on one worker (tests/conftest.py),
-    # and so does each chain of T5X runs (t5x_binaries_test).
-    run_python -m pytest -n 2 --dist loadgroup "$@" ;;
+    # loadfile: each test module runs in one worker, so that its module
+    # fixtures (trained runs, compiled models, chains of T5X runs) are built
+    # once. (xdist_group marks, for --dist loadgroup, have no effect with
+    # pytest 9 and pytest-xdist 3.8.)
+    run_python -m pytest -n 2 --dist loadfile "$@" ;;
   train|eval|compare)
     ensure_venv requirements.txt
     run_python -m "spt_jax.$command" "$@" ;;

@@ -7,8 +7,6 @@ import os
 import sys
 import tempfile
 
-import pytest
-
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -24,15 +22,12 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-  """Keeps each module on one xdist worker (`--dist loadgroup`).
+# `--dist loadfile` hands modules to the workers in collection order: the
+# modules that run whole trainings in subprocesses go first, so that the short
+# ones fill in at the end instead of one long module running alone.
+_LONG_MODULES = ('t5x_binaries_test', 'train_test', 'newcomer_test')
 
-  Module-scoped fixtures (trained runs, compiled models) are built by every
-  worker that runs a test of the module; split over two workers, they were
-  built twice. A module may still spread its tests over workers by marking
-  them with groups of its own (t5x_binaries_test's chains of runs).
-  """
-  for item in items:
-    if item.get_closest_marker('xdist_group') is None:
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.module.__name__.rsplit('.', 1)[-1]
+             not in _LONG_MODULES)

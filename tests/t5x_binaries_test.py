@@ -10,7 +10,8 @@ tiny model and offline data, in two chains whose runs several checks share:
   frozen backbone, the bank carried over (GLUE and SuperGLUE are small
   prepared TFDS folders written here).
 
-Each chain runs in one pytest-xdist worker (`--dist loadgroup`).
+The module runs in one pytest-xdist worker (`--dist loadfile`), so each chain's
+runs are made once.
 """
 import glob
 import json
@@ -54,10 +55,6 @@ STAGE_BINDINGS = [
     NO_TRAIN_EVAL,
 ]
 
-synthetic_chain = pytest.mark.xdist_group('t5x_synthetic')
-stage_chain = pytest.mark.xdist_group('t5x_stages')
-
-
 def _params(checkpoint_dir):
   return traverse_util.flatten_dict(
       t5x_checkpoints.load_t5x_params(checkpoint_dir), sep='/')
@@ -92,7 +89,6 @@ def scratch_run(tmp_path_factory):
   return model_dir
 
 
-@synthetic_chain
 def test_train_from_scratch_lowers_the_loss_and_writes_checkpoints(scratch_run):
   for step in (0, 20, SYNTHETIC_STEPS):
     assert os.path.isdir(os.path.join(scratch_run, f'checkpoint_{step}'))
@@ -106,7 +102,6 @@ def test_train_from_scratch_lowers_the_loss_and_writes_checkpoints(scratch_run):
   assert not np.array_equal(first['memory_bank/keys'], last['memory_bank/keys'])
 
 
-@synthetic_chain
 def test_eval_reports_accuracy_per_template_and_per_dataset(
     scratch_run, tmp_path):
   output_dir = str(tmp_path)
@@ -137,7 +132,6 @@ def test_eval_reports_accuracy_per_template_and_per_dataset(
   assert aggregate['accuracy_median'] == pytest.approx(np.median(cipher_first))
 
 
-@synthetic_chain
 def test_infer_writes_predictions(scratch_run, tmp_path):
   output_dir = str(tmp_path)
   t5x_test_utils.run_binary(
@@ -250,7 +244,6 @@ def super_glue_stage(stage_setup, glue_stage):
   return model_dir
 
 
-@stage_chain
 def test_finetuning_a_converted_checkpoint_keeps_its_bank(
     stage_setup, glue_stage):
   _, converted, _ = stage_setup
@@ -264,7 +257,6 @@ def test_finetuning_a_converted_checkpoint_keeps_its_bank(
     assert not np.array_equal(trained[name], given[name]), name
 
 
-@stage_chain
 def test_super_glue_stage_carries_the_bank_over_a_frozen_backbone(
     glue_stage, super_glue_stage):
   after_glue = _params(os.path.join(glue_stage, f'checkpoint_{STAGE_STEPS}'))
