@@ -12,6 +12,7 @@ from spt_jax import analysis
 from spt_jax import config
 from spt_jax import models
 from spt_jax import network
+from tests import params_test_utils
 
 VOCAB = 64
 NUM_MEMORIES = 16
@@ -29,9 +30,7 @@ def trained():
       'decoder_input_tokens': (2, 4),
       'decoder_target_tokens': (2, 4),
   }
-  # One compiled init rather than op-by-op dispatch.
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
-      jax.random.PRNGKey(0))['params']
+  params = params_test_utils.initial_params(model, shapes)
   return model, params
 
 

@@ -15,6 +15,7 @@ from spt_jax import network
 from spt_jax import partitioning
 from spt_jax import train_checkpoints
 from spt_jax import trainer
+from tests import params_test_utils
 
 VOCAB = 32
 SPT = config.SptConfig(num_memories=8, memory_length=2, top_k=2,
@@ -38,9 +39,7 @@ def model_params_and_features():
       'decoder_loss_weights': (targets > 0).astype(np.int32),
   }
   shapes = {k: v.shape for k, v in features.items()}
-  # One compiled init rather than op-by-op dispatch.
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
-      jax.random.PRNGKey(0))['params']
+  params = params_test_utils.initial_params(model, shapes)
   return model, params, features
 
 

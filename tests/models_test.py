@@ -42,9 +42,7 @@ def model_and_params():
       pull_loss_weight=0.5, balance_loss_weight=0.25,
   )
   shapes = {k: v.shape for k, v in _batch().items()}
-  # One compiled init rather than op-by-op dispatch.
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
-      jax.random.PRNGKey(0))['params']
+  params = params_test_utils.initial_params(model, shapes)
   return model, params
 
 

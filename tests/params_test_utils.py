@@ -33,6 +33,18 @@ def init_params(spt=config.NO_SPT, t5=T5, seed=0):
   return net, jax.tree.map(np.asarray, dict(variables['params']))
 
 
+def initial_params(model, input_shapes, seed=0):
+  """`model.get_initial_variables(...)['params']` under jit (see init_params).
+
+  Args:
+    model: a model with T5X's `get_initial_variables(rng, input_shapes)`.
+    input_shapes: feature name -> shape, e.g. {'encoder_input_tokens': [B, T]}.
+    seed: the PRNG seed.
+  """
+  return jax.jit(lambda rng: model.get_initial_variables(rng, input_shapes))(
+      jax.random.PRNGKey(seed))['params']
+
+
 def logits(net, params):
   """Logits [2, 5, VOCAB] of a fixed padded batch."""
   rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ from spt_jax import network
 from spt_jax import partitioning
 from spt_jax import sparse_updates
 from spt_jax import trainer
+from tests import params_test_utils
 
 BATCH = 8
 SHAPES = {
@@ -43,9 +44,7 @@ def model_and_params():
   spt = config.SptConfig(
       num_memories=NUM_MEMORIES, memory_length=2, top_k=2, soft_prompt_length=2)
   model = models.SptModel(network.SptTransformer(t5, spt))
-  # One compiled init rather than op-by-op dispatch.
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
-      jax.random.PRNGKey(0))['params']
+  params = params_test_utils.initial_params(model, SHAPES)
   return model, params
 
 
@@ -207,9 +206,7 @@ def test_sharded_sparse_step_equals_one_device():
   spt = config.SptConfig(num_memories=NUM_MEMORIES, memory_length=2, top_k=2,
                          top_k_chunks=8)
   model = models.SptModel(network.SptTransformer(t5, spt))
-  # One compiled init rather than op-by-op dispatch.
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
-      jax.random.PRNGKey(0))['params']
+  params = params_test_utils.initial_params(model, SHAPES)
   optimizer = sparse_updates.sparse_bank_optimizer(optax.sgd(0.5), 'adam', 0.01)
   single, _, _ = _steps(model, params, optimizer)
   sharded = trainer.ShardedTrainer(

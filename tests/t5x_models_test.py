@@ -29,6 +29,7 @@ from spt_jax import models
 from spt_jax import network
 from spt_jax import partitioning
 from spt_jax import t5x_models
+from tests import params_test_utils
 
 PROMPT_LENGTH = 3
 SHAPES = {
@@ -62,9 +63,7 @@ def _model(cls, module=None, **kwargs):
 @pytest.fixture(scope='module')
 def params():
   model = _model(t5x_models.SptEncoderDecoderModel)
-  # One compiled init rather than op-by-op dispatch.
-  return jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
-      jax.random.PRNGKey(0))['params']
+  return params_test_utils.initial_params(model, SHAPES)
 
 
 @pytest.fixture(scope='module')

@@ -11,6 +11,7 @@ from spt_jax import models
 from spt_jax import network
 from spt_jax import spt_params
 from spt_jax import trainer
+from tests import params_test_utils
 
 SHAPES = {
     'encoder_input_tokens': (2, 8),
@@ -23,9 +24,7 @@ def _model_and_params():
   t5 = config.t5_1_1_config('tiny', vocab_size=64, dropout_rate=0.0)
   spt = config.SptConfig(num_memories=8, memory_length=2, top_k=2, soft_prompt_length=2)
   model = models.SptModel(network.SptTransformer(t5, spt))
-  # One compiled init rather than op-by-op dispatch.
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, SHAPES))(
-      jax.random.PRNGKey(0))['params']
+  params = params_test_utils.initial_params(model, SHAPES)
   return model, params
 
 
