@@ -5,8 +5,8 @@ SPT (`trainer.make_train_step` under `jax.jit`, donated state) on 8 fake CPU
 devices: mesh data=2, model=4, the backbone split over `model` by T5X's rules
 (eight data-parallel replicas of T5-base would not fit in 24 GB; 4 divides
 T5-base's 12 heads, 8 does not) and the bank split along `memory` over
-`model` too: 4 shards, shard-local top-k (`top_k_chunks = 8`, 2 chunks per
-shard). Two variants:
+both axes (the default rules): 8 shards, none replicated, shard-local top-k
+(`top_k_chunks = 8`, one chunk per shard). Two variants:
 
   dense    Adafactor on every parameter; the values' gradient is the dense
            [M, P, H] scatter (the default)
@@ -97,9 +97,9 @@ def worker(num_memories: int, memory_length: int, variant: str,
   input_shapes = {k: v.shape for k, v in batch.items()}
 
   # Eight data-parallel replicas of T5-base do not fit in 24 GB: the model
-  # is split over `model` (4: T5-base's 12 heads), and the bank with it.
+  # is split over `model` (4: T5-base's 12 heads); the bank over all devices.
   mesh = partitioning.create_mesh(num_partitions=partitions)
-  rules = partitioning.default_rules(memory_mesh_axis='model')
+  rules = partitioning.default_rules()
   data = partitioning.data_sharding(mesh)
   with partitioning.mesh_and_rules(mesh, rules):
     abstract = jax.eval_shape(
@@ -256,7 +256,7 @@ def main() -> None:
       'dtype': args.dtype, 'platform': args.platform,
       'devices': DEVICES, 'mesh': {'data': DEVICES // MODEL_PARTITIONS,
                                    'model': MODEL_PARTITIONS},
-      'bank_shards': MODEL_PARTITIONS,
+      'bank_shards': DEVICES,
       'memory': 'xla_per_device_*: compiled.memory_analysis() of the step on '
                 'one of the 8 devices; state_bytes_device0: the allocated '
                 'state on device 0',

@@ -5,9 +5,10 @@ onto the ('data', 'model') mesh axes, as T5X's `PjitPartitioner` does. SPT adds
 four logical axes, which T5X runs register through
 `standard_logical_axis_rules.additional_rules = @spt_logical_axis_rules()`:
 
-  memory         the bank's memories   -> `data` by default: a bank of 1e5-1e6
-                                          memories is the largest SPT tensor, so
-                                          it is split over the biggest mesh axis
+  memory         the bank's memories   -> ('data', 'model') by default: a bank
+                                          of 1e5-1e6 memories is the largest SPT
+                                          tensor, so it is split over every
+                                          device, not replicated over either axis
   memory_length  vectors per memory    -> replicated
   memory_embed   the key width         -> replicated
   prompt         soft prompt positions -> replicated
@@ -15,7 +16,7 @@ four logical axes, which T5X runs register through
 
 import contextlib
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import flax
 import flax.linen as nn
@@ -23,12 +24,19 @@ from flax.linen import partitioning as nn_partitioning
 import jax
 import numpy as np
 
-LogicalRules = Sequence[Tuple[str, Optional[str]]]
+MeshAxes = Optional[Union[str, Tuple[str, ...]]]
+LogicalRules = Sequence[Tuple[str, MeshAxes]]
 MESH_AXES = ('data', 'model')
 
 
-def spt_logical_axis_rules(memory_mesh_axis: Optional[str] = 'data') -> LogicalRules:
-  """Rules for the logical axes SPT adds to the T5 network."""
+def spt_logical_axis_rules(memory_mesh_axis: MeshAxes = MESH_AXES) -> LogicalRules:
+  """Rules for the logical axes SPT adds to the T5 network.
+
+  Args:
+    memory_mesh_axis: the mesh axis, or axes, the bank's `memory` axis is
+      split over. With one axis (e.g. 'data') the bank is replicated over
+      the other: each shard's keys' gradient is then all-reduced over it.
+  """
   return (
       ('memory', memory_mesh_axis),
       ('memory_length', None),
@@ -61,7 +69,7 @@ def standard_logical_axis_rules(
   )
 
 
-def default_rules(memory_mesh_axis: Optional[str] = 'data') -> LogicalRules:
+def default_rules(memory_mesh_axis: MeshAxes = MESH_AXES) -> LogicalRules:
   """The standard rules with SPT's axes, as the gin configs bind them."""
   return standard_logical_axis_rules(spt_logical_axis_rules(memory_mesh_axis))
 
@@ -126,21 +134,32 @@ def current_mesh() -> Optional[Any]:
   return None if physical.empty else physical
 
 
-def logical_mesh_axis(logical_name: str) -> Optional[Tuple[Any, str, int]]:
-  """(mesh, mesh axis, its size) that a logical axis is split over, or None.
+def logical_mesh_axis(
+    logical_name: str,
+) -> Optional[Tuple[Any, Union[str, Tuple[str, ...]], int]]:
+  """(mesh, mesh axis or axes, number of shards) a logical axis is split over.
 
   None when no mesh or rules are in scope, or when the rules replicate the
-  axis or map it to a mesh axis of size 1.
+  axis or split it into one shard.
   """
   mesh = current_mesh()
   if mesh is None:
     return None
   spec = nn_partitioning.logical_to_mesh_axes((logical_name,))
   axis = spec[0] if spec else None
-  if not isinstance(axis, str) or axis not in mesh.axis_names:
+  names = (axis,) if isinstance(axis, str) else axis
+  if not isinstance(names, tuple) or not names or not all(
+      isinstance(name, str) and name in mesh.axis_names for name in names):
     return None
-  size = dict(zip(mesh.axis_names, mesh.axis_sizes))[axis]
+  size = mesh_axis_size(mesh, axis)
   return (mesh, axis, size) if size > 1 else None
+
+
+def mesh_axis_size(mesh, axis: Union[str, Tuple[str, ...]]) -> int:
+  """Number of shards along a mesh axis, or along several axes together."""
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  names = (axis,) if isinstance(axis, str) else axis
+  return int(np.prod([sizes[name] for name in names]))
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ H model width, S perturbation samples.
 """
 
 import functools
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import jax
 from jax import lax
@@ -146,12 +146,12 @@ def shard_local_top_k(
     scores: Array,
     k: int,
     mesh,
-    axis: str,
+    axis: Union[str, Tuple[str, ...]],
     approx: bool = False,
     recall_target: float = 0.95,
     chunks_per_shard: int = 1,
 ) -> Tuple[Array, Array]:
-  """Top-k of scores [B, M] split along M over `axis` of `mesh`.
+  """Top-k of scores [B, M] split along M over `axis` (one or more) of `mesh`.
 
   Each of the S shards selects k among its [B, M / S] scores (in
   `chunks_per_shard` chunks), with global indices; the [S, B, k] candidates
@@ -164,7 +164,7 @@ def shard_local_top_k(
   """
   select = _selector(approx, recall_target)
   batch, num_memories = scores.shape
-  size = dict(zip(mesh.axis_names, mesh.axis_sizes))[axis]
+  size = partitioning.mesh_axis_size(mesh, axis)
   local_memories = num_memories // size
 
   def local(shard):  # [B, M / S] -> [1, B, k] twice.

@@ -91,7 +91,7 @@ def test_model_parallel_evaluation_keeps_the_training_layout(
   fns = eval_lib.ModelFns(model, restored, batch_size=8, mesh=mesh, rules=rules)
 
   leaves = jax.tree.leaves(fns.params)
-  # Model-parallel weights split over `model`, the bank over `data`: no
+  # Model-parallel weights split over `model`, the bank over every device: no
   # device holds every parameter.
   assert any(_sharded_over(leaf, 'model') for leaf in leaves)
   assert _sharded_over(fns.params['memory_bank']['values'], 'data')

@@ -183,7 +183,7 @@ def test_t5x_run_files(run_files, script, bindings, monkeypatch):
         bindings, script, monkeypatch,
     )
     rules = gin.get_configurable(t5x_partitioning.standard_logical_axis_rules)()
-    assert ('memory', 'data') in rules
+    assert ('memory', ('data', 'model')) in rules
     assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'tasks'
     if script == 't5x.train':
       assert gin.query_parameter('train/utils.DatasetConfig.pack') is False

@@ -64,10 +64,11 @@ def test_memory_bank_is_split_over_the_memory_axis(runs):
   bank, state, _ = runs['sharded']
   for name, full_shape in [('keys', (16, 64)), ('values', (16, 2, 64))]:
     array = state.params['memory_bank'][name]
-    assert array.sharding.spec[0] == 'data', array.sharding
+    assert array.sharding.spec[0] == ('data', 'model'), array.sharding
     shard_shapes = {s.data.shape for s in array.addressable_shards}
-    assert shard_shapes == {(4,) + full_shape[1:]}  # 16 memories over data=4.
-    assert bank[name].sharding.spec[0] == 'data'
+    # 16 memories over all 8 devices (data=4 x model=2), not replicated.
+    assert shard_shapes == {(2,) + full_shape[1:]}
+    assert bank[name].sharding.spec[0] == ('data', 'model')
   # Model-parallel axes of the backbone are split over `model`.
   wi = state.params['encoder']['layers_0']['mlp']['wi_0']['kernel']
   assert wi.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
@@ -98,3 +99,21 @@ def test_chunked_top_k_under_the_mesh_matches_exact():
 def test_create_mesh_rejects_bad_partitions():
   with pytest.raises(ValueError, match='must divide'):
     partitioning.create_mesh(3, jax.devices()[:8])
+
+
+@pytest.mark.parametrize('memory_mesh_axis, expected', [
+    (('data', 'model'), (('data', 'model'), 8)),
+    ('data', ('data', 4)),
+    ('model', ('model', 2)),
+    (None, None),
+])
+def test_logical_mesh_axis_counts_the_shards_of_the_bank(
+    memory_mesh_axis, expected):
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  mesh = partitioning.create_mesh(2, jax.devices()[:8])
+  assert partitioning.logical_mesh_axis('memory') is None  # No mesh in scope.
+  with partitioning.mesh_and_rules(
+      mesh, partitioning.default_rules(memory_mesh_axis)):
+    found = partitioning.logical_mesh_axis('memory')
+  assert (found and found[1:]) == expected
