@@ -1,13 +1,19 @@
 """Test-session setup shared by every test module.
 
-Eight fake CPU devices let the sharding tests build real meshes; the flag must be set
-before JAX is first imported, so it lives here rather than in the tests.
+Eight fake CPU devices let the sharding tests build real meshes, and XLA compiles
+without LLVM's expensive passes (xla_flags.py); the flags must be set before JAX is
+first imported, so they live here rather than in the tests.
 """
 import os
 import sys
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# The repository root holds the `spt_jax` and `tasks` packages.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import xla_flags  # pylint: disable=g-import-not-at-top
+
+os.environ.setdefault('XLA_FLAGS', xla_flags.xla_flags(8))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Many tests (and the runs they start as subprocesses) compile the same small
@@ -17,9 +23,6 @@ os.environ.setdefault(
     'JAX_COMPILATION_CACHE_DIR',
     os.path.join(tempfile.gettempdir(), 'spt_jax_test_compilation_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-
-# The repository root holds the `spt_jax` and `tasks` packages.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # `--dist loadfile` hands modules to the workers in collection order: the

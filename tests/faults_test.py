@@ -27,6 +27,7 @@ from tasks import prompt_templates
 from tasks import prompted
 from tasks import sources
 from tasks import vocab
+from tests import tasks_test_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODULE = '''
@@ -103,8 +104,7 @@ def test_nan_loss_stops_the_run(tmp_path):
   with pytest.raises(train_lib.TrainingDiverged, match='The loss is'):
     _train(tmp_path, 'Z_LOSS = 1e999', 'TRAIN_STEPS = 2', 'LOG_PERIOD = 1',
            'BATCH_SIZE = 8',
-           # One task: filling the whole mixture's shuffle buffers takes longer.
-           'MIXTURE_OR_TASK_NAME = "spt_synthetic__first__first_word_in_list"')
+           f'MIXTURE_OR_TASK_NAME = "{tasks_test_utils.SHORT_RUN_TASK}"')
   assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['0']
 
 

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tasks import vocab
+from tests import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_FLAGS = [
@@ -49,7 +50,7 @@ def _env(project, devices):
       'PYTHONPATH': os.pathsep.join([str(project), REPO]),
       'SPT_VOCAB_PATH': vocab.SYNTHETIC_VOCAB_PATH,
       'SPT_DATA_DIR': str(project / 'data'),
-      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+      'XLA_FLAGS': xla_flags.xla_flags(devices),
   })
   return env
 

@@ -198,9 +198,9 @@ def test_assignment_map_keeps_or_drops_spt_parameters():
 def test_partitioner_shards_the_bank_and_adafactor_factors_it():
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
-  # T5X's CPU mesh puts every local device on `model` (data=1, model=8), so
-  # the bank is mapped to `model` here to see it split; vocabulary and heads
-  # are multiples of 8 (T5 pads its 32100 pieces to 32128 for this).
+  # T5X's CPU mesh puts every local device on `model` (data=1, model=8); the
+  # default rules split the bank over both axes, so over all 8. Vocabulary
+  # and heads are multiples of 8 (T5 pads its 32100 pieces to 32128 for this).
   module = network.SptTransformer(
       config.t5_1_1_config('tiny', vocab_size=64, num_heads=8, head_dim=8),
       dataclasses.replace(SPT, soft_prompt_length=2))
@@ -208,8 +208,7 @@ def test_partitioner_shards_the_bank_and_adafactor_factors_it():
   partitioner = t5x_partitioning.PjitPartitioner(
       num_partitions=1,
       logical_axis_rules=t5x_partitioning.standard_logical_axis_rules(
-          additional_rules=partitioning.spt_logical_axis_rules('model')
-      ),
+          additional_rules=partitioning.spt_logical_axis_rules()),
   )
 
   def init(rng):
@@ -219,7 +218,7 @@ def test_partitioner_shards_the_bank_and_adafactor_factors_it():
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   axes = partitioner.get_mesh_axes(abstract)
   bank_axes = axes.params['memory_bank']
-  assert bank_axes['values'][0] == 'model' and bank_axes['keys'][0] == 'model'
+  assert bank_axes['values'][0] == bank_axes['keys'][0] == ('data', 'model')
   state = partitioner.partition(init, None, axes)(jax.random.PRNGKey(0))
   values = state.params['memory_bank']['values']
   assert values.shape == (8, 2, 64)

@@ -12,6 +12,8 @@ from typing import Sequence
 import pytest
 import seqio
 
+from tests import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRE_T5X_ENV = 'SPT_REQUIRE_T5X'
 # The 26-piece SentencePiece model that seqio's wheel ships.
@@ -40,7 +42,7 @@ def run_binary(module: str, gin_files: Sequence[str], bindings: Sequence[str],
   command += [f'--gin_file={f}' for f in gin_files]
   command += [f'--gin.{b}' for b in bindings]
   full_env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-                  XLA_FLAGS='--xla_force_host_platform_device_count=1',
+                  XLA_FLAGS=xla_flags.xla_flags(1),
                   TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
   result = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=BINARY_TIMEOUT_S, check=False)

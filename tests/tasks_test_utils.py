@@ -15,6 +15,10 @@ TEST_VOCAB_PATH = os.path.join(
     os.path.dirname(seqio.__file__), 'test_data', 'sentencepiece',
     'sentencepiece.model')
 LENGTHS = {'inputs': 64, 'targets': 16, 'prompt': 16}
+# One task of the offline mixture, for short local runs: what they test does
+# not depend on the mixture, and filling 28 tasks' shuffle buffers takes
+# longer than the runs themselves.
+SHORT_RUN_TASK = 'spt_synthetic__first__first_word_in_list'
 
 
 def offline_vocabulary() -> seqio.SentencePieceVocabulary:

@@ -17,13 +17,12 @@ import pytest
 from spt_jax import gin_utils
 from spt_jax import train as train_lib
 from spt_jax import train_checkpoints
+from tests import tasks_test_utils
+from tests import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One task of the offline mixture: the mechanics under test do not depend on
-# the mixture, and filling 28 tasks' shuffle buffers takes longer than the
-# short runs themselves.
 SMALL_RUN = [
-    'MIXTURE_OR_TASK_NAME = "spt_synthetic__first__first_word_in_list"',
+    f'MIXTURE_OR_TASK_NAME = "{tasks_test_utils.SHORT_RUN_TASK}"',
     'BATCH_SIZE = 8',
     'LOG_PERIOD = 5',
     'EVAL_MIXTURE_OR_TASK_NAME = None',
@@ -50,7 +49,7 @@ def _cli(model_dir, *bindings, env_devices=None):
   argv += [f'--gin.{b.replace(" = ", "=")}' for b in SMALL_RUN + list(bindings)]
   env = dict(os.environ)
   if env_devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={env_devices}'
+    env['XLA_FLAGS'] = xla_flags.xla_flags(env_devices)
   return argv, env
 
 
