@@ -206,7 +206,7 @@ def main() -> None:
       help='Comma-separated memories:length pairs.')
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument(
-      '--max_gb', type=float, default=12.0,
+      '--max_gb', type=float, default=20.0,
       help='Run a variant only if XLA says the process needs less (GB).')
   parser.add_argument('--dtype', default='float32',
                       help="Activation dtype ('bfloat16' on a GPU).")
