@@ -343,7 +343,9 @@ def pull_loss(query: Array, keys: Array, indices: Array) -> Array:
     x = x.astype(jnp.float32)
     return x * lax.rsqrt(jnp.sum(x**2, -1, keepdims=True) + 1e-12)
 
-  selected = jnp.take(normalize(keys), indices, axis=0)  # [B, k, D]
+  # Gathered before normalising: k rows per query, not the whole bank, in
+  # both the forward pass and its gradient.
+  selected = normalize(jnp.take(keys, indices, axis=0))  # [B, k, D]
   cosine = jnp.einsum('bd,bkd->bk', normalize(query), selected)
   return jnp.mean(1.0 - cosine)
 
