@@ -145,14 +145,17 @@ def test_sparse_step_with_lazy_sgd_equals_t5x_dense_step(dense_result):
 
 
 def _partitioned(row_optimizer):
-  """(model, partitioner, state axes, state) over 8 devices, bank on `model`."""
+  """(model, partitioner, state axes, state) over 8 devices, bank on all 8.
+
+  T5X's CPU mesh puts every device on `model` (data=1); the default rules
+  split the bank over both axes.
+  """
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
-  # T5X's CPU mesh puts every device on `model`: the bank goes there.
   partitioner = t5x_partitioning.PjitPartitioner(
       num_partitions=1,
       logical_axis_rules=t5x_partitioning.standard_logical_axis_rules(
-          additional_rules=partitioning.spt_logical_axis_rules('model')))
+          additional_rules=partitioning.spt_logical_axis_rules()))
   model = _model(row_optimizer)
   init = _init(model)
   axes = partitioner.get_mesh_axes(jax.eval_shape(init, jax.random.PRNGKey(0)))
@@ -185,7 +188,7 @@ def test_lazy_adam_slots_are_split_along_memory_like_the_values():
   _, _, axes, state = _partitioned(t5x_sparse.LazyRowOptimizer('adam'))
   slots = axes.param_states['memory_bank']['values']
   assert isinstance(slots, sparse_updates.LazyAdamState)
-  assert slots.mu[0] == 'model' and slots.nu[0] == 'model'
+  assert slots.mu[0] == slots.nu[0] == ('data', 'model')
   mu = state.param_states['memory_bank']['values'].mu
   assert {s.data.shape for s in mu.addressable_shards} == {(2, 2, 64)}
 
