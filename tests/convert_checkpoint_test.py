@@ -143,7 +143,8 @@ def test_command_line(hf_model, tmp_path):
       f'--hf_path={folder}', f'--output_dir={out}', '--num_memories=4',
       '--memory_length=2', '--memory_init=vocab_sample', '--seed=1',
   ]
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags.xla_flags(1)}
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': xla_flags.xla_flags(1)}
   done = subprocess.run(
       command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
   )
@@ -197,7 +198,9 @@ def test_command_line_errors_are_short_and_name_the_path(tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'spt_jax.convert_checkpoint',
        f'--hf_path={missing}', f'--output_dir={tmp_path / "out"}'],
-      cwd=REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags.xla_flags(1)},
+      cwd=REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': xla_flags.xla_flags(1)},
       capture_output=True, text=True, timeout=120)
   assert done.returncode == 1
   assert f"No Hugging Face checkpoint at '{missing}'" in done.stderr

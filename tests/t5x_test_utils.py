@@ -41,9 +41,10 @@ def run_binary(module: str, gin_files: Sequence[str], bindings: Sequence[str],
   command = [sys.executable, '-m', module, f'--gin_search_paths={REPO}']
   command += [f'--gin_file={f}' for f in gin_files]
   command += [f'--gin.{b}' for b in bindings]
-  full_env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-                  XLA_FLAGS=xla_flags.xla_flags(1),
-                  TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
+  # `env` overrides the defaults, XLA_FLAGS included (e.g. more devices).
+  full_env = {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu',
+              'XLA_FLAGS': xla_flags.xla_flags(1),
+              'TF_CPP_MIN_LOG_LEVEL': '3', **(env or {})}
   result = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=BINARY_TIMEOUT_S, check=False)
   if result.returncode:
