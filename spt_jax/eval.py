@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import seqio
 
+from spt_jax import distributed
 from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import partitioning
@@ -320,12 +321,17 @@ def run_eval(
   mesh = partitioning.create_mesh(num_partitions)
   params = store.restore_params(
       step, trainer.params_shardings(model, mesh, logical_axis_rules))
+  # Every host computes the same metrics; one writes them.
+  if jax.process_index() == 0:
+    output_dir = output_dir or os.path.join(checkpoint_dir, 'eval')
+  else:
+    output_dir = None
   results = evaluate(
       model_fns=ModelFns(model, params, batch_size, mesh, logical_axis_rules),
       mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=task_feature_lengths,
       split=split,
-      output_dir=output_dir or os.path.join(checkpoint_dir, 'eval'),
+      output_dir=output_dir,
       step=step,
   )
   logging.info('Evaluation at step %s:\n%s', step, results.to_json())
@@ -334,11 +340,15 @@ def run_eval(
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  distributed.initialize_from_flags()
   # Gin binds the importable module's function, not this `__main__` copy.
   from spt_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin_flags(entry=eval_lib.run_eval)
-  print(gin.get_configurable(eval_lib.run_eval)().to_json())
+  results = gin.get_configurable(eval_lib.run_eval)()
+  if jax.process_index() == 0:
+    print(results.to_json())
 
 
 if __name__ == '__main__':
+  distributed.define_flags()
   gin_utils.run(main, short_errors=(train_checkpoints.CheckpointError,))

@@ -34,6 +34,7 @@ import optax
 import seqio
 import tqdm
 
+from spt_jax import distributed
 from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
 from spt_jax import models
@@ -59,30 +60,56 @@ class TrainResult:
   eval_results: Optional[eval_lib.EvalResults] = None
 
 
+def host_shard() -> seqio.ShardInfo:
+  """This process's share of the input: one shard per host."""
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
 def get_train_dataset(
     mixture_or_task_name: str,
     task_feature_lengths: Mapping[str, int],
     batch_size: int,
     feature_converter_cls: Type[seqio.FeatureConverter],
     seed: int,
+    shard_info: Optional[seqio.ShardInfo] = None,
+    num_epochs: Optional[int] = None,
 ):
-  """This host's shard of the shuffled, repeated training batches."""
-  num_hosts = jax.process_count()
-  if batch_size % num_hosts:
+  """One host's shard of the shuffled, repeated training batches.
+
+  Each host reads its own shard of every task (seqio splits a task's files
+  over the hosts, or its examples where it has fewer files than hosts), so
+  the input pipeline's work is divided, not repeated; each host's batches
+  are its rows of the global batch. The data order therefore depends on the
+  number of hosts; the training step does not (tests/multihost_test.py).
+
+  Args:
+    mixture_or_task_name: the training mixture or task.
+    task_feature_lengths: feature lengths.
+    batch_size: the global batch size.
+    feature_converter_cls: the model's feature converter.
+    seed: shuffling seed.
+    shard_info: the shard to read (default: this process's, `host_shard`).
+    num_epochs: passes over the data (None: repeat for ever).
+
+  Returns:
+    Batches of `batch_size // num_shards` rows.
+  """
+  shard_info = shard_info or host_shard()
+  if batch_size % shard_info.num_shards:
     raise gin_utils.ConfigError(
-        f'BATCH_SIZE={batch_size} must divide over {num_hosts} hosts.'
+        f'BATCH_SIZE={batch_size} must divide over {shard_info.num_shards} hosts.'
     )
   dataset = seqio.get_dataset(
       mixture_or_task_name,
       task_feature_lengths=task_feature_lengths,
       dataset_split='train',
       shuffle=True,
-      num_epochs=None,
-      shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=num_hosts),
+      num_epochs=num_epochs,
+      shard_info=shard_info,
       feature_converter=feature_converter_cls(pack=False),
       seed=seed,
   )
-  return dataset.batch(batch_size // num_hosts, drop_remainder=True)
+  return dataset.batch(batch_size // shard_info.num_shards, drop_remainder=True)
 
 
 def check_settings(
@@ -378,12 +405,7 @@ def _with_initial_params(sharded, state, path):
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  if FLAGS.multiprocess:
-    jax.distributed.initialize(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=FLAGS.process_count,
-        process_id=FLAGS.process_index,
-    )
+  distributed.initialize_from_flags()
   # Gin binds the importable module's function, not this `__main__` copy.
   from spt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin_flags(entry=train_lib.train)
@@ -397,16 +419,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   # Defined here, as in T5X, so that importing this module defines no flags.
-  flags.DEFINE_bool(
-      'multiprocess', False,
-      'Call jax.distributed.initialize() first (one process per host).',
-  )
-  flags.DEFINE_string(
-      'coordinator_address', None, 'host:port of process 0 (--multiprocess).'
-  )
-  flags.DEFINE_integer('process_count', None, 'Processes (--multiprocess).')
-  flags.DEFINE_integer('process_index', None, 'This process (--multiprocess).')
-  FLAGS = flags.FLAGS
+  distributed.define_flags()
   gin_utils.run(
       main, short_errors=(train_checkpoints.CheckpointError, TrainingDiverged)
   )

@@ -540,7 +540,10 @@ class P3Source(seqio.DataSource):
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
-    return False
+    # Sharded here (`get_dataset`), by files or by examples: seqio's own
+    # example sharding would split a stream whose order is not the same on
+    # every host (shards are interleaved non-deterministically).
+    return True
 
   def __repr__(self) -> str:
     return f'{type(self).__name__}({self._folder!r}, splits={self.splits})'
@@ -686,15 +689,28 @@ class P3Source(seqio.DataSource):
       use_cached: bool = False,
       num_epochs: Optional[int] = 1,
   ) -> tf.data.Dataset:
-    """Reads a split; `shard_info` shards the list of files."""
+    """Reads a split, or one host's part of it (`shard_info`).
+
+    With at least as many files as hosts, each host reads every
+    `num_shards`-th file; with fewer, every host reads all files in one
+    fixed order and keeps every `num_shards`-th example.
+    """
     del sequence_length, use_cached, num_epochs  # Unused.
     if split not in self.splits:
       raise ValueError(
           f"P3 folder {self._folder} has no split '{split}' (it has "
           f'{list(self.splits)}).')
     files = list(self.list_shards(split))
+    if shard_info and len(files) < shard_info.num_shards:
+      ds = self._read_files(split, files, shuffle=False, seed=None)
+      return ds.shard(shard_info.num_shards, shard_info.index)
     if shard_info:
       files = files[shard_info.index::shard_info.num_shards]
+    return self._read_files(split, files, shuffle, seed)
+
+  def _read_files(self, split: str, files: Sequence[str], shuffle: bool,
+                  seed: Optional[int]) -> tf.data.Dataset:
+    """The examples of `files`, in a fixed order unless `shuffle`."""
     sizes = [tf.io.gfile.stat(f).length for f in files]
     for file, size in zip(files, sizes):
       self._check_not_lfs_pointer(file, size)
