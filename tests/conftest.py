@@ -28,7 +28,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 # `--dist loadfile` hands modules to the workers in collection order: the
 # modules that run whole trainings in subprocesses go first, so that the short
 # ones fill in at the end instead of one long module running alone.
-_LONG_MODULES = ('t5x_binaries_test', 'train_test', 'newcomer_test')
+_LONG_MODULES = ('t5x_binaries_test', 'train_test', 'newcomer_test',
+                 'multihost_test', 't5x_multihost_test')
 
 
 def pytest_collection_modifyitems(items):
