@@ -11,11 +11,11 @@
 #   ./run_t5x.sh train ARGS      python -m spt_jax.train ARGS (local runner)
 #   ./run_t5x.sh eval ARGS       python -m spt_jax.eval ARGS
 #   ./run_t5x.sh compare ARGS    python -m spt_jax.compare ARGS
-#   ./run_t5x.sh tpu --tpu NAME --zone ZONE [--project P] [--remote_dir DIR]
-#                    [--t5x_module t5x.train] [--dry-run] -- T5X_ARGS
-#                                runs `python3 -m t5x.train T5X_ARGS` on every
-#                                worker of a Cloud TPU VM (T5X must already be
-#                                installed there; see README.md)
+#   ./run_t5x.sh tpu ACTION --tpu NAME --zone ZONE [OPTIONS] [-- ARGS]
+#                                on every worker of a Cloud TPU VM: setup,
+#                                train / eval / infer (detached, one log per
+#                                worker), logs, stop (spt_jax/tpu_pod.py;
+#                                `./run_t5x.sh tpu --help`)
 #
 # The virtualenv lives in $SPT_VENV (default: .venv beside this script) and is
 # re-synced whenever a requirements file changes. With SPT_T5X_WHEELS=DIR, a
@@ -29,20 +29,6 @@ VENV="${SPT_VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 
 die() { echo "run_t5x.sh: $*" >&2; exit 2; }
-
-# Prints a command so that it can be pasted into a shell: words with shell
-# syntax in them are single-quoted.
-print_command() {
-  local word out=()
-  for word in "$@"; do
-    if [[ "$word" =~ ^[A-Za-z0-9_./:=@,+%~-]+$ ]]; then
-      out+=("$word")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
 
 # ensure_venv REQUIREMENTS_FILE: creates the venv and installs the file's
 # pins, skipping the install when the pins are unchanged since the last one.
@@ -80,54 +66,13 @@ ensure_t5x_wheels() {
   fi
 }
 
+# Runs the venv's Python in the caller's folder, so that relative paths
+# (gin files, MODEL_DIR) mean what they mean there; gin files are also looked
+# up in this repository.
 run_python() {
-  cd "$REPO"
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
   export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
   exec "$VENV/bin/python" "$@"
-}
-
-# Prints (with --dry-run) or runs the gcloud command that starts T5X on every
-# worker of a TPU VM, with this repository's gin files on the search path.
-tpu() {
-  local name="" zone="" project="" remote_dir="~/spt" module="t5x.train" dry_run=0
-  while [[ $# -gt 0 ]]; do
-    case "$1" in
-      --tpu|--zone|--project|--remote_dir|--t5x_module)
-        [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || die "tpu: $1 needs a value, e.g. $1 VALUE" ;;
-    esac
-    case "$1" in
-      --tpu) name="$2"; shift 2 ;;
-      --zone) zone="$2"; shift 2 ;;
-      --project) project="$2"; shift 2 ;;
-      --remote_dir) remote_dir="$2"; shift 2 ;;
-      --t5x_module) module="$2"; shift 2 ;;
-      --dry-run) dry_run=1; shift ;;
-      --) shift; break ;;
-      *) die "tpu: unknown option $1 (T5X flags go after --)" ;;
-    esac
-  done
-  [[ -n "$name" ]] || die "tpu: --tpu NAME is required"
-  [[ -n "$zone" ]] || die "tpu: --zone ZONE is required"
-  [[ $# -gt 0 ]] || die "tpu: give the T5X flags after --, e.g. -- --gin_file=gin_configs/models/spt_t5_1_1_base.gin ..."
-  local project_flag=()
-  [[ -n "$project" ]] && project_flag=(--project="$project")
-  local t5x_args
-  t5x_args="$(printf ' %q' "$@")"
-  local remote="cd $remote_dir && PYTHONPATH=$remote_dir:\${PYTHONPATH:-} python3 -m $module --gin_search_paths=$remote_dir$t5x_args"
-  local copy=(gcloud compute tpus tpu-vm scp --recurse "$REPO/spt_jax" "$REPO/tasks" "$REPO/gin_configs"
-              "$name:$remote_dir" --zone="$zone" --worker=all "${project_flag[@]}")
-  local launch=(gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all "${project_flag[@]}"
-                --command="$remote")
-  if [[ "$dry_run" == 1 ]]; then
-    print_command "${copy[@]}"
-    print_command "${launch[@]}"
-    return 0
-  fi
-  command -v gcloud >/dev/null || die "tpu: gcloud is not installed"
-  gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all "${project_flag[@]}" \
-    --command="mkdir -p $remote_dir"
-  "${copy[@]}"
-  "${launch[@]}"
 }
 
 command="${1:-default}"
@@ -146,12 +91,14 @@ case "$command" in
     # fixtures (trained runs, compiled models, chains of T5X runs) are built
     # once. (xdist_group marks, for --dist loadgroup, have no effect with
     # pytest 9 and pytest-xdist 3.8.)
+    cd "$REPO"
     run_python -m pytest -n 2 --dist loadfile "$@" ;;
   train|eval|compare)
     ensure_venv requirements.txt
     run_python -m "spt_jax.$command" "$@" ;;
   tpu)
-    tpu "$@" ;;
+    # Standard library only: runs where gcloud is, without the venv.
+    exec "$PYTHON" "$REPO/spt_jax/tpu_pod.py" "$@" ;;
   -h|--help|help)
     # The header comment: from line 2 to the first line that is not a comment.
     awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;

@@ -1,10 +1,8 @@
-"""run_t5x.sh: the TPU launcher's dry run and its argument errors."""
+"""run_t5x.sh: its commands, its help, and where it runs Python."""
 
 import os
-import shlex
 import subprocess
 
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'run_t5x.sh')
@@ -12,42 +10,6 @@ SCRIPT = os.path.join(REPO, 'run_t5x.sh')
 
 def _run(*args):
   return subprocess.run([SCRIPT, *args], capture_output=True, text=True, cwd=REPO)
-
-
-def test_tpu_dry_run_prints_the_exact_gcloud_commands():
-  t5x_args = [
-      '--gin_file=gin_configs/models/spt_t5_1_1_base.gin',
-      '--gin_file=gin_configs/runs/spt_finetune.gin',
-      '--gin.MODEL_DIR="gs://bucket/spt base"',
-  ]
-  out = _run('tpu', '--tpu', 'my-tpu', '--zone', 'us-central2-b', '--project', 'proj',
-             '--dry-run', '--', *t5x_args)
-  assert out.returncode == 0, out.stderr
-  copy, launch = [shlex.split(line) for line in out.stdout.splitlines()]
-  assert copy == [
-      'gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', '--recurse',
-      f'{REPO}/spt_jax', f'{REPO}/tasks', f'{REPO}/gin_configs', 'my-tpu:~/spt',
-      '--zone=us-central2-b', '--worker=all', '--project=proj',
-  ]
-  assert launch[:9] == [
-      'gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu',
-      '--zone=us-central2-b', '--worker=all', '--project=proj',
-  ]
-  assert launch[9].startswith('--command=')
-  remote = launch[9][len('--command='):]
-  # What every worker's shell runs: T5X with this repository's gin files.
-  assert remote.startswith('cd ~/spt && PYTHONPATH=~/spt:${PYTHONPATH:-} python3 -m t5x.train ')
-  remote_argv = shlex.split(remote.split(' && ', 1)[1])
-  assert remote_argv[1:] == ['python3', '-m', 't5x.train', '--gin_search_paths=~/spt'] + t5x_args
-
-
-def test_tpu_requires_name_zone_and_t5x_flags():
-  out = _run('tpu', '--zone', 'z', '--', '--gin_file=x.gin')
-  assert out.returncode == 2 and '--tpu NAME is required' in out.stderr
-  out = _run('tpu', '--tpu', 't', '--', '--gin_file=x.gin')
-  assert out.returncode == 2 and '--zone ZONE is required' in out.stderr
-  out = _run('tpu', '--tpu', 't', '--zone', 'z')
-  assert out.returncode == 2 and 'give the T5X flags after --' in out.stderr
 
 
 def test_unknown_command_is_named():
@@ -63,12 +25,25 @@ def test_help_prints_the_header_comment_only():
   assert 're-synced whenever a requirements file changes.' in out.stdout
 
 
-@pytest.mark.parametrize('args', [
-    ['--tpu'],
-    ['--tpu', '--zone', 'z', '--', '--gin_file=x.gin'],
-    ['--tpu', 't', '--zone'],
-])
-def test_tpu_option_without_a_value_is_named(args):
-  out = _run('tpu', *args)
-  assert out.returncode == 2
-  assert 'needs a value' in out.stderr and 'unbound variable' not in out.stderr
+def test_relative_paths_mean_what_they_mean_in_the_callers_folder(tmp_path):
+  """`run_t5x.sh` runs Python in the caller's folder, with the repository
+  importable (the virtualenv's Python is stood in by a shell script)."""
+  venv = tmp_path / 'venv'
+  (venv / 'bin').mkdir(parents=True)
+  (venv / 'bin' / 'python').write_text(
+      '#!/bin/sh\necho "cwd=$(pwd) pythonpath=$PYTHONPATH args=$*"\n')
+  (venv / 'bin' / 'python').chmod(0o755)
+  stamp = subprocess.run(
+      f'cat {REPO}/requirements*.txt | sha256sum | cut -d" " -f1',
+      shell=True, capture_output=True, text=True, check=True).stdout.strip()
+  (venv / '.spt-requirements-requirements.txt.sha256').write_text(stamp + '\n')
+  caller = tmp_path / 'my_project'
+  caller.mkdir()
+  out = subprocess.run(
+      [SCRIPT, 'train', '--gin_file=my.gin', '--gin.MODEL_DIR="runs/x"'],
+      capture_output=True, text=True, cwd=caller,
+      env={**os.environ, 'SPT_VENV': str(venv), 'PYTHONPATH': '/mine'})
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == [
+      f'cwd={caller}', f'pythonpath={REPO}:/mine',
+      'args=-m', 'spt_jax.train', '--gin_file=my.gin', '--gin.MODEL_DIR="runs/x"']
