@@ -10,7 +10,8 @@ Process 0 writes the losses and the final parameters; tests compare them with
 the same program run in one process (`run_steps`).
 """
 
-from typing import Dict, Sequence, Tuple
+import time
+from typing import Dict, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -67,8 +68,15 @@ def _local_rows(sharded: trainer.ShardedTrainer, num_rows: int) -> slice:
   return slice(starts[0], starts[-1] + per_device)
 
 
-def run_steps(num_steps: int = 3) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-  """Losses [num_steps] and the final parameters, flat, as numpy arrays."""
+def run_steps(num_steps: int = 3, step_times: Optional[list] = None
+              ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+  """Losses [num_steps] and the final parameters, flat, as numpy arrays.
+
+  Args:
+    num_steps: training steps.
+    step_times: if given, receives each step's wall time in seconds (the
+      step's result waited for).
+  """
   t5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
   model = models.SptModel(network.SptTransformer(t5, SPT))
   sharded = trainer.ShardedTrainer(
@@ -80,9 +88,12 @@ def run_steps(num_steps: int = 3) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
   losses = []
   for step in range(num_steps):
     local = {k: v[rows] for k, v in global_batch(step).items()}
+    start = time.perf_counter()
     state, metrics = sharded.train_step(
         state, sharded.shard_batch(local), jax.random.PRNGKey(1))
     losses.append(float(metrics['loss']))
+    if step_times is not None:
+      step_times.append(time.perf_counter() - start)
   params = multihost_utils.process_allgather(state.params, tiled=True)
   flat = traverse_util.flatten_dict(jax.device_get(params), sep='/')
   return np.asarray(losses), {k: np.asarray(v) for k, v in flat.items()}
@@ -91,12 +102,14 @@ def run_steps(num_steps: int = 3) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
 def main(argv: Sequence[str]) -> None:
   del argv
   distributed.initialize_from_flags()
-  losses, params = run_steps()
+  step_times = []
+  losses, params = run_steps(flags.FLAGS.steps, step_times)
   if jax.process_index() == 0:
-    np.savez(flags.FLAGS.output, losses=losses, **params)
+    np.savez(flags.FLAGS.output, losses=losses, step_times=step_times, **params)
 
 
 if __name__ == '__main__':
   distributed.define_flags()
   flags.DEFINE_string('output', None, 'Where process 0 writes the results.')
+  flags.DEFINE_integer('steps', 3, 'Training steps.')
   app.run(main)
