@@ -74,6 +74,7 @@ def worker(num_memories: int, memory_length: int, variant: str,
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from benchmarks import step_time  # pylint: disable=g-import-not-at-top
+  from spt_jax import adafactor  # pylint: disable=g-import-not-at-top
   from spt_jax import config  # pylint: disable=g-import-not-at-top
   from spt_jax import models  # pylint: disable=g-import-not-at-top
   from spt_jax import network  # pylint: disable=g-import-not-at-top
@@ -107,6 +108,7 @@ def worker(num_memories: int, memory_length: int, variant: str,
         jax.random.PRNGKey(0))
     params_shardings = partitioning.params_shardings(
         abstract['params_axes'], mesh, rules)
+    optimizer = adafactor.with_param_axes(optimizer, abstract['params_axes'])
     init_params = jax.jit(
         lambda r: model.get_initial_variables(r, input_shapes)['params'],
         out_shardings=params_shardings)

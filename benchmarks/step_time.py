@@ -35,6 +35,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
+from spt_jax import adafactor  # pylint: disable=g-import-not-at-top
 from spt_jax import config  # pylint: disable=g-import-not-at-top
 from spt_jax import models  # pylint: disable=g-import-not-at-top
 from spt_jax import network  # pylint: disable=g-import-not-at-top
@@ -88,6 +89,7 @@ def backbone_params(cfg: config.T5Config, shapes: common.Shapes, seed: int):
 
 def compiled_step(model, optimizer, params, batch, trainable='all'):
   """(compiled step, initial state) of one variant."""
+  optimizer = adafactor.with_param_axes(optimizer, trainer.params_axes(model))
   state = jax.jit(
       lambda p: trainer.TrainState.create(p, optimizer, trainable)
   )(params)

@@ -330,7 +330,7 @@ def train_and_measure(folder: str, data: _Data) -> RunResult:
     retrieval = measure_retrieval(model, params, probes, list(trained), folder)
   return RunResult(
       variant='', seed=-1, step=result.step,
-      train_loss=result.metrics.get('cross_entropy', float('nan')),
+      train_loss=result.metrics.get('cross_ent_loss', float('nan')),
       datasets={d: v['mean'] for d, v in evaluated.datasets.items()},
       tasks={t: m['accuracy'] for t, m in evaluated.tasks.items()},
       retrieval=retrieval, seconds=time.time() - start,

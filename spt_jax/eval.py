@@ -183,7 +183,8 @@ class ModelFns:
     self.model = model
     self.batch_size = batch_size
     self.rules = rules
-    self.params = jax.device_put(params, trainer.params_shardings(model, self.mesh, rules))
+    self.params = jax.device_put(params, partitioning.params_shardings(
+        trainer.params_axes(model), self.mesh, rules))
     self._batch_sharding = partitioning.data_sharding(self.mesh)
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._score = jax.jit(model.score_batch, out_shardings=replicated)
@@ -320,7 +321,8 @@ def run_eval(
   step = store.latest_step() if step is None else step
   mesh = partitioning.create_mesh(num_partitions)
   params = store.restore_params(
-      step, trainer.params_shardings(model, mesh, logical_axis_rules))
+      step, partitioning.params_shardings(
+          trainer.params_axes(model), mesh, logical_axis_rules))
   # Every host computes the same metrics; one writes them.
   if jax.process_index() == 0:
     output_dir = output_dir or os.path.join(checkpoint_dir, 'eval')

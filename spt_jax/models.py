@@ -34,14 +34,20 @@ Batch = Mapping[str, Array]
 Params = Any
 LossNormalizingFactor = Optional[Union[float, int, str]]
 
-# T5X's `SpecialLossNormalizingFactor` names (packing aside, which SPT
-# refuses): divide the summed loss by the number of real target tokens, by all
-# target positions, or average per sequence first.
-# Weights of L2P's key-query pull loss and usage balance loss, relative to the
-# mean token cross entropy (the defaults of both model classes).
+# Weights of the key-query pull loss (a mean over the B x k pairs; see
+# `retrieval.pull_loss` for L2P's sum) and the usage balance loss, relative
+# to the mean token cross entropy (the defaults of both model classes).
 PULL_LOSS_WEIGHT = 0.1
 BALANCE_LOSS_WEIGHT = 0.01
 
+# Both runners' training metrics: T5X's (`loss`, `cross_ent_loss`, `z_loss`,
+# `accuracy`), and SPT's under this prefix: `pull_loss` and `balance_loss`
+# unweighted, `aux_loss` their weighted share of `loss`.
+AUX_METRICS_PREFIX = 'spt/'
+
+# T5X's `SpecialLossNormalizingFactor` names (packing aside, which SPT
+# refuses): divide the summed loss by the number of real target tokens, by all
+# target positions, or average per sequence first.
 LOSS_NORMALIZING_FACTORS = (
     'NUM_REAL_TARGET_TOKENS',
     'NUM_TOTAL_TARGET_TOKENS',
@@ -133,9 +139,12 @@ def spt_loss(
     loss_normalizing_factor: see `loss_normalizing_factor_and_weights`.
 
   Returns:
-    The scalar loss and its terms: `cross_entropy` (normalised, z-loss
-    included, as T5X's loss), `z_loss`, `weight_sum` and, per weighted
-    auxiliary loss, its unweighted value; `weights` [B, L].
+    The scalar loss and its terms, normalised as the loss is:
+    `cross_ent_loss` (the token cross entropy alone), `z_loss`, `aux_loss`
+    (the weighted auxiliary losses' share of the loss, so that `loss =
+    cross_ent_loss + z_loss + aux_loss`, as T5X's mixture-of-experts model
+    splits its loss); per weighted auxiliary loss, its unweighted value;
+    `weight_sum` and `weights` [B, L].
   """
   factor, weights = loss_normalizing_factor_and_weights(
       loss_normalizing_factor, batch)
@@ -143,29 +152,37 @@ def spt_loss(
       logits, batch['decoder_target_tokens'], label_smoothing, z_loss)
   weight_sum = jnp.sum(weights)
   divisor = 1.0 if factor is None else factor
+  cross_entropy_and_z = jnp.sum(token_loss * weights) / divisor
+  z = jnp.sum(token_z * weights) / divisor
   terms = {
-      'cross_entropy': jnp.sum(token_loss * weights) / divisor,
-      'z_loss': jnp.sum(token_z * weights) / divisor,
+      'cross_ent_loss': cross_entropy_and_z - z,
+      'z_loss': z,
       'weight_sum': weight_sum,
       'weights': weights,
   }
   # The cross entropy counts weight_sum / divisor tokens' worth of loss.
   tokens_per_loss_unit = weight_sum / divisor
-  loss = terms['cross_entropy']
+  aux_loss = jnp.zeros((), jnp.float32)
   for name, value in aux_losses.items():
     weight = aux_loss_weights.get(name, 0.0)
     if weight:
       terms[name] = value
-      loss = loss + weight * value * tokens_per_loss_unit
-  return loss, terms
+      aux_loss = aux_loss + weight * value * tokens_per_loss_unit
+  terms['aux_loss'] = aux_loss
+  return cross_entropy_and_z + aux_loss, terms
+
+
+def token_scores(logits: Array, batch: Batch) -> Array:
+  """Target log-likelihood per token [B, L] of logits [B, L, V], 0 on padding."""
+  targets = batch['decoder_target_tokens']
+  weights = batch.get('decoder_loss_weights', targets > 0)
+  token_loss, _ = token_cross_entropy(logits, targets)
+  return -token_loss * jnp.asarray(weights, jnp.float32)
 
 
 def sequence_scores(logits: Array, batch: Batch) -> Array:
   """Summed target log-likelihood [B] of logits [B, L, V], for rank classification."""
-  targets = batch['decoder_target_tokens']
-  weights = batch.get('decoder_loss_weights', targets > 0)
-  token_loss, _ = token_cross_entropy(logits, targets)
-  return -jnp.sum(token_loss * jnp.asarray(weights, jnp.float32), axis=-1)
+  return jnp.sum(token_scores(logits, batch), axis=-1)
 
 
 def retrieval_indices(collections: Mapping[str, Any]) -> Optional[Array]:
@@ -259,8 +276,8 @@ class SptModel:
     """`spt_loss` of a batch.
 
     Returns:
-      The scalar loss and a dict of metrics (`loss`, `cross_entropy`,
-      `accuracy`, `z_loss`, and each weighted auxiliary loss, unweighted).
+      The scalar loss and a dict of metrics named as under T5X
+      (`AUX_METRICS_PREFIX`).
     """
     loss, (metrics, _) = self.loss_and_retrieval(params, batch, dropout_rng)
     return loss, metrics
@@ -288,14 +305,17 @@ class SptModel:
         z_loss=self.z_loss,
         loss_normalizing_factor=self.loss_normalizing_factor,
     )
-    weights = terms.pop('weights')
-    weight_sum = jnp.maximum(terms.pop('weight_sum'), 1.0)
+    weights = terms['weights']
     targets = batch['decoder_target_tokens']
-    metrics = dict(terms)
-    metrics['accuracy'] = (
-        jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / weight_sum
-    )
-    metrics['loss'] = loss
+    metrics = {
+        'loss': loss,
+        'cross_ent_loss': terms['cross_ent_loss'],
+        'z_loss': terms['z_loss'],
+        'accuracy': jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+                    / jnp.maximum(terms['weight_sum'], 1.0),
+        **{f'{AUX_METRICS_PREFIX}{name}': terms[name]
+           for name in (*self.aux_loss_weights, 'aux_loss') if name in terms},
+    }
     return loss, (metrics, retrieval_indices(collections))
 
   def score_batch(self, params: Params, batch: Batch) -> Array:

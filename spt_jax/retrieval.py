@@ -329,7 +329,12 @@ def combine_rows(selected: Array, weights: Array, combine: str) -> Array:
 
 
 def pull_loss(query: Array, keys: Array, indices: Array) -> Array:
-  """L2P's surrogate loss: 1 - cosine(query, key) averaged over selected keys.
+  """L2P's surrogate loss: 1 - cosine(query, key), a mean over the B x k pairs.
+
+  L2P sums over the k selected keys (and averages over the batch); the mean
+  here keeps a weight's strength fixed when top_k is swept, so L2P's weight
+  w corresponds to w * k here (`models.PULL_LOSS_WEIGHT` = 0.1 is L2P's 0.1
+  at k = 1, a k times weaker pull than L2P's at k > 1).
 
   Args:
     query: [B, D].

@@ -21,12 +21,12 @@ this is exactly the dense update (an untouched row's gradient is 0). With
 Adam it is not: dense Adam decays every row's first and second moments each
 step and keeps moving untouched rows by their momentum; lazy Adam freezes
 both until the row is retrieved again (bias correction uses the global step,
-as LazyAdam does). T5X's default dense Adafactor (no momentum, second moments
-factored per memory) leaves untouched rows' values unchanged (their update
-is 0) but decays their second-moment statistics every step, so a row
-retrieved after a long pause takes a larger step than under a lazy rule; and
-its update clipping and relative step size are computed over the whole
-[M, P, H] tensor, zeros included. The sparse path is therefore a gin choice
+as LazyAdam does). The dense default, Adafactor factored per memory
+(spt_jax/adafactor.py, as under T5X: no momentum, per-memory statistics,
+parameter scale and update clipping), also leaves untouched rows' values
+unchanged (a zero gradient gives a zero update) but decays their
+second-moment statistics every step, so a row retrieved after a long pause
+takes a larger step than under a lazy rule. The sparse path is therefore a gin choice
 (`gin_configs/local/sparse_bank.gin`, `gin_configs/runs/sparse_bank.gin`),
 dense is the default.
 
@@ -44,6 +44,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import optax
+
+from spt_jax import adafactor as spt_adafactor
 
 Array = jax.Array
 Params = Any
@@ -279,7 +281,7 @@ def global_norm(grads: Params) -> Array:
   return optax.global_norm(dense)
 
 
-# The local runner's optimizer: dense optax for the rest, lazy rows for values.
+# The local runner's optimizer: dense Adafactor for the rest, lazy rows for values.
 
 
 class SparseBankState(NamedTuple):
@@ -288,7 +290,7 @@ class SparseBankState(NamedTuple):
 
 
 class SparseBankOptimizer(NamedTuple):
-  """A dense optax optimizer for every trained parameter but the values, and
+  """A dense optimizer for every trained parameter but the values, and
   a `RowOptimizer` for the values (the local runner's sparse path).
 
   `trainer.make_train_step` recognises it and differentiates the values
@@ -301,9 +303,14 @@ class SparseBankOptimizer(NamedTuple):
     learning_rate: the values' learning rate.
   """
 
-  dense: optax.GradientTransformation
+  dense: Any  # An optax-style transformation: init, update.
   rows: RowOptimizer
   learning_rate: float
+
+  def with_param_axes(self, params_axes: Any) -> 'SparseBankOptimizer':
+    """Binds the logical axes to the dense optimizer (see adafactor.py)."""
+    return self._replace(dense=spt_adafactor.with_param_axes(
+        self.dense, params_axes))
 
   def init(self, params: Params) -> SparseBankState:
     rest, values = split_values(params)
@@ -325,7 +332,7 @@ class SparseBankOptimizer(NamedTuple):
 
 
 def sparse_bank_optimizer(
-    dense: optax.GradientTransformation,
+    dense: Any,
     rows: str = 'adam',
     learning_rate: float = 1e-3,
     **row_kwargs,

@@ -1,16 +1,24 @@
 """T5X glue: SPT as a T5X `EncoderDecoderModel`, and its gin helpers.
 
 Importable only where T5X is installed (it is not on PyPI).
-`SptEncoderDecoderModel` is T5X's encoder-decoder model with two changes:
+`SptEncoderDecoderModel` is T5X's encoder-decoder model with four changes:
 
 * its training loss is `models.spt_loss`, the local runner's loss: T5X's
   cross entropy plus SPT's auxiliary losses, weighted by constructor
   arguments (as T5X's mixture-of-experts model weights its router losses);
+* its metrics split that loss as the mixture-of-experts model does:
+  `cross_ent_loss` is the token cross entropy alone, and `spt/aux_loss`
+  (the weighted auxiliary losses), `spt/pull_loss` and `spt/balance_loss`
+  (unweighted) sit beside it, under the names the local runner writes;
 * its rank-classification scores are `models.sequence_scores`, the local
-  runner's;
+  runner's, and `score_batch`'s intermediates add what the network sowed
+  (`retrieval_indices`, `retrieval_scores`) to T5X's own;
 * its feature converter carries the discrete prompt inside the encoder
   tokens (`models.feature_converter_cls`), so T5X's own decoding and beam
   search retrieve with it unchanged.
+
+`logical_factor_rules` gives T5X's Adafactor the factoring the local runner's
+uses (spt_jax/adafactor.py): the memory bank per memory.
 """
 
 from typing import Mapping, Optional, Tuple
@@ -20,28 +28,22 @@ import flax
 import jax
 import jax.numpy as jnp
 from t5x import adafactor
+from t5x import metrics as metrics_lib
 from t5x import models
 
+from spt_jax import adafactor as spt_adafactor
 from spt_jax import models as spt_models
 from spt_jax import spt_params
-
-# Factoring of Adafactor's second moments for SPT's logical axes: values
-# [memory, memory_length, embed] are factored per memory, keys are not.
-SPT_FACTOR_RULES = {
-    'memory': adafactor.FactorDim.BATCH,
-    'memory_length': adafactor.FactorDim.COLUMN,
-    'memory_embed': adafactor.FactorDim.ROW,
-    'prompt': adafactor.FactorDim.COLUMN,
-}
 
 # Parameters that a checkpoint without SPT lacks (a pretrained T5).
 SPT_PARAMS_PATTERN = rf'^.*({"|".join(spt_params.SPT_PARAM_GROUPS)}).*$'
 
 
 def logical_factor_rules():
-  """T5X's standard Adafactor factor rules plus SPT's axes."""
+  """T5X's standard Adafactor factor rules, with the local runner's table
+  (`spt_jax.adafactor.LOGICAL_FACTOR_RULES`, SPT's axes included) on top."""
   rules = flax.core.unfreeze(adafactor.standard_logical_factor_rules())
-  rules.update(SPT_FACTOR_RULES)
+  rules.update(spt_adafactor.LOGICAL_FACTOR_RULES)
   return flax.core.freeze(rules)
 
 
@@ -145,10 +147,18 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
             segment_ids=segment_ids,
         )
     )
-    for name in self.aux_loss_weights:
+    # As T5X's mixture-of-experts model: the cross entropy without the
+    # auxiliary losses, which are reported beside it.
+    num_tokens = batch['decoder_target_tokens'].size
+    metrics['cross_ent_loss'] = metrics_lib.AveragePerStep(
+        total=terms['cross_ent_loss'])
+    metrics['cross_ent_loss_per_all_target_tokens'] = clu_metrics.Average(
+        total=jnp.sum(terms['cross_ent_loss']), count=num_tokens)
+    prefix = spt_models.AUX_METRICS_PREFIX
+    for name in (*self.aux_loss_weights, 'aux_loss'):
       if name in terms:
-        metrics[f'spt/{name}'] = clu_metrics.Average.from_model_output(
-            terms[name])
+        metrics[f'{prefix}{name}'] = metrics_lib.AveragePerStep(
+            total=terms[name])
     return loss, (metrics, spt_models.retrieval_indices(sown))
 
   def score_batch(
@@ -158,11 +168,20 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       return_intermediates: bool = False,
   ):
     """Summed target log-likelihood [B]; with `return_intermediates`, also
-    what the network sowed (`retrieval_indices`, `retrieval_scores`)."""
+    T5X's intermediates (`decoder`: `target_tokens`, `loss_weights`,
+    `token_scores`) and what the network sowed (`retrieval_indices`,
+    `retrieval_scores`)."""
     if not return_intermediates:
       return spt_models.sequence_scores(
           self._compute_logits(params, batch), batch)
     logits, variables = self._compute_logits(
         params, batch, mutable=['intermediates'])
-    return (spt_models.sequence_scores(logits, batch),
-            flax.core.unfreeze(variables.get('intermediates', {})))
+    intermediates = flax.core.unfreeze(variables.get('intermediates', {}))
+    token_scores = spt_models.token_scores(logits, batch)
+    # Singleton tuples, as every sown value (one per instantiation).
+    intermediates.setdefault('decoder', {}).update(
+        target_tokens=(batch['decoder_target_tokens'],),
+        loss_weights=(batch['decoder_loss_weights'],),
+        token_scores=(token_scores,),
+    )
+    return token_scores.sum(-1), intermediates

@@ -65,18 +65,14 @@ class LazyRowOptimizer(optimizers.OptimizerDef):
 
   Only the rows a step retrieved change, values and slots alike; see
   sparse_updates.py for how this differs from dense Adam and Adafactor.
+  The learning rate is the run's schedule (`Trainer.learning_rate_fn`),
+  which T5X hands every optimizer at every step, as it does Adafactor's.
   """
 
-  def __init__(
-      self,
-      rows: str = 'adam',
-      learning_rate: Optional[float] = None,
-      **row_kwargs,
-  ):
+  def __init__(self, rows: str = 'adam', **row_kwargs):
     """Args:
 
       rows: 'sgd' or 'adam' (`sparse_updates.ROW_OPTIMIZERS`).
-      learning_rate: None takes T5X's schedule (`learning_rate_fn`).
       **row_kwargs: e.g. b1, b2, eps of LazyAdam.
     """
     if rows not in sparse_updates.ROW_OPTIMIZERS:
@@ -84,7 +80,7 @@ class LazyRowOptimizer(optimizers.OptimizerDef):
           f'Unknown row optimizer {rows!r}; expected one of '
           f'{list(sparse_updates.ROW_OPTIMIZERS)}.')
     self.rows = sparse_updates.ROW_OPTIMIZERS[rows](**row_kwargs)
-    super().__init__(_RowHyperParams(learning_rate))
+    super().__init__(_RowHyperParams(learning_rate=None))
 
   def init_state(self, params):
     return optimizers.OptimizerState(
@@ -92,7 +88,9 @@ class LazyRowOptimizer(optimizers.OptimizerDef):
 
   def apply_gradient(self, hyper_params, params, state, grads):
     if hyper_params.learning_rate is None:
-      raise ValueError('LazyRowOptimizer: no learning rate provided.')
+      raise ValueError(
+          'LazyRowOptimizer: no learning rate; T5X\'s trainer passes its '
+          'schedule\'s (apply_gradient(..., learning_rate=...)).')
     flat_params = traverse_util.flatten_dict(flax.core.unfreeze(params))
     flat_grads = traverse_util.flatten_dict(flax.core.unfreeze(grads))
     flat_states = traverse_util.flatten_dict(

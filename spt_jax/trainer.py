@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spt_jax import adafactor as spt_adafactor
 from spt_jax import models
 from spt_jax import partitioning
 from spt_jax import sparse_updates
@@ -74,9 +75,13 @@ def adafactor(
     decay_rate: float = 0.8,
     multiply_by_parameter_scale: bool = True,
     clipping_threshold: Optional[float] = 1.0,
-) -> optax.GradientTransformation:
-  """Adafactor with T5X's defaults (T0 trains at a constant 1e-3)."""
-  return optax.adafactor(
+) -> spt_adafactor.Adafactor:
+  """T5X's Adafactor with its defaults (T0 trains at a constant 1e-3).
+
+  Factored by the model's logical axes once `ShardedTrainer` binds them, as
+  under T5X (`adafactor.LOGICAL_FACTOR_RULES`: the bank per memory).
+  """
+  return spt_adafactor.Adafactor(
       learning_rate=learning_rate,
       decay_rate=decay_rate,
       multiply_by_parameter_scale=multiply_by_parameter_scale,
@@ -132,12 +137,8 @@ def make_train_step(
   return train_step
 
 
-def params_shardings(
-    model: models.SptModel,
-    mesh: jax.sharding.Mesh,
-    rules: partitioning.LogicalRules,
-) -> Any:
-  """The training layout of `model`'s parameters on `mesh` (a NamedSharding tree).
+def params_axes(model: models.SptModel) -> Any:
+  """The `params_axes` collection of `model`'s parameters.
 
   Parameter shapes do not depend on sequence lengths, so a one-token batch
   (after the discrete prompt's positions) gives them.
@@ -147,12 +148,11 @@ def params_shardings(
       'decoder_input_tokens': (1, 1),
       'decoder_target_tokens': (1, 1),
   }
-  with partitioning.mesh_and_rules(mesh, rules):
-    abstract = jax.eval_shape(
-        lambda rng: model.get_initial_variables(rng, shapes),
-        jax.random.PRNGKey(0),
-    )
-  return partitioning.params_shardings(abstract['params_axes'], mesh, rules)
+  abstract = jax.eval_shape(
+      lambda rng: model.get_initial_variables(rng, shapes),
+      jax.random.PRNGKey(0),
+  )
+  return abstract['params_axes']
 
 
 class ShardedTrainer:
@@ -177,7 +177,9 @@ class ShardedTrainer:
     self.model = model
     self.trainable = trainable
     split_trained({}, trainable)  # Fails early on an unknown choice.
-    self.optimizer = optimizer
+    self.params_axes = params_axes(model)
+    # As T5X's `set_param_axes`: Adafactor factors by the logical axes.
+    self.optimizer = spt_adafactor.with_param_axes(optimizer, self.params_axes)
     self.mesh = mesh
     self.rules = rules
     self.state_shardings = None
@@ -200,7 +202,8 @@ class ShardedTrainer:
     def init_params(rng):
       return self.model.get_initial_variables(rng, input_shapes)['params']
 
-    shardings = params_shardings(self.model, self.mesh, self.rules)
+    shardings = partitioning.params_shardings(
+        self.params_axes, self.mesh, self.rules)
     with self._context():
       params = jax.jit(init_params, out_shardings=shardings)(rng)
       state = jax.jit(self._create_state)(params)

@@ -41,14 +41,23 @@ input. With `$SPT_PROMPTSOURCE_DIR` pointing at a promptsource checkout, each
 template's instruction is read from promptsource's
 `promptsource/templates/<dataset>[/<subset>]/templates.yaml` (parsed here with
 PyYAML; promptsource itself does not install on Python 3.11) and derived as
-for our own templates (`tasks.prompt_templates.Template.instruction`: the
-input half of the Jinja source rendered with every field blank); the tasks
-then output `prompt`, int32 token ids ending in EOS, like `tasks.prompted`. A
-folder whose template the checkout lacks uses its template name as the
-instruction (a warning lists them). Without a checkout the tasks have no
-`prompt` feature, and the model pools its query over the encoder input
-(`SptConfig.prompt_length = 0`, `prompt_span = 'all_tokens'`).
-Registration logs which one is in use.
+for our own templates, read as promptsource writes them
+(`tasks.prompt_templates`: promptsource's Jinja helpers `zip`, `choice`,
+`most_frequent`, `highlight`; the whole template rendered with every field
+blank, then split at `|||`); the tasks then output `prompt`, int32 token ids
+ending in EOS, like `tasks.prompted`. Where that fails (the template raises,
+or renders empty although its input has text outside Jinja blocks), the
+instruction is that literal text, and a warning names the file and the
+template. A folder whose template the checkout lacks uses its template name
+as the instruction (a warning lists them). A template whose instruction is
+empty (its input is nothing but fields: `{{question}} ||| ...`) would send an
+empty query: its task's `prompt` is instead the example's own input
+(`add_prompt_from_inputs`), cut to the prompt length, so SPT pools its query
+over the start of the input; a warning lists those tasks, and
+`Registered.instruction_sources` says, per task, which of these applies.
+Without a checkout the tasks have no `prompt` feature, and the model pools
+its query over the encoder input (`SptConfig.prompt_length = 0`,
+`prompt_span = 'all_tokens'`). Registration logs which one is in use.
 
 Which templates count, following T0's code (bigscience-workshop/t-zero,
 `t0/seqio_tasks/tasks.py`): training mixtures take every template of their
@@ -259,6 +268,13 @@ def _name_part(text: str) -> str:
 # ------------------------------ promptsource --------------------------------
 
 
+# Where a task's instruction comes from (`Registered.instruction_sources`).
+DERIVED = 'derived'  # Its template rendered with blank fields.
+LITERAL = 'literal'  # Fallback: its template's input text outside Jinja.
+TEMPLATE_NAME = 'template_name'  # The checkout lacks its template.
+INPUTS = 'inputs'  # No instruction: `prompt` is the example's own input.
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptsourceTemplate:
   """The fields of a promptsource template that SPT uses.
@@ -268,27 +284,50 @@ class PromptsourceTemplate:
     jinja: the Jinja source; `|||` separates the input from the target.
     answer_choices: the Jinja source of the `|||`-separated choices, or None.
     original_task: promptsource's `metadata.original_task`.
+    file: the `templates.yaml` it was read from, named in log messages.
   """
   name: str
   jinja: str
   answer_choices: Optional[str]
   original_task: bool
+  file: Optional[str] = None
 
   @functools.cached_property
-  def instruction(self) -> str:
-    """The input text with every data field removed (see module docstring).
+  def derivation(self) -> tuple[str, str]:
+    """(instruction, how): how is `DERIVED` or `LITERAL` (see module).
 
-    Falls back to the input's literal text outside Jinja blocks when blank
-    rendering fails.
+    A template that cannot be rendered with blank fields (any error, a
+    "no answer" included), or whose blank rendering is empty although its
+    input has text outside Jinja blocks (text guarded by a condition on a
+    list the template builds from its fields), falls back to that literal
+    text; the fallback is logged, naming the file and the template.
     """
     template = prompt_templates.Template(
         name=self.name, jinja=self.jinja, answer_choices=self.answer_choices)
+    source = prompt_templates.split_source(self.jinja)[0]
+    literal = prompt_templates.clean_instruction(
+        re.sub(r'{{.*?}}|{%.*?%}|{#.*?#}', ' ', source, flags=re.DOTALL))
     try:
-      return template.instruction
-    except ValueError:
-      source = prompt_templates.split_source(self.jinja)[0]
-      return prompt_templates.clean_instruction(
-          re.sub(r'{{.*?}}|{%.*?%}|{#.*?#}', ' ', source, flags=re.DOTALL))
+      instruction = template.instruction
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e) or type(e).__name__
+    else:
+      if instruction or not literal:
+        return instruction, DERIVED
+      reason = 'rendered with blank fields, its input is empty'
+    logging.warning(
+        'promptsource %s, template %r: %s. Its instruction is the text of its '
+        'input outside Jinja blocks: %r', self.file or '(no file)', self.name,
+        reason, literal)
+    return literal, LITERAL
+
+  @property
+  def instruction(self) -> str:
+    """The input text with every data field removed (see module docstring).
+
+    May be empty: the template's input is nothing but fields.
+    """
+    return self.derivation[0]
 
 
 class _PromptsourceLoader(getattr(yaml, 'CSafeLoader', yaml.SafeLoader)):
@@ -333,11 +372,13 @@ def read_promptsource_yaml(path: str) -> tuple[PromptsourceTemplate, ...]:
       raise ValueError(
           f"{path}: template {key!r} lacks 'name' or 'jinja'.")
     metadata = entry.get('metadata') or {}
+    answer_choices = entry.get('answer_choices')
     templates.append(PromptsourceTemplate(
         name=str(entry['name']),
         jinja=str(entry['jinja']),
-        answer_choices=entry.get('answer_choices'),
-        original_task=bool(metadata.get('original_task'))))
+        answer_choices=None if answer_choices is None else str(answer_choices),
+        original_task=bool(metadata.get('original_task')),
+        file=path))
   return tuple(templates)
 
 
@@ -753,6 +794,31 @@ def add_prompt(dataset: tf.data.Dataset,
       num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def add_prompt_from_inputs(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Gives every example its own input as `prompt` (no instruction).
+
+  The task of a template whose instruction is empty (its input is nothing
+  but fields) would send an empty retrieval query; its `prompt` is instead
+  the start of the example's input (cut to the prompt length by
+  `append_eos_after_trim` and the feature converter), so that SPT pools its
+  query over the input, as it does without a discrete prompt.
+
+  Args:
+    dataset: P3 examples.
+
+  Returns:
+    The examples with `prompt` = `inputs` and `prompt_pretokenized` =
+    `inputs_pretokenized` ('' when absent).
+  """
+
+  def add(ex):
+    text = ex.get(f'{vocab.INPUTS}_pretokenized', tf.constant(''))
+    return {**ex, vocab.PROMPT: ex[vocab.INPUTS],
+            f'{vocab.PROMPT}_pretokenized': text}
+
+  return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def output_features(vocabulary: seqio.Vocabulary, with_prompt: bool
                     ) -> Mapping[str, seqio.Feature]:
   """The features of P3 tasks.
@@ -821,11 +887,22 @@ class Registered:
     tasks: P3 folder name -> task name.
     mixtures: mixture name -> its task names.
     with_prompt: whether the tasks output `prompt`.
+    instruction_sources: task name -> where its `prompt` comes from
+      (`DERIVED`, `LITERAL`, `TEMPLATE_NAME` or `INPUTS`, see the module
+      docstring); empty without a promptsource checkout.
   """
   folders: tuple[P3Folder, ...]
   tasks: Mapping[str, str]
   mixtures: Mapping[str, tuple[str, ...]]
   with_prompt: bool
+  instruction_sources: Mapping[str, str] = dataclasses.field(
+      default_factory=dict)
+
+  @property
+  def prompt_from_inputs(self) -> tuple[str, ...]:
+    """The tasks without an instruction, whose `prompt` is their input."""
+    return tuple(name for name, how in self.instruction_sources.items()
+                 if how == INPUTS)
 
 
 def unregister() -> None:
@@ -879,6 +956,7 @@ def register(p3_dir: Optional[str] = None,
   folder_of_task = {}
   sources_by_folder = {}
   unknown_templates = []
+  instruction_sources = {}
   for folder in folders:
     name = folder.task_name
     if name in folder_of_task:
@@ -894,12 +972,15 @@ def register(p3_dir: Optional[str] = None,
         unknown_templates.append(folder.name)
         instruction = prompt_templates.clean_instruction(
             folder.template.replace('_', ' ')) or folder.prefix
+        how = TEMPLATE_NAME
       else:
-        instruction = template.instruction
-      preprocessors = [
-          functools.partial(add_prompt, instruction=instruction),
-          seqio.preprocessors.append_eos_after_trim,
-      ]
+        instruction, how = template.derivation
+      if instruction:
+        add = functools.partial(add_prompt, instruction=instruction)
+      else:
+        add, how = add_prompt_from_inputs, INPUTS
+      instruction_sources[name] = how
+      preprocessors = [add, seqio.preprocessors.append_eos_after_trim]
     registry.add_task(
         name,
         source=source,
@@ -922,6 +1003,24 @@ def register(p3_dir: Optional[str] = None,
           'P3: promptsource (%s) has no template for %d folders; their '
           'instruction is their template name: %s', promptsource.templates_dir,
           len(unknown_templates), unknown_templates)
+    counts = {how: sum(h == how for h in instruction_sources.values())
+              for how in (DERIVED, LITERAL, TEMPLATE_NAME, INPUTS)}
+    logging.info(
+        'P3: instructions of %d tasks: %d derived, %d from their template\'s '
+        'literal text (logged above), %d from their template name, %d none.',
+        len(instruction_sources), *counts.values())
+    literal = [n for n, h in instruction_sources.items() if h == LITERAL]
+    if literal:
+      logging.warning(
+          'P3: %d tasks use their template\'s literal input text as their '
+          'instruction (it could not be derived): %s', len(literal), literal)
+    no_instruction = [n for n, h in instruction_sources.items() if h == INPUTS]
+    if no_instruction:
+      logging.warning(
+          'P3: the templates of %d tasks have no instruction (their input is '
+          'nothing but fields); so that no empty query reaches the model, '
+          'their `prompt` is their input, over whose start SPT pools its '
+          'retrieval query: %s', len(no_instruction), no_instruction)
   else:
     logging.warning(
         'P3: %d tasks from %s; no promptsource checkout ($%s unset): the '
@@ -932,7 +1031,8 @@ def register(p3_dir: Optional[str] = None,
 
   mixtures = _register_mixtures(folders, tasks, sources_by_folder,
                                 t0_prefixes, promptsource)
-  return Registered(tuple(folders), tasks, mixtures, bool(promptsource))
+  return Registered(tuple(folders), tasks, mixtures, bool(promptsource),
+                    instruction_sources)
 
 
 def _register_mixtures(

@@ -18,21 +18,42 @@ be constant (Yes/No/Maybe). Inside `jinja`, `answer_choices` is the rendered
 list. Field names that are not Python identifiers (TREC's `label-coarse`) are
 exposed with `_` in place of the other characters (`label_coarse`).
 
+Templates are Jinja with promptsource's helpers, so that promptsource's own
+files (`tasks.p3`) render here as they do there: the global `zip` and the
+filters `choice` (a random element, as promptsource picks it),
+`most_frequent` (the items that occur most often, in order of first
+occurrence; None for an empty input) and `highlight` (the text in an HTML
+span).
+
 The *instruction* of a template is its input text with every data field
 removed: the template rendered with each field blank, fixed answer choices
 kept, whitespace collapsed and emptied quotes/brackets dropped. A template may
 give it explicitly with an `instruction` entry. It is the discrete prompt from
-which SPT forms its retrieval query, so it is constant per template.
+which SPT forms its retrieval query, so it is constant per template. As
+promptsource applies a template, the *whole* `jinja` is rendered and the text
+split at its first `|||` (so a `|||` inside an `{% if %}` block splits where
+the rendered text does); if that fails, the input half of the source alone.
+A blank field renders as nothing whatever is done to it (attributes, items,
+calls, filters, arithmetic are blank; it iterates as empty), and a condition
+on it holds (it is true and every comparison with it is True, `is defined`
+too), so the text a guard such as `{% if label == 1 %}` keeps is kept, and an
+`if`/`elif` chain on a field takes its first branch. `choice` takes the first
+element, so that the instruction is stable; `answer_choices` is a plain list
+(`answer_choices[-1]` is the last choice). A template that still cannot be
+rendered (any error, a label-indexed "no answer" included) makes
+`Template.instruction` raise ValueError naming it.
 
 `load` rejects, naming the file and the template, JSON and Jinja syntax errors;
 `Template.check_fields` rejects variables that are not fields of the dataset
 (`tasks.preprocessors.apply_template` calls it when the dataset is built, so
 the error comes before any example is read).
 """
+import collections
 import dataclasses
 import functools
 import json
 import os
+import random
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -42,11 +63,6 @@ from jinja2 import meta
 TEMPLATES_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), 'templates')
 SEPARATOR = '|||'
-
-_ENV = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, autoescape=False,
-    keep_trailing_newline=False)
-
 
 class TemplateError(ValueError):
   """A template file or template that cannot be used; the message names it."""
@@ -65,18 +81,136 @@ class _Choices(list):
     return super().__getitem__(index)
 
 
-class _Blank(jinja2.ChainableUndefined):
-  """A field value that renders as nothing, whatever is done to it."""
+def _blank_result(self, *args, **kwargs):
+  del args, kwargs  # Whatever the operands, the result is blank.
+  return self
 
-  def __call__(self, *args, **kwargs):
-    return self
+
+def _holds(self, *args):
+  del self, args  # A condition on a field holds.
+  return True
+
+
+class _Blank(jinja2.ChainableUndefined):
+  """A field value that renders as nothing, whatever is done to it.
+
+  Its attributes, items, calls, filters (`tasks.prompt_templates` passes
+  blanks through every filter) and arithmetic are blank; it iterates as
+  empty and contains nothing. A condition on it holds: it is true, and
+  every comparison with it (`==`, `!=`, `<`, ...) is True, so that a
+  template guarded by `{% if label == 1 %}` or `{% if answers | length > 0
+  %}` renders its text as for the examples it keeps.
+  """
+  __slots__ = ()
+
+  __call__ = _blank_result
+  __bool__ = _holds
+  __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _holds
+  __hash__ = jinja2.ChainableUndefined.__hash__
+  __add__ = __radd__ = __sub__ = __rsub__ = _blank_result
+  __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _blank_result
+  __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _blank_result
+  __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _blank_result
 
   def __iter__(self):
     return iter(())
 
+  def __contains__(self, item):
+    return False
 
-_BLANK_ENV = jinja2.Environment(
-    undefined=_Blank, autoescape=False, keep_trailing_newline=False)
+
+class _BlankChoices(list):
+  """Fixed answer choices while deriving an instruction.
+
+  A plain list (`answer_choices[-1]` is the last choice, as in promptsource)
+  whose item at a blank index (`answer_choices[label]`) is blank.
+  """
+
+  def __getitem__(self, index):
+    if isinstance(index, jinja2.Undefined):
+      return _Blank()
+    return super().__getitem__(index)
+
+
+# promptsource's Jinja helpers (see the module docstring).
+
+
+def _choice(items):
+  """A random element, as promptsource's `choice` filter picks it."""
+  return random.choice(items)
+
+
+def _most_frequent(items):
+  """The items that occur most often, in order of first occurrence."""
+  if not items:
+    return None
+  counts = collections.Counter(items)
+  top = max(counts.values())
+  return [item for item, count in counts.items() if count == top]
+
+
+def _highlight(text):
+  """Wraps the text in an HTML span, as promptsource's viewer shows fields."""
+  return f"<span style='color: #F08080'>{text}</span>"
+
+
+def _first(items):
+  """`choice` while deriving an instruction: the first element (stable)."""
+  return next(iter(items), _Blank())
+
+
+def _passes_blanks(function):
+  """A filter that returns a blank value as it is (and otherwise filters)."""
+  # Filters marked to receive the context or environment take it first.
+  position = 1 if getattr(function, 'jinja_pass_arg', None) else 0
+
+  @functools.wraps(function)
+  def wrapped(*args, **kwargs):
+    if len(args) > position and isinstance(args[position], jinja2.Undefined):
+      return args[position]
+    return function(*args, **kwargs)
+
+  return wrapped
+
+
+def _blank_range(*args):
+  """`range`, empty when a bound is blank."""
+  if any(isinstance(a, jinja2.Undefined) for a in args):
+    return range(0)
+  return range(*args)
+
+
+# The filters and globals of every template environment.
+FILTERS = {
+    'choice': _choice,
+    'most_frequent': _most_frequent,
+    'highlight': _highlight,
+}
+GLOBALS = {'zip': zip}
+
+
+def _environment(undefined, filters) -> jinja2.Environment:
+  env = jinja2.Environment(
+      undefined=undefined, autoescape=False, keep_trailing_newline=False)
+  env.filters.update(filters)
+  env.globals.update(GLOBALS)
+  return env
+
+
+_ENV = _environment(jinja2.StrictUndefined, FILTERS)
+
+
+def _blank_environment() -> jinja2.Environment:
+  """The environment of instruction derivation (see the module docstring)."""
+  env = _environment(_Blank, {**FILTERS, 'choice': _first})
+  env.filters = {name: _passes_blanks(f) for name, f in env.filters.items()}
+  # A field is there, even if blank.
+  env.tests.update(defined=lambda value: True, undefined=lambda value: False)
+  env.globals['range'] = _blank_range
+  return env
+
+
+_BLANK_ENV = _blank_environment()
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,21 +260,42 @@ class Template:
 
   @functools.cached_property
   def instruction(self) -> str:
-    """The template's input text with every data field removed."""
+    """The template's input text with every data field removed.
+
+    The whole template is rendered with every field blank and the text
+    split at its first `|||`, as promptsource splits an applied template;
+    if that fails, the input half of the source alone (`split_source`).
+
+    Raises:
+      ValueError: neither renders (the message names the template and says
+        why); give the template an explicit "instruction".
+    """
     if self.explicit_instruction is not None:
       return self.explicit_instruction
-    source = split_source(self.jinja)[0]
-    context = {}
-    if self.fixed_answer_choices is not None:
-      context['answer_choices'] = _Choices(self.fixed_answer_choices)
-    try:
-      text = _compile(source, blank=True).render(**context)
-    except (jinja2.TemplateError, TypeError, ValueError) as e:
-      raise ValueError(
-          f'Cannot derive the instruction of template {self.name!r} by '
-          f'blanking its fields ({e}); give it an explicit "instruction".'
-      ) from e
-    return clean_instruction(text)
+    errors = []
+    for source, split in ((self.jinja, True),
+                          (split_source(self.jinja)[0], False)):
+      try:
+        text = _compile(source, blank=True).render(**self._blank_context())
+      except Exception as e:  # pylint: disable=broad-except
+        # Any error of the template's own code (a label-indexed "no answer",
+        # a filter given a blank, a syntax error) fails the derivation.
+        errors.append(f'{type(e).__name__}: {e}')
+        continue
+      if split:
+        text = text.split(SEPARATOR, 1)[0]
+      return clean_instruction(text)
+    raise ValueError(
+        f'Cannot derive the instruction of template {self.name!r} by '
+        f'blanking its fields ({errors[0]}); give it an explicit '
+        '"instruction".')
+
+  def _blank_context(self) -> dict[str, Any]:
+    """The variables of instruction derivation: the fixed answer choices."""
+    if self.fixed_answer_choices is None:
+      return {}
+    return {'answer_choices': _BlankChoices(_split_choices(
+        _compile(self.answer_choices, blank=True).render()))}
 
   @property
   def sources(self) -> dict[str, str]:
@@ -309,7 +464,8 @@ def load(collection: str) -> TemplateCollection:
   path = template_path(collection)
   name = os.path.splitext(os.path.basename(path))[0]
   try:
-    with open(path) as f:
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not JSON.
+    with open(path, encoding='utf-8-sig') as f:
       data = json.load(f)
   except FileNotFoundError:
     raise FileNotFoundError(
@@ -317,6 +473,9 @@ def load(collection: str) -> TemplateCollection:
         'give a path ending in .json for a file elsewhere).') from None
   except json.JSONDecodeError as e:
     raise TemplateError(f'{path}: not valid JSON: {e}.') from None
+  except UnicodeDecodeError as e:
+    raise TemplateError(f'{path}: not UTF-8 ({e.reason} at byte {e.start}); '
+                        'save it as UTF-8.') from None
   try:
     templates = tuple(
         Template(

@@ -86,7 +86,8 @@ def test_model_parallel_evaluation_keeps_the_training_layout(
   store = train_checkpoints.TrainCheckpoints(str(tmp_path))
   store.save(3, {'params': params, 'opt_state': {'m': np.zeros(5, np.float32)}})
   restored = store.restore_params(
-      3, trainer.params_shardings(model, mesh, rules))
+      3, partitioning.params_shardings(
+          trainer.params_axes(model), mesh, rules))
   store.close()
   fns = eval_lib.ModelFns(model, restored, batch_size=8, mesh=mesh, rules=rules)
 

@@ -63,12 +63,14 @@ def test_loss_is_mean_token_cross_entropy_plus_weighted_aux_losses(
       _log_probs(model, params, batch), targets[..., None], -1
   )[..., 0]
   cross_entropy = -np.sum(target_log_probs * weights) / weights.sum()
-  np.testing.assert_allclose(metrics['cross_entropy'], cross_entropy, rtol=1e-5)
+  np.testing.assert_allclose(metrics['cross_ent_loss'], cross_entropy, rtol=1e-5)
   # Per target token, each auxiliary loss counts as much as the cross entropy.
-  expected = (cross_entropy + 0.5 * metrics['pull_loss']
-              + 0.25 * metrics['balance_loss'])
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  assert 0 < float(metrics['pull_loss']) < 2
+  aux = 0.5 * metrics['spt/pull_loss'] + 0.25 * metrics['spt/balance_loss']
+  np.testing.assert_allclose(metrics['spt/aux_loss'], aux, rtol=1e-5)
+  np.testing.assert_allclose(loss, cross_entropy + aux, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss'], loss)
+  assert float(metrics['z_loss']) == 0.0
+  assert 0 < float(metrics['spt/pull_loss']) < 2
   assert 0 <= float(metrics['accuracy']) <= 1
 
 

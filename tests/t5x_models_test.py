@@ -164,6 +164,15 @@ def test_local_and_t5x_models_retrieve_score_and_decode_alike(params, batch):
 
   np.testing.assert_allclose(
       t5x_scores, local.score_batch(params, batch), rtol=1e-5)
+  # T5X's own intermediates are kept beside ours, with T5X's values.
+  oracle = _model(t5x_models_lib.EncoderDecoderModel, module)
+  oracle_scores, oracle_intermediates = oracle.score_batch(
+      params, batch, return_intermediates=True)
+  np.testing.assert_allclose(t5x_scores, oracle_scores, rtol=1e-5)
+  for name in ('target_tokens', 'loss_weights', 'token_scores'):
+    np.testing.assert_allclose(
+        intermediates['decoder'][name][0],
+        oracle_intermediates['decoder'][name][0], rtol=1e-5, atol=1e-6)
 
   greedy = _model(
       t5x_models.SptEncoderDecoderModel, module,

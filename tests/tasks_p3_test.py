@@ -18,6 +18,7 @@ import tensorflow as tf
 from tasks import feature_converters
 from tasks import metrics
 from tasks import p3
+from tasks import prompt_templates
 from tasks import prompted
 from tasks import registry
 from tasks import sources
@@ -540,6 +541,164 @@ def test_corrupt_record_names_the_folder(p3_dir, corrupt):
     list(task.get_dataset(None, split='train', shuffle=False))
   assert f'P3 folder {folder}: shard has a corrupt record' in str(error.value)
   assert 'train.tfrecord-00001-of-00002' in str(error.value)
+
+
+# ------------- promptsource's Jinja, as promptsource writes it --------------
+
+# Templates written for these tests in promptsource's style (its helpers, a
+# `|||` inside an `{% if %}` block, ...): name -> (jinja, answer_choices,
+# the instruction derived, how).
+_STYLE_TEMPLATES = {
+    'zip pairs': (
+        '{% for w, n in zip(["one", "two"], ["1", "2"]) %}{{ w }}={{ n }} '
+        '{% endfor %}Pair {{ left }} with {{ right }}. ||| {{ target }}',
+        None, 'one=1 two=2 Pair with.', p3.DERIVED),
+    'choice of verb': (
+        '{{ ["Summarize", "Shorten", "Condense"] | choice }} the note: '
+        '{{ note }} ||| {{ summary }}',
+        None, 'Summarize the note:', p3.DERIVED),
+    'most frequent tag': (
+        'Usual tag: {{ ["red", "blue", "blue"] | most_frequent | join }}. '
+        'Tag {{ text }} as the voters did. ||| '
+        '{{ votes | most_frequent | first }}',
+        None, 'Usual tag: blue. Tag as the voters did.', p3.DERIVED),
+    'separator inside if': (
+        '{% if label == 1 %}Ask something that {{ sentence }} answers. '
+        '|||\n{{ question }}\n{% endif %}',
+        None, 'Ask something that answers.', p3.DERIVED),
+    'comparison on a field': (
+        '{% if stars > 3 %}Why did the reviewer like it?{% else %}Why did '
+        'the reviewer dislike it?{% endif %} {{ review }} ||| {{ reason }}',
+        None, 'Why did the reviewer like it?', p3.DERIVED),
+    'last choice': (
+        'Answer {{ answer_choices[0] }} or {{ answer_choices[-1] }}: is '
+        '"{{ claim }}" true? ||| {{ answer_choices[label] }}',
+        'no ||| yes', 'Answer no or yes: is true?', p3.DERIVED),
+    # Looks up a choice it does not have: raises in both halves, so the
+    # literal text outside Jinja blocks is used.
+    'no answer': (
+        'Reply {{ answer_choices.index("maybe") }} about {{ claim }} now. '
+        '||| {{ answer_choices[label] }}',
+        'no ||| yes', 'Reply about now.', p3.LITERAL),
+    # Its text is guarded by a list the template builds from its fields,
+    # empty when they are blank: also the literal text.
+    'built list': (
+        '{% set kept = [] %}{% for item in items %}{% if item %}'
+        '{{ kept.append(item) | default("", True) }}{% endif %}{% endfor %}'
+        '{% if kept %}List what is kept: {{ kept | join(", ") }} ||| '
+        '{{ kept | first }}{% endif %}',
+        None, 'List what is kept:', p3.LITERAL),
+    # Nothing but fields: no instruction.
+    'just the question': ('{{ question }} ||| {{ answer }}', None, '',
+                          p3.DERIVED),
+}
+_STYLE_DATASET = 'my_style_qa'
+
+
+def _write_style_templates(root):
+  """A promptsource checkout with `_STYLE_TEMPLATES`; returns its file."""
+  folder = os.path.join(root, 'promptsource', 'templates', _STYLE_DATASET)
+  os.makedirs(folder)
+  lines = [f'dataset: {_STYLE_DATASET}', 'templates:']
+  for i, (name, (source, choices, _, _)) in enumerate(
+      _STYLE_TEMPLATES.items()):
+    lines += [
+        f'  style-{i}: !Template',
+        f'    answer_choices: {json.dumps(choices) if choices else "null"}',
+        f'    id: style-{i}',
+        f'    jinja: {json.dumps(source)}',  # JSON strings are YAML too.
+        '    metadata: !TemplateMetadata',
+        '      original_task: true',
+        f'    name: {name}',
+        "    reference: ''",
+    ]
+  path = os.path.join(folder, 'templates.yaml')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+def test_reads_promptsource_jinja_as_promptsource_writes_it(tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
+  path = _write_style_templates(str(tmp_path))
+
+  templates = p3.read_promptsource_yaml(path)
+
+  assert [t.name for t in templates] == list(_STYLE_TEMPLATES)
+  for template in templates:
+    _, _, instruction, how = _STYLE_TEMPLATES[template.name]
+    assert template.derivation == (instruction, how), template.name
+    assert template.instruction == instruction
+    assert template.file == path
+  # Each fallback is logged once, naming the file and the template.
+  fallbacks = [r.getMessage() for r in caplog.records
+               if 'outside Jinja blocks' in r.getMessage()]
+  assert len(fallbacks) == 2
+  assert f"{path}, template 'no answer'" in fallbacks[0]
+  assert "ValueError: 'maybe' is not in list" in fallbacks[0]
+  assert f"{path}, template 'built list'" in fallbacks[1]
+  assert 'its input is empty' in fallbacks[1]
+
+
+def test_an_error_while_rendering_is_a_logged_fallback(tmp_path, monkeypatch,
+                                                       caplog):
+  caplog.set_level(logging.WARNING)
+  path = _write_style_templates(str(tmp_path))
+
+  # pylint: disable=protected-access
+  def no_answer(self, index):
+    raise prompt_templates._NoAnswer(index)
+
+  # Fixed answer choices that say "no answer" whatever the index.
+  monkeypatch.setattr(prompt_templates._BlankChoices, '__getitem__',
+                      no_answer)
+  # pylint: enable=protected-access
+  template = {t.name: t for t in p3.read_promptsource_yaml(path)}['last choice']
+
+  assert template.derivation == ('Answer or: is true?', p3.LITERAL)
+  assert f"{path}, template 'last choice'" in caplog.text
+  assert '_NoAnswer' in caplog.text
+
+
+def test_a_template_without_instruction_pools_over_its_input(tmp_path,
+                                                             monkeypatch,
+                                                             caplog):
+  monkeypatch.delenv(p3.P3_DIR_ENV, raising=False)
+  caplog.set_level(logging.INFO)
+  checkout = tmp_path / 'checkout'
+  _write_style_templates(str(checkout))
+  p3_dir = tmp_path / 'P3'
+  for template in ('just_the_question', 'no_answer', 'choice_of_verb'):
+    _write_folder(str(p3_dir / f'{_STYLE_DATASET}_{template}'),
+                  {'train': (2, 2)})
+  try:
+    registered = _register(str(p3_dir), str(checkout))
+
+    question = f'spt_p3__{_STYLE_DATASET}__just_the_question'
+    assert registered.instruction_sources == {
+        f'spt_p3__{_STYLE_DATASET}__choice_of_verb': p3.DERIVED,
+        question: p3.INPUTS,
+        f'spt_p3__{_STYLE_DATASET}__no_answer': p3.LITERAL,
+    }
+    assert registered.prompt_from_inputs == (question,)
+    assert 'have no instruction' in caplog.text
+    assert f"['{question}']" in caplog.text
+    assert '1 derived, 1 from their template\'s literal text' in caplog.text
+
+    lengths = {'inputs': 32, 'targets': 8, 'prompt': 6}
+    examples = list(seqio.get_mixture_or_task(question).get_dataset(
+        lengths, split='train', shuffle=False).as_numpy_iterator())
+    for example in examples:
+      # The prompt is the start of the input, never an empty query.
+      np.testing.assert_array_equal(
+          example['prompt'], list(example['inputs'][:5]) + [_EOS])
+      assert example['prompt_pretokenized'] == example['inputs_pretokenized']
+    verb = next(seqio.get_mixture_or_task(
+        f'spt_p3__{_STYLE_DATASET}__choice_of_verb').get_dataset(
+            lengths, split='train', shuffle=False).as_numpy_iterator())
+    assert verb['prompt_pretokenized'].decode() == 'Summarize the note:'
+  finally:
+    p3.unregister()
 
 
 def test_mixing_rate_follows_t0_code():

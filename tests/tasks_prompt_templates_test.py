@@ -172,3 +172,64 @@ def test_heldout_templates_are_listed_templates():
   assert collection.seen == ['first_word_in_list', 'give_first', 'copy_first',
                              'answer_first_only']
   assert prompt_templates.load('super_glue_cb').heldout == ()
+
+
+def test_promptsource_helpers_render_real_examples():
+  template = prompt_templates.Template(
+      'helpers',
+      '{% for k, v in zip(keys, values) %}{{ k }}: {{ v | highlight }}\n'
+      '{% endfor %}Pick one of {{ options | choice }}. ||| '
+      '{{ votes | most_frequent | join(" and ") }}')
+
+  rendered = template.render({'keys': ['a', 'b'], 'values': ['1', '2'],
+                              'options': ['only'],
+                              'votes': ['x', 'y', 'y', 'x', 'z']})
+
+  assert rendered.inputs == ("a: <span style='color: #F08080'>1</span>\n"
+                             "b: <span style='color: #F08080'>2</span>\n"
+                             'Pick one of only.')
+  assert rendered.targets == 'x and y'  # Ties, in order of first occurrence.
+  picks = {prompt_templates.Template('c', '{{ o | choice }} ||| t').render(
+      {'o': ['p', 'q']}).inputs for _ in range(64)}
+  assert picks == {'p', 'q'}  # Random, as promptsource picks.
+  assert prompt_templates.Template(
+      'c', 'Pick {{ o | choice }} ||| t').instruction == 'Pick'
+
+
+@pytest.mark.parametrize('jinja,answer_choices,instruction', [
+    # The whole template renders, then splits: `|||` inside an if block.
+    ('{% if label == 1 %}Rewrite {{ text }} politely.\n|||\n{{ polite }}'
+     '{% endif %}', None, 'Rewrite politely.'),
+    # A condition on a field holds; an if/elif chain takes its first branch.
+    ('{% if n > 2 %}Is it many?{% elif n == 1 %}Is it one?{% endif %} {{ n }}'
+     ' ||| {{ a }}', None, 'Is it many?'),
+    ('{% if answers | length > 0 and context is defined %}Context: '
+     '{{ context }}{% endif %} Answer it. ||| {{ answers[0] }}', None,
+     'Context: Answer it.'),
+    # Arithmetic, filters, ranges and items of blanks are blank.
+    ('Words {{ words[start | int : end | int + 1] | join(" ") }} at '
+     '{{ start + 1 }}{% for i in range(count) %}#{{ i }}{% endfor %}. '
+     '|||{{ x }}', None, 'Words at.'),
+    # Fixed answer choices are a plain list; `choice` takes the first.
+    ('Say {{ answer_choices[:-1] | join(", ") }} or {{ answer_choices[-1] }}'
+     ' ({{ ["in short", "briefly"] | choice }}): {{ q }} ||| '
+     '{{ answer_choices[label] }}', 'red ||| green ||| blue',
+     'Say red, green or blue (in short):'),
+    ('Most common: {{ [3, 1, 3] | most_frequent | first }}. {{ x }} ||| '
+     '{{ x | most_frequent }}', None, 'Most common: 3.'),
+    # Nothing but fields.
+    ('{{ question }} ||| {{ answer }}', None, ''),
+])
+def test_instruction_renders_the_whole_template_with_blank_fields(
+    jinja, answer_choices, instruction):
+  template = prompt_templates.Template('t', jinja, answer_choices)
+  assert template.instruction == instruction
+
+
+def test_an_instruction_that_cannot_be_derived_names_the_template():
+  template = prompt_templates.Template(
+      'looks_up', 'Say {{ answer_choices.index("maybe") }}. ||| {{ y }}',
+      'yes ||| no')
+  with pytest.raises(ValueError, match=r"template 'looks_up'.*'maybe' is not "
+                     'in list.*explicit "instruction"'):
+    template.instruction  # pylint: disable=pointless-statement
