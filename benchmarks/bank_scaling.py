@@ -13,6 +13,10 @@ both axes (the default rules): 8 shards, none replicated, shard-local top-k
   sparse   the same Adafactor on every parameter but the values; the values
            get a row-sparse gradient and lazy Adam (sparse_updates.py,
            gin_configs/local/sparse_bank.gin)
+  sampled  sparse, and the keys' path of `SptConfig.key_gradient='sampled'`
+           (gin_configs/local/sampled_keys.gin): selection without gradient,
+           the balance loss's partition gradient from 64 sampled keys, and
+           the B*k + 64 touched keys updated by lazy Adam with the values
 
 Each (bank, variant) runs in its own process with 8 devices, so that a large
 bank's buffers are gone before the next one starts: compiled first, its
@@ -34,6 +38,10 @@ key). The batch is small so that a T5-base step takes seconds on a CPU.
     python -m benchmarks.bank_scaling --repeats=2
     python -m benchmarks.bank_scaling --banks=256:10,10000:10 --repeats=1  # quick
     python -m benchmarks.bank_scaling --platform=gpu --dtype=bfloat16  # a GPU
+    # T0's per-device load (about 2 x 1024 input tokens per device), T5-small:
+    python -m benchmarks.bank_scaling --size=small --model_partitions=2 \
+      --batch=8 --inputs=1024 --targets=256 --banks=256:1,1000000:1 \
+      --variants=sparse,sampled --repeats=2
 
 Writes benchmarks/results/bank_scaling.json (the default banks) or
 bank_scaling_<banks>.json.
@@ -55,7 +63,7 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 
 # (memories, memory length P).
 BANKS = ((256, 10), (10_000, 10), (100_000, 10), (256, 1), (1_000_000, 1))
-VARIANTS = ('dense', 'sparse')
+VARIANTS = ('dense', 'sparse', 'sampled')
 BATCH, INPUTS, TARGETS = 2, 32, 8
 KEY_DIM = 128
 TOP_K = common.TOP_K
@@ -69,7 +77,9 @@ def _bank_name(bank):
 
 def worker(num_memories: int, memory_length: int, variant: str,
            repeats: int, size: str, max_bytes: float, dtype: str = 'float32',
-           platform: str = 'cpu') -> dict:
+           platform: str = 'cpu', batch_size: int = BATCH,
+           inputs: int = INPUTS, targets: int = TARGETS,
+           model_partitions: int = MODEL_PARTITIONS) -> dict:
   """One (bank, variant) in this process; returns its row."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -85,15 +95,17 @@ def worker(num_memories: int, memory_length: int, variant: str,
 
   t5 = config.t5_1_1_config(size, dropout_rate=0.0, dtype=dtype)
   devices = jax.device_count()
-  partitions = MODEL_PARTITIONS if platform == 'cpu' else 1
+  partitions = model_partitions if platform == 'cpu' else 1
   spt = config.SptConfig(
       num_memories=num_memories, memory_length=memory_length, top_k=TOP_K,
-      key_dim=KEY_DIM, top_k_chunks=DEVICES if platform == 'cpu' else 1)
+      key_dim=KEY_DIM, top_k_chunks=DEVICES if platform == 'cpu' else 1,
+      key_gradient='sampled' if variant == 'sampled' else 'dense')
   model = models.SptModel(network.SptTransformer(t5, spt))
   optimizer = trainer.adafactor()
-  if variant == 'sparse':
-    optimizer = sparse_updates.sparse_bank_optimizer(optimizer, 'adam', 1e-3)
-  shapes = common.Shapes(size, BATCH, INPUTS, TARGETS)
+  if variant in ('sparse', 'sampled'):
+    optimizer = sparse_updates.sparse_bank_optimizer(
+        optimizer, 'adam', 1e-3, keys=variant == 'sampled')
+  shapes = common.Shapes(size, batch_size, inputs, targets)
   batch = step_time.random_batch(shapes, t5.vocab_size)
   input_shapes = {k: v.shape for k, v in batch.items()}
 
@@ -185,7 +197,9 @@ def run_worker(bank, variant, args) -> dict:
       f'--banks={_bank_name(bank)}', f'--variants={variant}',
       f'--repeats={args.repeats}', f'--size={args.size}',
       f'--max_gb={args.max_gb}', f'--dtype={args.dtype}',
-      f'--platform={args.platform}',
+      f'--platform={args.platform}', f'--batch={args.batch}',
+      f'--inputs={args.inputs}', f'--targets={args.targets}',
+      f'--model_partitions={args.model_partitions}',
   ]
   common.log(f'{_bank_name(bank)} {variant}')
   done = subprocess.run(
@@ -216,6 +230,13 @@ def main() -> None:
       '--platform', default='cpu', choices=('cpu', 'gpu'),
       help='cpu: 8 fake devices (mesh 2 x 4); gpu: the visible devices, '
            'data-parallel.')
+  parser.add_argument('--batch', type=int, default=BATCH,
+                      help='Global batch (split over the data axis).')
+  parser.add_argument('--inputs', type=int, default=INPUTS)
+  parser.add_argument('--targets', type=int, default=TARGETS)
+  parser.add_argument(
+      '--model_partitions', type=int, default=MODEL_PARTITIONS,
+      help="The mesh's model axis on CPU (it must divide the heads).")
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   banks = [tuple(int(x) for x in b.split(':')) for b in args.banks.split(',')]
@@ -223,7 +244,8 @@ def main() -> None:
   if args.worker:
     (bank,), (variant,) = banks, variants
     row = worker(bank[0], bank[1], variant, args.repeats, args.size,
-                 args.max_gb * 1e9, args.dtype, args.platform)
+                 args.max_gb * 1e9, args.dtype, args.platform, args.batch,
+                 args.inputs, args.targets, args.model_partitions)
     print('ROW_JSON ' + json.dumps(row, default=str), flush=True)
     return
 
@@ -248,16 +270,21 @@ def main() -> None:
   name = 'bank_scaling'
   if args.banks != ','.join(_bank_name(b) for b in BANKS) or args.size != 'base':
     name += '_' + args.size + '_' + args.banks.replace(':', 'x').replace(',', '_')
+  if (args.batch, args.inputs, args.targets) != (BATCH, INPUTS, TARGETS):
+    name += f'_b{args.batch}x{args.inputs}x{args.targets}'
+  if args.variants != ','.join(VARIANTS):
+    name += '_' + args.variants.replace(',', '_')
   if args.platform != 'cpu' or args.dtype != 'float32':
     name += f'_{args.platform}_{args.dtype}'
 
   path = common.write_results(name, {
       'machine': common.machine(),
-      'size': args.size, 'batch': BATCH, 'inputs': INPUTS,
-      'targets': TARGETS, 'top_k': TOP_K, 'key_dim': KEY_DIM,
+      'size': args.size, 'batch': args.batch, 'inputs': args.inputs,
+      'targets': args.targets, 'top_k': TOP_K, 'key_dim': KEY_DIM,
       'dtype': args.dtype, 'platform': args.platform,
-      'devices': DEVICES, 'mesh': {'data': DEVICES // MODEL_PARTITIONS,
-                                   'model': MODEL_PARTITIONS},
+      'devices': DEVICES,
+      'mesh': {'data': DEVICES // args.model_partitions,
+               'model': args.model_partitions},
       'bank_shards': DEVICES,
       'memory': 'xla_per_device_*: compiled.memory_analysis() of the step on '
                 'one of the 8 devices; state_bytes_device0: the allocated '

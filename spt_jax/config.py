@@ -39,10 +39,14 @@ SIMILARITIES = ('cosine', 'dot')
 QUERY_POOLINGS = ('mean', 'max')
 QUERY_SOURCES = ('embeddings', 'first_layer')
 PROMPT_SPANS = ('all_tokens', 'before_separator')
+# How the keys get their gradient (see memory_bank.py).
+KEY_GRADIENTS = ('dense', 'sampled')
 
 # Retrieval strategies whose weights are a softmax over the k retrieved
 # scores: with k = 1 the weight is 1 whatever the score.
 _CONSTANT_WEIGHT_STRATEGIES = ('softmax_topk', 'straight_through')
+# Retrieval strategies whose weights depend on the k selected scores alone.
+_SELECTED_SCORE_STRATEGIES = ('softmax_topk', 'straight_through')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,15 @@ class SptConfig:
   top_k_chunks: int = 1
   perturbed_samples: int = 16
   perturbed_sigma: float = 0.1
+  # 'dense': every key is scored with gradient, the balance loss's softmax
+  # spans all M, and the keys' gradient is [M, D]. 'sampled': the keys' cost
+  # is O(B*k + key_samples) rows: selection on scores without gradient, the
+  # selected scores recomputed from their gathered keys, and the balance
+  # loss's partition gradient estimated from `key_samples` uniform draws
+  # (`retrieval.sampled_balance_loss`); with gin_configs/*/sparse_bank.gin the
+  # touched keys are updated lazily, as the values are.
+  key_gradient: str = 'dense'
+  key_samples: int = 64
   # Query from the discrete prompt (see prompts.py).
   query_pooling: str = 'mean'  # One of QUERY_POOLINGS.
   query_source: str = 'embeddings'  # One of QUERY_SOURCES.
@@ -133,6 +146,7 @@ class SptConfig:
         'query_pooling': QUERY_POOLINGS,
         'query_source': QUERY_SOURCES,
         'prompt_span': PROMPT_SPANS,
+        'key_gradient': KEY_GRADIENTS,
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
@@ -172,6 +186,16 @@ class SptConfig:
       raise ValueError(
           "SptConfig.prompt_span='before_separator' needs prompt_separator_id."
       )
+    if self.key_gradient == 'sampled':
+      if self.retrieval not in _SELECTED_SCORE_STRATEGIES:
+        raise ValueError(
+            f"SptConfig.key_gradient='sampled' needs retrieval in "
+            f'{_SELECTED_SCORE_STRATEGIES} (weights of the selected scores '
+            f'alone), got {self.retrieval!r}.')
+      if self.key_samples < 1:
+        raise ValueError(
+            f'SptConfig.key_samples must be >= 1 (keys drawn per step for the '
+            f"balance loss of key_gradient='sampled'), got {self.key_samples}.")
     if self.temperature <= 0:
       raise ValueError(
           f'SptConfig.temperature must be positive, got {self.temperature}.'

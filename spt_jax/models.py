@@ -185,10 +185,21 @@ def sequence_scores(logits: Array, batch: Batch) -> Array:
   return jnp.sum(token_scores(logits, batch), axis=-1)
 
 
-def retrieval_indices(collections: Mapping[str, Any]) -> Optional[Array]:
-  """The retrieved ids [B, k] a forward pass sowed, or None without a bank."""
-  sown = collections.get('intermediates', {}).get('retrieval_indices')
-  return None if sown is None else sown[0]
+def retrieved_ids(collections: Mapping[str, Any]) -> Optional[Dict[str, Array]]:
+  """The memory ids a forward pass gathered, None without a bank.
+
+  `indices` [B, k] the retrieved memories and, with
+  `SptConfig.key_gradient='sampled'`, `sampled_key_indices` [S] the keys
+  drawn for the balance loss (the rows the row-sparse path updates).
+  """
+  sown = collections.get('intermediates', {})
+  if 'retrieval_indices' not in sown:
+    return None
+  ids = {'indices': sown['retrieval_indices'][0]}
+  sampled = sown.get('memory_bank', {}).get('sampled_key_indices')
+  if sampled is not None:
+    ids['sampled_key_indices'] = sampled[0]
+  return ids
 
 
 def feature_converter_cls(module: network.SptTransformer):
@@ -289,7 +300,7 @@ class SptModel:
       dropout_rng: Optional[Array],
       other_variables: Optional[Mapping[str, Any]] = None,
   ) -> Tuple[Array, Tuple[Dict[str, Array], Optional[Array]]]:
-    """`loss_fn`, plus the retrieved memory ids [B, k] (None without a bank).
+    """`loss_fn`, plus the gathered memory ids (`retrieved_ids`).
 
     The row-sparse training path (sparse_updates.value_and_grad) passes the
     zero perturbation of the retrieved rows in `other_variables`.
@@ -316,7 +327,7 @@ class SptModel:
         **{f'{AUX_METRICS_PREFIX}{name}': terms[name]
            for name in (*self.aux_loss_weights, 'aux_loss') if name in terms},
     }
-    return loss, (metrics, retrieval_indices(collections))
+    return loss, (metrics, retrieved_ids(collections))
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """Summed target log-likelihood [B], for rank classification."""

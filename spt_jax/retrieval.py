@@ -66,14 +66,37 @@ def similarity(
         f'Expected query [B, D] and keys [M, D] with equal D, got query '
         f'{query.shape} and keys {keys.shape}.'
     )
-  query = query.astype(jnp.float32)
-  keys = keys.astype(jnp.float32)
-  if kind == 'cosine':
-    query = query * lax.rsqrt(jnp.sum(query**2, -1, keepdims=True) + 1e-12)
-    keys = keys * lax.rsqrt(jnp.sum(keys**2, -1, keepdims=True) + 1e-12)
-  scores = jnp.einsum('bd,md->bm', query, keys) / temperature
   # Scores follow the bank's sharding; queries are small enough to replicate.
-  return layers.with_sharding_constraint(scores, (None, 'memory'))
+  return layers.with_sharding_constraint(
+      _pairwise_scores(query, keys, kind, temperature), (None, 'memory'))
+
+
+def _pairwise_scores(query, keys, kind, temperature):
+  """[B, N] scores of query [B, D] against keys [N, D] (any N)."""
+  return jnp.einsum(
+      'bd,nd->bn', _normalized(query, kind), _normalized(keys, kind)
+  ) / temperature
+
+
+def _normalized(x: Array, kind: str) -> Array:
+  """float32 `x`, unit-norm along its last axis for 'cosine'."""
+  x = x.astype(jnp.float32)
+  if kind == 'cosine':
+    x = x * lax.rsqrt(jnp.sum(x**2, -1, keepdims=True) + 1e-12)
+  return x
+
+
+def row_similarity(
+    query: Array, rows: Array, kind: str = 'cosine', temperature: float = 1.0
+) -> Array:
+  """Scores [B, N] of queries [B, D] against gathered keys [B, N, D].
+
+  `similarity` on rows already gathered per query (the `sampled` keys'
+  path recomputes the selected scores this way, differentiably).
+  """
+  return jnp.einsum(
+      'bd,bnd->bn', _normalized(query, kind), _normalized(rows, kind)
+  ) / temperature
 
 
 def top_k(
@@ -185,6 +208,19 @@ def shard_local_top_k(
   return best, jnp.take_along_axis(indices, positions, axis=-1)
 
 
+def _softmax_weights(selected_scores: Array, combine: str) -> Array:
+  """`softmax_topk`'s weights of the selected scores [B, k]."""
+  return _selected_softmax(selected_scores, combine)
+
+
+def _straight_through_weights(selected_scores: Array, combine: str) -> Array:
+  """`straight_through`'s weights: constant forward, softmax backward."""
+  k = selected_scores.shape[-1]
+  soft = _selected_softmax(selected_scores, combine)
+  hard = jnp.full_like(soft, 1.0 if combine == 'concat' else 1.0 / k)
+  return hard + soft - lax.stop_gradient(soft)
+
+
 def _selected_softmax(selected_scores: Array, combine: str) -> Array:
   """Softmax over the k selected scores; times k for `concat`, so weights average 1."""
   probs = jax.nn.softmax(selected_scores, axis=-1)
@@ -196,7 +232,7 @@ def softmax_topk(
 ) -> Retrieved:
   """Hard top-k selection weighted by a softmax over the selected scores."""
   values, indices = top_k(scores, k, **top_k_kwargs)
-  return Retrieved(indices, values, _selected_softmax(values, combine))
+  return Retrieved(indices, values, _softmax_weights(values, combine))
 
 
 def straight_through(
@@ -204,9 +240,7 @@ def straight_through(
 ) -> Retrieved:
   """Hard top-k with constant weights forward and softmax gradients backward."""
   values, indices = top_k(scores, k, **top_k_kwargs)
-  soft = _selected_softmax(values, combine)
-  hard = jnp.full_like(soft, 1.0 if combine == 'concat' else 1.0 / k)
-  return Retrieved(indices, values, hard + soft - lax.stop_gradient(soft))
+  return Retrieved(indices, values, _straight_through_weights(values, combine))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -280,6 +314,32 @@ STRATEGIES: Dict[str, Callable[..., Retrieved]] = {
 }
 
 
+# Strategies whose weights are a function of the k selected scores alone, so
+# that the scores of the other M - k memories need no gradient (the
+# `sampled` keys' path, `rescored`).
+SELECTED_SCORE_WEIGHTS: Dict[str, Callable[[Array, str], Array]] = {
+    'softmax_topk': _softmax_weights,
+    'straight_through': _straight_through_weights,
+}
+
+
+def rescored(
+    retrieved: Retrieved, selected_scores: Array, strategy: str, combine: str
+) -> Retrieved:
+  """`retrieved` with its scores and weights from `selected_scores` [B, k].
+
+  The selection was made on scores without gradient; `selected_scores`,
+  recomputed from the gathered keys, carry it, so the keys' gradient
+  reaches only the selected rows.
+  """
+  if strategy not in SELECTED_SCORE_WEIGHTS:
+    raise ValueError(
+        f'{strategy!r} weights depend on every score; rescoring the selected '
+        f'ones needs one of {list(SELECTED_SCORE_WEIGHTS)}.')
+  weights = SELECTED_SCORE_WEIGHTS[strategy](selected_scores, combine)
+  return Retrieved(retrieved.indices, selected_scores, weights)
+
+
 def retrieve(
     scores: Array,
     k: int,
@@ -344,15 +404,14 @@ def pull_loss(query: Array, keys: Array, indices: Array) -> Array:
   Returns:
     Scalar; minimising it pulls the selected keys towards their queries.
   """
-  def normalize(x):
-    x = x.astype(jnp.float32)
-    return x * lax.rsqrt(jnp.sum(x**2, -1, keepdims=True) + 1e-12)
-
   # Gathered before normalising: k rows per query, not the whole bank, in
   # both the forward pass and its gradient.
-  selected = normalize(jnp.take(keys, indices, axis=0))  # [B, k, D]
-  cosine = jnp.einsum('bd,bkd->bk', normalize(query), selected)
-  return jnp.mean(1.0 - cosine)
+  return pull_loss_of_rows(query, jnp.take(keys, indices, axis=0))
+
+
+def pull_loss_of_rows(query: Array, selected_keys: Array) -> Array:
+  """`pull_loss` of keys already gathered: query [B, D], keys [B, k, D]."""
+  return jnp.mean(1.0 - row_similarity(query, selected_keys, 'cosine'))
 
 
 def balance_loss(scores: Array, indices: Array) -> Array:
@@ -373,3 +432,51 @@ def balance_loss(scores: Array, indices: Array) -> Array:
   counts = jnp.zeros((num_memories,), jnp.float32).at[indices.reshape(-1)].add(1.0)
   fraction = counts / indices.size
   return num_memories * jnp.sum(lax.stop_gradient(fraction) * probs)
+
+
+def sampled_balance_loss(
+    query: Array,
+    selected_keys: Array,
+    sampled_keys: Array,
+    log_partition: Array,
+    num_memories: int,
+    kind: str = 'cosine',
+    temperature: float = 1.0,
+) -> Array:
+  """`balance_loss` whose gradient reaches only selected and sampled keys.
+
+  The value is `balance_loss`'s: M * sum_m f_m * mean_b p_bm, with f_m > 0
+  only for the B*k selections, so it needs p_bm only for the selected
+  memories: the scores [B, B*k] of every query against the batch's selected
+  keys, and each query's log-partition log Z_b over all M scores, given
+  without gradient. The gradient of log Z_b, sum_m p_bm ds_bm, is estimated
+  without bias from S keys drawn uniformly (with replacement) from the
+  bank: (M / S) sum_j p_bj ds_bj. With every memory drawn once it is exact.
+
+  Args:
+    query: [B, D].
+    selected_keys: [B, k, D] the keys of the selected memories.
+    sampled_keys: [S, D] keys drawn uniformly from the bank.
+    log_partition: [B] logsumexp over the M scores (treated as a constant).
+    num_memories: M.
+    kind: the similarity.
+    temperature: the scores' temperature.
+
+  Returns:
+    Scalar; its value equals `balance_loss(scores, indices)`.
+  """
+  batch, k, width = selected_keys.shape
+  log_partition = lax.stop_gradient(log_partition)
+  # [B, B*k]: p_{b, m} for every query b and every selection m of the batch.
+  selected_scores = _pairwise_scores(
+      query, selected_keys.reshape(batch * k, width), kind, temperature)
+  sampled_scores = _pairwise_scores(query, sampled_keys, kind, temperature)
+  sampled_probs = lax.stop_gradient(
+      jnp.exp(sampled_scores - log_partition[:, None]))
+  # Value log Z_b; gradient the sampled estimate of d log Z_b.
+  num_samples = sampled_keys.shape[0]
+  log_z = log_partition + (num_memories / num_samples) * jnp.sum(
+      sampled_probs * (sampled_scores - lax.stop_gradient(sampled_scores)),
+      axis=-1)
+  probs = jnp.exp(selected_scores - log_z[:, None])
+  return num_memories * jnp.sum(probs) / (batch * batch * k)

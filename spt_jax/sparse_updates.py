@@ -37,7 +37,7 @@ Shape letters: M memories, P memory length, H width, B batch, k retrieved,
 R = B*k rows.
 """
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -55,6 +55,12 @@ Params = Any
 BANK = 'memory_bank'
 VALUES = 'values'
 RETRIEVED_VALUES = 'retrieved_values'
+# With `SptConfig.key_gradient='sampled'`: the selected keys [B, k, D], the
+# keys drawn for the balance loss [S, D], and the draw [S] (`intermediates`).
+KEYS = 'keys'
+RETRIEVED_KEYS = 'retrieved_keys'
+SAMPLED_KEYS = 'sampled_keys'
+SAMPLED_KEY_INDICES = 'sampled_key_indices'
 
 
 @flax.struct.dataclass
@@ -72,11 +78,12 @@ class RowSparse:
 
 
 def dedup(indices: Array, row_grads: Array, num_memories: int) -> RowSparse:
-  """Sums the gradients of rows retrieved more than once.
+  """Sums the gradients of rows gathered more than once.
 
   Args:
-    indices: [B, k] retrieved memory ids.
-    row_grads: [B, k, P, H] the gradient of each retrieved row.
+    indices: [B, k] retrieved memory ids (or any shape of ids, e.g. [R]).
+    row_grads: [B, k, P, H] the gradient of each gathered row (the shape of
+      `indices`, then the row's).
     num_memories: M; fills the unused entries of `rows`.
 
   Returns:
@@ -89,7 +96,7 @@ def dedup(indices: Array, row_grads: Array, num_memories: int) -> RowSparse:
       flat, size=size, fill_value=num_memories, return_inverse=True
   )
   grads = jax.ops.segment_sum(
-      row_grads.reshape((size,) + row_grads.shape[2:]),
+      row_grads.reshape((size,) + row_grads.shape[indices.ndim:]),
       inverse.reshape(-1),
       num_segments=size,
   )
@@ -209,66 +216,103 @@ def lazy_adam(
 ROW_OPTIMIZERS = {'sgd': lazy_sgd, 'adam': lazy_adam}
 
 
-# The parameter tree with and without the values.
+# The parameter tree with and without the bank's row-sparse parameters.
+
+
+def split_rows(
+    params: Params, names: Sequence[str] = (VALUES,)
+) -> Tuple[Params, Dict[str, Array]]:
+  """(params without `memory_bank/<name>` for each name, those arrays by name)."""
+  frozen = isinstance(params, flax.core.FrozenDict)
+  tree = flax.core.unfreeze(params) if frozen else dict(params)
+  bank = dict(tree.get(BANK, {}))
+  missing = [name for name in names if name not in bank]
+  if missing:
+    raise ValueError(
+        f'Row-sparse training needs memory_bank/{missing[0]} among the '
+        f'trained parameters; got groups {sorted(tree)}.'
+    )
+  rows = {name: bank.pop(name) for name in names}
+  tree[BANK] = bank
+  return (flax.core.freeze(tree) if frozen else tree), rows
+
+
+def merge_rows(rest: Params, rows: Mapping[str, Any]) -> Params:
+  """`rest` with `memory_bank/<name>` set from `rows` (inverse of split)."""
+  frozen = isinstance(rest, flax.core.FrozenDict)
+  tree = flax.core.unfreeze(rest) if frozen else dict(rest)
+  tree[BANK] = {**tree.get(BANK, {}), **rows}
+  return flax.core.freeze(tree) if frozen else tree
 
 
 def split_values(params: Params) -> Tuple[Params, Array]:
   """(params without `memory_bank/values`, the values [M, P, H])."""
-  frozen = isinstance(params, flax.core.FrozenDict)
-  tree = flax.core.unfreeze(params) if frozen else dict(params)
-  if BANK not in tree or VALUES not in tree[BANK]:
-    raise ValueError(
-        'Row-sparse training needs memory_bank/values among the trained '
-        f'parameters; got groups {sorted(tree)}.'
-    )
-  bank = dict(tree[BANK])
-  values = bank.pop(VALUES)
-  tree[BANK] = bank
-  return (flax.core.freeze(tree) if frozen else tree), values
+  rest, rows = split_rows(params, (VALUES,))
+  return rest, rows[VALUES]
 
 
-def merge_values(rest: Params, values: Any) -> Params:
-  """`rest` with `memory_bank/values` set to `values` (inverse of split)."""
-  frozen = isinstance(rest, flax.core.FrozenDict)
-  tree = flax.core.unfreeze(rest) if frozen else dict(rest)
-  tree[BANK] = {**tree.get(BANK, {}), VALUES: values}
-  return flax.core.freeze(tree) if frozen else tree
+def row_sparse_names(sparse_keys: bool) -> Tuple[str, ...]:
+  """The bank's parameters differentiated row-sparse: values, and keys."""
+  return (VALUES, KEYS) if sparse_keys else (VALUES,)
 
 
 def value_and_grad(
-    loss_and_retrieval: Callable[..., Tuple[Array, Tuple[Any, Array]]],
+    loss_and_retrieval: Callable[..., Tuple[Array, Tuple[Any, Any]]],
     params: Params,
     top_k: int,
     batch_size: int,
+    key_samples: Optional[int] = None,
 ) -> Tuple[Tuple[Array, Any], Params]:
-  """The loss and gradients, with the values' gradient row-sparse.
+  """The loss and gradients, with the values' (and keys') gradient row-sparse.
 
   Args:
-    loss_and_retrieval: `(params, other_variables) -> (loss, (aux,
-      indices [B, k]))`, e.g. a model's `loss_and_retrieval` with the batch
-      and rng bound; `other_variables` carries the zero perturbation of the
-      retrieved rows.
+    loss_and_retrieval: `(params, other_variables) -> (loss, (aux, ids))`,
+      e.g. a model's `loss_and_retrieval` with the batch and rng bound, where
+      `ids` is `models.retrieved_ids` (`indices` [B, k], and
+      `sampled_key_indices` [S]); `other_variables` carries the zero
+      perturbations of the gathered rows.
     params: the differentiated parameters, holding `memory_bank/values`.
     top_k: k.
     batch_size: B, the rows of the batch the network retrieves for.
+    key_samples: None to differentiate the keys densely; S, with
+      `SptConfig.key_gradient='sampled'` and `key_samples=S`, to give the
+      keys a row-sparse gradient of their B*k + S gathered rows too.
 
   Returns:
     ((loss, aux), grads): `grads` has the tree of `params`, with a
-    `RowSparse` in place of the values' [M, P, H] gradient, which is never
-    built.
+    `RowSparse` in place of the values' [M, P, H] (and keys' [M, D])
+    gradient, which is never built.
   """
-  rest, values = split_values(params)
-  rows = jnp.zeros((batch_size, top_k) + values.shape[1:], values.dtype)
+  sparse_keys = key_samples is not None
+  rest, bank = split_rows(params, row_sparse_names(sparse_keys))
+  values = bank[VALUES]
+  zeros = {RETRIEVED_VALUES: jnp.zeros(
+      (batch_size, top_k) + values.shape[1:], values.dtype)}
+  if sparse_keys:
+    keys = bank[KEYS]
+    zeros[RETRIEVED_KEYS] = jnp.zeros(
+        (batch_size, top_k) + keys.shape[1:], keys.dtype)
+    zeros[SAMPLED_KEYS] = jnp.zeros((key_samples,) + keys.shape[1:], keys.dtype)
 
-  def loss(rest, rows):
-    perturbations = {'perturbations': {BANK: {RETRIEVED_VALUES: rows}}}
-    return loss_and_retrieval(merge_values(rest, values), perturbations)
+  def loss(rest, perturbations):
+    return loss_and_retrieval(
+        merge_rows(rest, bank), {'perturbations': {BANK: perturbations}})
 
-  (loss_value, (aux, indices)), (rest_grads, row_grads) = jax.value_and_grad(
+  (loss_value, (aux, ids)), (rest_grads, row_grads) = jax.value_and_grad(
       loss, argnums=(0, 1), has_aux=True
-  )(rest, rows)
-  grads = merge_values(rest_grads, dedup(indices, row_grads, values.shape[0]))
-  return (loss_value, aux), grads
+  )(rest, zeros)
+  num_memories = values.shape[0]
+  grads = {VALUES: dedup(
+      ids['indices'], row_grads[RETRIEVED_VALUES], num_memories)}
+  if sparse_keys:
+    grads[KEYS] = dedup(
+        jnp.concatenate([ids['indices'].reshape(-1),
+                         ids[SAMPLED_KEY_INDICES]]),
+        jnp.concatenate([
+            row_grads[RETRIEVED_KEYS].reshape((-1,) + keys.shape[1:]),
+            row_grads[SAMPLED_KEYS]]),
+        num_memories)
+  return (loss_value, aux), merge_rows(rest_grads, grads)
 
 
 def global_norm(grads: Params) -> Array:
@@ -281,31 +325,39 @@ def global_norm(grads: Params) -> Array:
   return optax.global_norm(dense)
 
 
-# The local runner's optimizer: dense Adafactor for the rest, lazy rows for values.
+# The local runner's optimizer: dense Adafactor for the rest, lazy rows for the bank.
 
 
 class SparseBankState(NamedTuple):
   dense: optax.OptState
-  rows: Any
+  rows: Dict[str, Any]
 
 
 class SparseBankOptimizer(NamedTuple):
-  """A dense optimizer for every trained parameter but the values, and
-  a `RowOptimizer` for the values (the local runner's sparse path).
+  """A dense optimizer for every trained parameter but the bank's row-sparse
+  ones, and a `RowOptimizer` for those: the values, and with `keys` the
+  keys (the local runner's sparse path).
 
-  `trainer.make_train_step` recognises it and differentiates the values
+  `trainer.make_train_step` recognises it and differentiates them
   row-sparse; `init` has optax's signature, so `TrainState.create` is
   unchanged.
 
   Attributes:
     dense: e.g. `trainer.adafactor()`.
     rows: e.g. `lazy_adam()`.
-    learning_rate: the values' learning rate.
+    learning_rate: the rows' learning rate.
+    keys: also update the keys lazily; needs
+      `SptConfig.key_gradient='sampled'` (gin_configs/local/sampled_keys.gin).
   """
 
   dense: Any  # An optax-style transformation: init, update.
   rows: RowOptimizer
   learning_rate: float
+  keys: bool = False
+
+  @property
+  def row_names(self) -> Tuple[str, ...]:
+    return row_sparse_names(self.keys)
 
   def with_param_axes(self, params_axes: Any) -> 'SparseBankOptimizer':
     """Binds the logical axes to the dense optimizer (see adafactor.py)."""
@@ -313,20 +365,24 @@ class SparseBankOptimizer(NamedTuple):
         self.dense, params_axes))
 
   def init(self, params: Params) -> SparseBankState:
-    rest, values = split_values(params)
-    return SparseBankState(self.dense.init(rest), self.rows.init(values))
+    rest, rows = split_rows(params, self.row_names)
+    return SparseBankState(
+        self.dense.init(rest),
+        {name: self.rows.init(table) for name, table in rows.items()})
 
   def apply(
       self, grads: Params, state: SparseBankState, params: Params
   ) -> Tuple[Params, SparseBankState]:
-    """New (params, state) from gradients with a `RowSparse` values leaf."""
-    rest, values = split_values(params)
-    rest_grads, values_grad = split_values(grads)
+    """New (params, state) from gradients with `RowSparse` bank leaves."""
+    rest, rows = split_rows(params, self.row_names)
+    rest_grads, row_grads = split_rows(grads, self.row_names)
     updates, dense_state = self.dense.update(rest_grads, state.dense, rest)
-    values, rows_state = self.rows.update(
-        values, state.rows, values_grad, self.learning_rate)
+    new_rows, rows_state = {}, {}
+    for name, table in rows.items():
+      new_rows[name], rows_state[name] = self.rows.update(
+          table, state.rows[name], row_grads[name], self.learning_rate)
     return (
-        merge_values(optax.apply_updates(rest, updates), values),
+        merge_rows(optax.apply_updates(rest, updates), new_rows),
         SparseBankState(dense_state, rows_state),
     )
 
@@ -335,11 +391,14 @@ def sparse_bank_optimizer(
     dense: Any,
     rows: str = 'adam',
     learning_rate: float = 1e-3,
+    keys: bool = False,
     **row_kwargs,
 ) -> SparseBankOptimizer:
-  """Gin entry point: `dense` for the rest, lazy `rows` ('sgd' or 'adam')."""
+  """Gin entry point: `dense` for the rest, lazy `rows` ('sgd' or 'adam')
+  for the values (and the keys, with `keys`)."""
   if rows not in ROW_OPTIMIZERS:
     raise ValueError(
         f'Unknown row optimizer {rows!r}; expected one of {list(ROW_OPTIMIZERS)}.'
     )
-  return SparseBankOptimizer(dense, ROW_OPTIMIZERS[rows](**row_kwargs), learning_rate)
+  return SparseBankOptimizer(
+      dense, ROW_OPTIMIZERS[rows](**row_kwargs), learning_rate, keys)

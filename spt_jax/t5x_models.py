@@ -116,7 +116,7 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       dropout_rng: Optional[jax.Array],
       other_variables=None,
   ):
-    """`loss_fn`, plus the retrieved memory ids [B, k] (None without a bank).
+    """`loss_fn`, plus the gathered memory ids (`models.retrieved_ids`).
 
     The row-sparse training path (`t5x_sparse.SparseBankTrainer`) passes the
     zero perturbation of the retrieved rows in `other_variables`.
@@ -159,7 +159,7 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       if name in terms:
         metrics[f'{prefix}{name}'] = metrics_lib.AveragePerStep(
             total=terms[name])
-    return loss, (metrics, spt_models.retrieval_indices(sown))
+    return loss, (metrics, spt_models.retrieved_ids(sown))
 
   def score_batch(
       self,

@@ -3,7 +3,8 @@
 Importable only where T5X is installed. Two pieces, both chosen in gin
 (gin_configs/runs/sparse_bank.gin):
 
-* `LazyRowOptimizer`, a T5X `OptimizerDef` for `memory_bank/values` alone:
+* `LazyRowOptimizer`, a T5X `OptimizerDef` for `memory_bank/values` (and
+  `memory_bank/keys` with `SptConfig.key_gradient='sampled'`) alone:
   it takes a `sparse_updates.RowSparse` gradient and updates the retrieved
   rows and their slots (lazy SGD or LazyAdam). Inside T5X's
   `MultiOptimizer` it sits beside the dense optimizer (Adafactor) of every
@@ -35,24 +36,31 @@ from t5x import trainer as t5x_trainer
 from spt_jax import sparse_updates
 from spt_jax import spt_params
 
-_VALUES_PATH = f'{sparse_updates.BANK}/{sparse_updates.VALUES}'
-
-
-def is_memory_values(path: str, value: Any = None) -> bool:
-  """`filter_fn` of the `ModelParamTraversal` of the lazy row optimizer."""
+def is_bank_row_param(
+    path: str, value: Any = None, sparse_keys: bool = False
+) -> bool:
+  """`filter_fn` of the lazy row optimizer's `ModelParamTraversal`: the
+  values, and the keys with `sparse_keys` (`SptConfig.key_gradient =
+  'sampled'`, gin_configs/runs/sampled_keys.gin)."""
   del value
-  return path.strip('/') == _VALUES_PATH
+  names = sparse_updates.row_sparse_names(sparse_keys)
+  return path.strip('/') in {f'{sparse_updates.BANK}/{n}' for n in names}
 
 
-def is_dense_param(path: str, value: Any = None) -> bool:
-  """Every parameter but the values: the dense optimizer's traversal."""
-  return not is_memory_values(path, value)
+def is_dense_param(
+    path: str, value: Any = None, sparse_keys: bool = False
+) -> bool:
+  """Every parameter but the bank's rows: the dense optimizer's traversal."""
+  return not is_bank_row_param(path, value, sparse_keys)
 
 
-def is_dense_spt_param(path: str, value: Any = None) -> bool:
-  """The SPT parameters but the values: the dense traversal of a frozen
+def is_dense_spt_param(
+    path: str, value: Any = None, sparse_keys: bool = False
+) -> bool:
+  """The SPT parameters but the bank's rows: the dense traversal of a frozen
   backbone (gin_configs/runs/frozen_backbone.gin)."""
-  return spt_params.is_spt_param(path) and not is_memory_values(path, value)
+  return spt_params.is_spt_param(path) and not is_bank_row_param(
+      path, value, sparse_keys)
 
 
 @flax.struct.dataclass
@@ -137,14 +145,17 @@ def sparse_train_with_lr(
     learning_rate,
     dropout_rng,
     model,
+    sparse_keys: bool = False,
 ):
-  """T5X's `train_with_lr` with the values' gradient row-sparse."""
+  """T5X's `train_with_lr` with the values' (and keys') gradient row-sparse."""
+  spt = model.module.spt
   (_, metrics), grads = sparse_updates.value_and_grad(
       lambda params, other: model.loss_and_retrieval(
           params, batch, dropout_rng, other),
       train_state.params,
-      top_k=model.module.spt.top_k,
+      top_k=spt.top_k,
       batch_size=batch['encoder_input_tokens'].shape[0],
+      key_samples=spt.key_samples if sparse_keys else None,
   )
   return t5x_trainer.apply_grads(
       train_state, grads, metrics, learning_rate, weight_metrics_computer=None)
@@ -157,8 +168,17 @@ class SparseBankTrainer(t5x_trainer.Trainer):
   `LazyRowOptimizer` (gin_configs/runs/sparse_bank.gin).
   """
 
-  def __init__(self, *args, **kwargs):
+  def __init__(self, *args, sparse_keys: bool = False, **kwargs):
+    """As T5X's `Trainer`; `sparse_keys` also differentiates the keys
+    row-sparse (with `SptConfig.key_gradient='sampled'`)."""
     super().__init__(*args, **kwargs)
+    self._sparse_keys = sparse_keys
+    key_gradient = self._model.module.spt.key_gradient
+    if sparse_keys and key_gradient != 'sampled':
+      raise ValueError(
+          'SparseBankTrainer.sparse_keys needs SptConfig.key_gradient = '
+          f"'sampled' (got {key_gradient!r}): dense keys' gradients reach "
+          'every memory (gin_configs/runs/sampled_keys.gin sets both).')
     if self._num_microbatches is not None and self._num_microbatches > 1:
       raise ValueError(
           'SparseBankTrainer does not accumulate microbatches; set '
@@ -177,6 +197,7 @@ class SparseBankTrainer(t5x_trainer.Trainer):
           learning_rate=self._learning_rate_fn(train_state.step),
           dropout_rng=self._get_step_rng(train_state.step),
           model=self._model,
+          sparse_keys=self._sparse_keys,
       )
 
     return self._partitioner.partition(

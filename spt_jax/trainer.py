@@ -107,18 +107,28 @@ def make_train_step(
   split_trained({}, trainable)  # Fails early on an unknown choice.
 
   sparse = isinstance(optimizer, sparse_updates.SparseBankOptimizer)
+  spt = model.module.spt
+  key_samples = None
+  if sparse and optimizer.keys:
+    if spt.key_gradient != 'sampled':
+      raise ValueError(
+          'sparse_bank_optimizer(keys=True) needs SptConfig.key_gradient = '
+          f"'sampled' (got {spt.key_gradient!r}): dense keys' gradients "
+          'reach every memory (gin_configs/local/sampled_keys.gin sets both).')
+    key_samples = spt.key_samples
 
   def train_step(state: TrainState, batch, dropout_rng):
     rng = jax.random.fold_in(dropout_rng, state.step)
     trained, frozen = split_trained(state.params, trainable)
     if sparse:
-      # The values' gradient comes out as the retrieved rows alone.
+      # The values' (and keys') gradient comes out as the gathered rows alone.
       (_, metrics), grads = sparse_updates.value_and_grad(
           lambda t, other: model.loss_and_retrieval(
               {**frozen, **t}, batch, rng, other),
           trained,
-          top_k=model.module.spt.top_k,
+          top_k=spt.top_k,
           batch_size=batch['encoder_input_tokens'].shape[0],
+          key_samples=key_samples,
       )
       trained, opt_state = optimizer.apply(grads, state.opt_state, trained)
       params = {**frozen, **trained}

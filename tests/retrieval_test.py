@@ -164,3 +164,59 @@ def test_shard_local_top_k_equals_one_device_and_divides_its_memory(num_chunks):
   np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
   # [64, 32768] float32 scores are 8 MiB; one shard's are 1 MiB.
   assert temp[num_chunks] * 4 < temp[1], temp
+
+
+def _sampled_and_dense_balance(num_memories=40, batch=3, k=2, width=8):
+  """(dense loss of keys, sampled loss of (keys, ids)) on random queries."""
+  rng = np.random.default_rng(0)
+  query = jnp.asarray(rng.normal(size=(batch, width)), jnp.float32)
+  keys = jnp.asarray(rng.normal(size=(num_memories, width)), jnp.float32)
+
+  def dense(keys):
+    scores = retrieval.similarity(query, keys, 'cosine', 0.5)
+    _, indices = retrieval.top_k(jax.lax.stop_gradient(scores), k)
+    return retrieval.balance_loss(scores, indices)
+
+  def sampled(keys, ids):
+    scores = jax.lax.stop_gradient(
+        retrieval.similarity(query, keys, 'cosine', 0.5))
+    _, indices = retrieval.top_k(scores, k)
+    return retrieval.sampled_balance_loss(
+        query, jnp.take(keys, indices, axis=0), jnp.take(keys, ids, axis=0),
+        jax.nn.logsumexp(scores, axis=-1), num_memories, 'cosine', 0.5)
+
+  return keys, dense, sampled
+
+
+def test_sampled_balance_loss_has_the_dense_value_and_an_unbiased_gradient():
+  keys, dense, sampled = _sampled_and_dense_balance()
+  num_memories = keys.shape[0]
+  every = jnp.arange(num_memories)
+  np.testing.assert_allclose(sampled(keys, every), dense(keys), rtol=1e-6)
+  np.testing.assert_allclose(
+      sampled(keys, every[:5]), dense(keys), rtol=1e-6)  # The value: any draw.
+  dense_grad = jax.grad(dense)(keys)
+  # Every memory drawn once: the estimate is the gradient.
+  np.testing.assert_allclose(
+      jax.grad(sampled)(keys, every), dense_grad, rtol=1e-4, atol=1e-7)
+  # Uniform draws of 8: the mean of many estimates converges to it.
+  draws = jax.random.randint(
+      jax.random.PRNGKey(0), (4000, 8), 0, num_memories)
+  mean = jax.jit(jax.vmap(jax.grad(sampled), (None, 0)))(keys, draws).mean(0)
+  scale = np.abs(dense_grad).max()
+  assert np.abs(mean - dense_grad).max() < 0.05 * scale
+  # One draw of 8 touches at most B*k + 8 rows.
+  touched = np.abs(jax.grad(sampled)(keys, draws[0])).sum(-1) > 0
+  assert touched.sum() <= 3 * 2 + 8
+
+
+def test_rescored_selection_keeps_indices_and_refuses_perturbed():
+  scores = jnp.asarray([[0.1, 0.9, 0.4], [0.3, 0.2, 0.8]])
+  hard = retrieval.softmax_topk(scores, 2)
+  again = retrieval.rescored(hard, hard.scores, 'softmax_topk', 'concat')
+  np.testing.assert_array_equal(again.indices, hard.indices)
+  np.testing.assert_allclose(again.weights, hard.weights)
+  straight = retrieval.rescored(hard, hard.scores, 'straight_through', 'concat')
+  np.testing.assert_allclose(straight.weights, 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match='perturbed_topk'):
+    retrieval.rescored(hard, hard.scores, 'perturbed_topk', 'concat')

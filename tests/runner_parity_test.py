@@ -4,10 +4,12 @@ From the same parameters and batch, one step of the local runner
 (`trainer.make_train_step` with `trainer.adafactor`) and one step of T5X
 (`t5x.trainer.train_with_lr` with T5X's Adafactor and SPT's factor rules)
 give the same parameters, bank and backbone, and the same metrics under the
-same names; dense, and with the values row-sparse (lazy Adam under both).
+same names; dense, with the values row-sparse (lazy Adam under both), and
+with values and sampled keys row-sparse.
 T5X's Adafactor is also the oracle of `spt_jax.adafactor` on its own.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -44,11 +46,15 @@ NORMALIZING_FACTOR = 'NUM_REAL_TARGET_TOKENS'
 AUX_WEIGHTS = dict(pull_loss_weight=0.5, balance_loss_weight=0.25)
 # Width 128 and vocabulary 160, so that some matrices are large enough for
 # the heuristic to factor them (min_dim_size_to_factor = 128) and some not.
-MODULE = network.SptTransformer(
-    config.t5_1_1_config('tiny', emb_dim=128, mlp_dim=256, vocab_size=160,
-                         dropout_rate=0.0),
-    config.SptConfig(num_memories=16, memory_length=2, top_k=2,
-                     soft_prompt_length=2, prompt_length=PROMPT_LENGTH))
+SPT = config.SptConfig(num_memories=16, memory_length=2, top_k=2,
+                       soft_prompt_length=2, prompt_length=PROMPT_LENGTH)
+T5 = config.t5_1_1_config('tiny', emb_dim=128, mlp_dim=256, vocab_size=160,
+                          dropout_rate=0.0)
+MODULE = network.SptTransformer(T5, SPT)
+# The keys' path of gin_configs/*/sampled_keys.gin: its draw comes from the
+# step's rng, which both runners fold in from the step number.
+SAMPLED_KEYS_MODULE = network.SptTransformer(
+    T5, dataclasses.replace(SPT, key_gradient='sampled', key_samples=5))
 # The metrics both runners write.
 METRICS = ('loss', 'cross_ent_loss', 'z_loss', 'accuracy', 'spt/aux_loss',
            'spt/pull_loss', 'spt/balance_loss')
@@ -89,9 +95,9 @@ def _traversal(fn):
   return traverse_util.ModelParamTraversal(filter_fn=fn)
 
 
-def _local_step(variables, batch, optimizer):
+def _local_step(variables, batch, optimizer, module=MODULE):
   model = models.SptModel(
-      MODULE, loss_normalizing_factor=NORMALIZING_FACTOR, **AUX_WEIGHTS)
+      module, loss_normalizing_factor=NORMALIZING_FACTOR, **AUX_WEIGHTS)
   optimizer = adafactor.with_param_axes(optimizer, variables['params_axes'])
   state = trainer.TrainState.create(dict(variables['params']), optimizer)
   step = jax.jit(trainer.make_train_step(model, optimizer))
@@ -99,18 +105,21 @@ def _local_step(variables, batch, optimizer):
   return state.params, {k: float(v) for k, v in metrics.items()}
 
 
-def _t5x_step(variables, batch, optimizer_def, sparse):
+def _t5x_step(variables, batch, optimizer_def, sparse, module=MODULE,
+              sparse_keys=False):
   model = t5x_models.SptEncoderDecoderModel(
-      MODULE, VOCAB, VOCAB, optimizer_def, z_loss=1e-4,
+      module, VOCAB, VOCAB, optimizer_def, z_loss=1e-4,
       loss_normalizing_factor=NORMALIZING_FACTOR, **AUX_WEIGHTS)
   state = train_state_lib.FlaxOptimTrainState.create(optimizer_def, variables)
   if sparse:
-    step = functools.partial(t5x_sparse.sparse_train_with_lr, model=model)
+    step = functools.partial(
+        t5x_sparse.sparse_train_with_lr, model=model, sparse_keys=sparse_keys)
   else:
     step = functools.partial(
         t5x_trainer.train_with_lr, model=model, num_microbatches=None)
-  state, metrics = jax.jit(step)(
-      state, batch, LEARNING_RATE, jax.random.PRNGKey(1))
+  # As T5X's Trainer (`_get_step_rng`) and the local step: the rng of step 0.
+  rng = jax.random.fold_in(jax.random.PRNGKey(1), 0)
+  state, metrics = jax.jit(step)(state, batch, LEARNING_RATE, rng)
   return state.params, {k: float(metrics[k].compute()) for k in METRICS}
 
 
@@ -123,23 +132,31 @@ def _assert_same_params(local, t5x_params):
         value, t5x_params[key], rtol=1e-5, atol=1e-6, err_msg='/'.join(key))
 
 
-@pytest.mark.parametrize('sparse', [False, True], ids=['dense', 'row_sparse'])
+@pytest.mark.parametrize('sparse, sparse_keys', [
+    (False, False), (True, False), (True, True)],
+    ids=['dense', 'row_sparse', 'row_sparse_sampled_keys'])
 def test_one_step_of_each_runner_gives_the_same_parameters_and_metrics(
-    sparse, variables, batch):
+    sparse, sparse_keys, variables, batch):
+  module = SAMPLED_KEYS_MODULE if sparse_keys else MODULE
   dense = trainer.adafactor(learning_rate=LEARNING_RATE)
   if sparse:
     local_optimizer = sparse_updates.sparse_bank_optimizer(
-        dense, rows='adam', learning_rate=LEARNING_RATE)
+        dense, rows='adam', learning_rate=LEARNING_RATE, keys=sparse_keys)
+    is_dense = functools.partial(
+        t5x_sparse.is_dense_param, sparse_keys=sparse_keys)
+    is_row = functools.partial(
+        t5x_sparse.is_bank_row_param, sparse_keys=sparse_keys)
     t5x_optimizer = optimizers.MultiOptimizer((
-        (_traversal(t5x_sparse.is_dense_param), _t5x_adafactor()),
-        (_traversal(t5x_sparse.is_memory_values),
-         t5x_sparse.LazyRowOptimizer('adam')),
+        (_traversal(is_dense), _t5x_adafactor()),
+        (_traversal(is_row), t5x_sparse.LazyRowOptimizer('adam')),
     ))
   else:
     local_optimizer, t5x_optimizer = dense, _t5x_adafactor()
 
-  local_params, local_metrics = _local_step(variables, batch, local_optimizer)
-  t5x_params, t5x_metrics = _t5x_step(variables, batch, t5x_optimizer, sparse)
+  local_params, local_metrics = _local_step(
+      variables, batch, local_optimizer, module)
+  t5x_params, t5x_metrics = _t5x_step(
+      variables, batch, t5x_optimizer, sparse, module, sparse_keys)
 
   # The step moved the bank and the backbone, and both runners alike.
   before = variables['params']

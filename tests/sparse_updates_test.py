@@ -52,7 +52,8 @@ def model_and_params():
 def retrieved_ids(model_and_params):
   """(params, batch) -> the ids [B, k] the batch retrieves, jitted once."""
   model, _ = model_and_params
-  return jax.jit(lambda p, b: model.loss_and_retrieval(p, b, None)[1][1])
+  return jax.jit(
+      lambda p, b: model.loss_and_retrieval(p, b, None)[1][1]['indices'])
 
 
 def test_dedup_sums_duplicate_rows_into_the_dense_gradient():
@@ -218,7 +219,7 @@ def test_sharded_sparse_step_equals_one_device():
     state, _ = sharded.train_step(
         state, sharded.shard_batch(_batch(i)), jax.random.PRNGKey(0))
   values = state.params['memory_bank']['values']
-  mu = state.opt_state.rows.mu
+  mu = state.opt_state.rows['values'].mu
   for array in (values, mu):
     assert {s.data.shape for s in array.addressable_shards} == {(2, 2, 64)}
   # Sums over 8 shards run in another order; Adam's normalised steps (lr
@@ -226,3 +227,55 @@ def test_sharded_sparse_step_equals_one_device():
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4),
       jax.tree.map(np.asarray, state.params), single.params)
+
+
+@pytest.fixture(scope='module')
+def sampled_model():
+  t5 = config.t5_1_1_config('tiny', vocab_size=64, dropout_rate=0.0)
+  spt = config.SptConfig(
+      num_memories=NUM_MEMORIES, memory_length=2, top_k=2, soft_prompt_length=2,
+      key_gradient='sampled', key_samples=3)
+  return models.SptModel(network.SptTransformer(t5, spt))
+
+
+def test_sampled_keys_row_sparse_gradient_equals_the_dense_gradient(
+    model_and_params, sampled_model):
+  _, params = model_and_params
+  batch, rng = _batch(), jax.random.PRNGKey(3)  # rng: the keys' draw.
+  dense_fn = jax.jit(jax.grad(
+      lambda p: sampled_model.loss_fn(p, batch, rng)[0]))
+  sparse_fn = jax.jit(lambda p: sparse_updates.value_and_grad(
+      lambda q, other: sampled_model.loss_and_retrieval(q, batch, rng, other),
+      p, top_k=2, batch_size=BATCH, key_samples=3))
+  dense = dense_fn(params)
+  _, sparse = sparse_fn(params)
+  for name in ('values', 'keys'):
+    grad = sparse['memory_bank'][name]
+    assert isinstance(grad, sparse_updates.RowSparse), name
+    np.testing.assert_allclose(
+        sparse_updates.to_dense(grad, NUM_MEMORIES), dense['memory_bank'][name],
+        rtol=1e-5, atol=1e-7, err_msg=name)
+  keys_grad = sparse['memory_bank']['keys']
+  assert keys_grad.rows.shape == (BATCH * 2 + 3,)
+  assert np.any(np.abs(np.asarray(dense['memory_bank']['keys'])) > 0)
+
+
+def test_sampled_keys_lazy_sgd_equals_dense_sgd(model_and_params, sampled_model):
+  _, params = model_and_params
+  dense, _, _ = _steps(sampled_model, params, optax.sgd(0.5))
+  sparse, _, _ = _steps(
+      sampled_model, params,
+      sparse_updates.sparse_bank_optimizer(optax.sgd(0.5), 'sgd', 0.5, keys=True))
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+      dense.params, sparse.params)
+  assert set(sparse.opt_state.rows) == {'values', 'keys'}
+  assert not np.allclose(sparse.params['memory_bank']['keys'],
+                         params['memory_bank']['keys'])
+
+
+def test_row_sparse_keys_need_the_sampled_key_gradient(model_and_params):
+  model, _ = model_and_params
+  with pytest.raises(ValueError, match="key_gradient = 'sampled'"):
+    trainer.make_train_step(model, sparse_updates.sparse_bank_optimizer(
+        optax.sgd(0.5), 'sgd', 0.5, keys=True))

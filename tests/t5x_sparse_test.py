@@ -76,7 +76,7 @@ def _model(values_optimizer):
        adafactor.Adafactor(
            decay_rate=0.8,
            logical_factor_rules=t5x_models.logical_factor_rules())),
-      (_traversal(t5x_sparse.is_memory_values), values_optimizer),
+      (_traversal(t5x_sparse.is_bank_row_param), values_optimizer),
   ))
   return t5x_models.SptEncoderDecoderModel(
       module=module, input_vocabulary=VOCAB, output_vocabulary=VOCAB,
@@ -193,7 +193,9 @@ def test_lazy_adam_slots_are_split_along_memory_like_the_values():
   assert {s.data.shape for s in mu.addressable_shards} == {(2, 2, 64)}
 
 
-def test_gin_mix_in_selects_the_sparse_trainer_and_optimizer(monkeypatch):
+@pytest.mark.parametrize('sampled_keys', [False, True])
+def test_gin_mix_in_selects_the_sparse_trainer_and_optimizer(
+    sampled_keys, monkeypatch):
   import importlib  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -210,12 +212,26 @@ def test_gin_mix_in_selects_the_sparse_trainer_and_optimizer(monkeypatch):
         ['gin_configs/models/spt_t5_1_1_tiny.gin',
          'gin_configs/runs/spt_pretrain.gin',
          'gin_configs/mixtures/synthetic.gin',
-         'gin_configs/runs/sparse_bank.gin'],
+         'gin_configs/runs/sparse_bank.gin']
+        + (['gin_configs/runs/sampled_keys.gin'] if sampled_keys else []),
         ['MODEL_DIR = "/tmp/unused"'])
     model = gin.get_configurable(t5x_models.SptEncoderDecoderModel)()
     trainer_cls = gin.query_parameter('train_script.train.trainer_cls')
+    sparse_keys = gin.query_parameter('%SPARSE_KEYS')
+    filters = {
+        scope: gin.query_parameter(
+            f'{scope}/traverse_util.ModelParamTraversal.filter_fn')
+        for scope in ('dense', 'values')}
+    keys_are_rows = filters['values'].scoped_configurable_fn(
+        'memory_bank/keys')
+    keys_are_dense = filters['dense'].scoped_configurable_fn(
+        'memory_bank/keys')
   finally:
     gin.clear_config()
+  assert sparse_keys is sampled_keys
+  assert keys_are_rows is sampled_keys and keys_are_dense is not sampled_keys
+  assert model.module.spt.key_gradient == (
+      'sampled' if sampled_keys else 'dense')
   optimizer = model.optimizer_def
   assert isinstance(optimizer, optimizers.MultiOptimizer)
   assert [type(o) for o in optimizer.sub_optimizers] == [

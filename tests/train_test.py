@@ -85,9 +85,11 @@ def test_train_checkpoint_resume_and_evaluate(trained, tmp_path):
 
 
 def test_sparse_bank_run_resumes_exactly(tmp_path):
-  """Lazy Adam's row slots are checkpointed: resuming from step 2 gives the
-  uninterrupted run's step 4, parameters and slots alike."""
-  files = ('gin_configs/local/synthetic.gin', 'gin_configs/local/sparse_bank.gin')
+  """Lazy Adam's row slots (values and sampled keys) are checkpointed:
+  resuming from step 2 gives the uninterrupted run's step 4, parameters and
+  slots alike."""
+  files = ('gin_configs/local/synthetic.gin', 'gin_configs/local/sparse_bank.gin',
+           'gin_configs/local/sampled_keys.gin')
   through = str(tmp_path / 'through')
   _train(through, 'TRAIN_STEPS = 4', 'CHECKPOINT_PERIOD = 2', files=files)
   resumed = str(tmp_path / 'resumed')
@@ -102,9 +104,11 @@ def test_sparse_bank_run_resumes_exactly(tmp_path):
 
   expected, actual = read(through), read(resumed)
   assert jax.tree.structure(expected) == jax.tree.structure(actual)
-  row_slots = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(expected)
-               if 'mu' in jax.tree_util.keystr(path)]
-  assert row_slots and all(np.any(leaf) for leaf in row_slots)
+  row_slots = {jax.tree_util.keystr(path): leaf
+               for path, leaf in jax.tree_util.tree_leaves_with_path(expected)
+               if 'mu' in jax.tree_util.keystr(path)}
+  assert len(row_slots) == 2, row_slots.keys()  # Values and keys.
+  assert all(np.any(leaf) for leaf in row_slots.values())
   jax.tree.map(np.testing.assert_array_equal, expected, actual)
 
 
