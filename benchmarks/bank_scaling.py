@@ -37,7 +37,8 @@ key). The batch is small so that a T5-base step takes seconds on a CPU.
 
     python -m benchmarks.bank_scaling --repeats=2
     python -m benchmarks.bank_scaling --banks=256:10,10000:10 --repeats=1  # quick
-    python -m benchmarks.bank_scaling --platform=gpu --dtype=bfloat16  # a GPU
+    python -m benchmarks.bank_scaling --platform=gpu --dtype=bfloat16 \
+      --in_process  # a GPU: every bank in one process (benchmarks/gpu_lease.sh)
     # T0's per-device load (about 2 x 1024 input tokens per device), T5-small:
     python -m benchmarks.bank_scaling --size=small --model_partitions=2 \
       --batch=8 --inputs=1024 --targets=256 --banks=256:1,1000000:1 \
@@ -213,6 +214,18 @@ def run_worker(bank, variant, args) -> dict:
   return json.loads(rows[-1][len('ROW_JSON '):])
 
 
+def run_in_process(bank, variant, args) -> dict:
+  """`worker` in this process; a failure becomes the row's `failed`."""
+  common.log(f'{_bank_name(bank)} {variant} (in process)')
+  try:
+    return worker(bank[0], bank[1], variant, args.repeats, args.size,
+                  args.max_gb * 1e9, args.dtype, args.platform, args.batch,
+                  args.inputs, args.targets, args.model_partitions)
+  except Exception as e:  # pylint: disable=broad-except
+    return {'num_memories': bank[0], 'memory_length': bank[1],
+            'variant': variant, 'failed': f'{type(e).__name__}: {e}'[:2000]}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=3)
@@ -237,6 +250,10 @@ def main() -> None:
   parser.add_argument(
       '--model_partitions', type=int, default=MODEL_PARTITIONS,
       help="The mesh's model axis on CPU (it must divide the heads).")
+  parser.add_argument(
+      '--in_process', action='store_true',
+      help='Every (bank, variant) in this process, one after another (a GPU '
+           'holds them all; saves a process start and jax import per row).')
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   banks = [tuple(int(x) for x in b.split(':')) for b in args.banks.split(',')]
@@ -249,10 +266,14 @@ def main() -> None:
     print('ROW_JSON ' + json.dumps(row, default=str), flush=True)
     return
 
+  if args.in_process and args.platform == 'cpu':
+    os.environ.setdefault(
+        'XLA_FLAGS', f'--xla_force_host_platform_device_count={DEVICES}')
   rows = []
   for bank in banks:
     for variant in variants:
-      rows.append(run_worker(bank, variant, args))
+      rows.append(run_in_process(bank, variant, args) if args.in_process
+                  else run_worker(bank, variant, args))
       # Each row as it comes, so that an interrupted run keeps its rows.
       common.log('ROW_JSON ' + json.dumps(rows[-1], default=str))
   baseline = {

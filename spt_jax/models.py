@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from spt_jax import network
-from tasks import feature_converters
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -204,6 +203,9 @@ def retrieved_ids(collections: Mapping[str, Any]) -> Optional[Dict[str, Array]]:
 
 def feature_converter_cls(module: network.SptTransformer):
   """The feature converter that lays batches out for `module`."""
+  # Imported here: the network, loss and training step need neither seqio nor
+  # TensorFlow (an accelerator image without them runs the benchmarks).
+  from tasks import feature_converters  # pylint: disable=g-import-not-at-top
   return functools.partial(
       feature_converters.SptEncDecFeatureConverter,
       prompt_length=module.spt.prompt_length,
@@ -237,7 +239,12 @@ class SptModel:
         'pull_loss': pull_loss_weight,
         'balance_loss': balance_loss_weight,
     }
-    self.FEATURE_CONVERTER_CLS = feature_converter_cls(module)  # pylint: disable=invalid-name
+
+  @property
+  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+    # A property: built on first use, so that training and benchmarks need
+    # no seqio (see `feature_converter_cls`).
+    return feature_converter_cls(self.module)
 
   def get_initial_variables(
       self,
