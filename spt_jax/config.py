@@ -5,10 +5,15 @@ and Flax modules can hold them as static attributes.
 """
 
 import dataclasses
+import math
+import numbers
 from typing import Any, Optional, Sequence
 
 from absl import logging
 import jax.numpy as jnp
+import numpy as np
+
+from spt_jax import gin_utils
 
 # Shapes of the T5 1.1 and T5-LM-adapt checkpoints (vocabulary 32128): the one
 # source of sizes; gin_configs/sizes/<size>.gin only names one (T5_SIZE) for
@@ -47,6 +52,58 @@ KEY_GRADIENTS = ('dense', 'sampled')
 _CONSTANT_WEIGHT_STRATEGIES = ('softmax_topk', 'straight_through')
 # Retrieval strategies whose weights depend on the k selected scores alone.
 _SELECTED_SCORE_STRATEGIES = ('softmax_topk', 'straight_through')
+_CHOICES = {
+    'memory_init': MEMORY_INITS,
+    'retrieval': RETRIEVAL_STRATEGIES,
+    'combine': COMBINATIONS,
+    'similarity': SIMILARITIES,
+    'query_pooling': QUERY_POOLINGS,
+    'query_source': QUERY_SOURCES,
+    'prompt_span': PROMPT_SPANS,
+    'key_gradient': KEY_GRADIENTS,
+}
+# The type of each SptConfig field that is not one of the _CHOICES, as gin
+# may bind it (`2`, `2.0`, `True`; an int where a float is expected).
+_INT, _FLOAT, _BOOL = 'an integer', 'a number', 'True or False'
+_FIELD_TYPES = {
+    'num_memories': _INT, 'memory_length': _INT, 'key_dim': _INT,
+    'memory_init_scale': _FLOAT, 'top_k': _INT, 'temperature': _FLOAT,
+    'approx_top_k': _BOOL, 'approx_recall_target': _FLOAT,
+    'top_k_chunks': _INT, 'perturbed_samples': _INT,
+    'perturbed_sigma': _FLOAT, 'query_stop_gradient': _BOOL,
+    'prompt_length': _INT, 'prompt_separator_id': _INT,
+    'soft_prompt_length': _INT, 'key_samples': _INT,
+}
+_OPTIONAL = ('key_dim', 'prompt_separator_id')
+_EXAMPLES = {_INT: '4', _FLOAT: '0.1', _BOOL: 'True'}
+
+
+def _invalid(message: str) -> None:
+  raise gin_utils.ConfigError(message)
+
+
+def _check_type(name: str, value: Any) -> None:
+  """Fails unless an SptConfig field has its type (see _FIELD_TYPES)."""
+  kind = _FIELD_TYPES.get(name)
+  if kind is None or (value is None and name in _OPTIONAL):
+    return
+  if kind == _BOOL:
+    ok = isinstance(value, (bool, np.bool_))
+  elif isinstance(value, (bool, np.bool_)):
+    ok = False  # True is an int to Python, not a count.
+  elif kind == _INT:
+    ok = isinstance(value, numbers.Integral)
+  else:
+    ok = isinstance(value, numbers.Real) and math.isfinite(value)
+  if not ok:
+    optional = ' or None' if name in _OPTIONAL else ''
+    how = 'without quotes, ' if isinstance(value, str) else ''
+    _invalid(
+        f'SptConfig.{name} must be {kind}{optional}, got {value!r} (a '
+        f'{type(value).__name__}); bind it {how}e.g. '
+        f'--gin.SptConfig.{name}={_EXAMPLES[kind]}.'
+    )
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,43 +194,43 @@ class SptConfig:
   soft_prompt_length: int = 0
 
   def __post_init__(self):
-    """Validates every setting, once: the SPT modules take them as given."""
-    choices = {
-        'memory_init': MEMORY_INITS,
-        'retrieval': RETRIEVAL_STRATEGIES,
-        'combine': COMBINATIONS,
-        'similarity': SIMILARITIES,
-        'query_pooling': QUERY_POOLINGS,
-        'query_source': QUERY_SOURCES,
-        'prompt_span': PROMPT_SPANS,
-        'key_gradient': KEY_GRADIENTS,
-    }
-    for name, allowed in choices.items():
+    """Validates every setting, once: the SPT modules take them as given.
+
+    Raises:
+      gin_utils.ConfigError: naming the first unusable field, its value and
+        what it may be (a ValueError; the local runner prints it alone).
+    """
+    for name, allowed in _CHOICES.items():
       if getattr(self, name) not in allowed:
-        raise ValueError(
+        _invalid(
             f'Unknown SptConfig.{name} {getattr(self, name)!r}; expected one '
             f'of {allowed}.'
         )
+    for field in dataclasses.fields(self):
+      _check_type(field.name, getattr(self, field.name))
     for name in ('num_memories', 'soft_prompt_length', 'prompt_length'):
       if getattr(self, name) < 0:
-        raise ValueError(f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.')
+        _invalid(
+            f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.'
+        )
     if self.num_memories:
       if not 0 < self.top_k <= self.num_memories:
-        raise ValueError(
+        _invalid(
             f'SptConfig.top_k must be in [1, num_memories={self.num_memories}], '
-            f'got {self.top_k}.'
+            f'got {self.top_k}: it is the number of memories each example '
+            'retrieves.'
         )
       if self.memory_length < 1:
-        raise ValueError(
+        _invalid(
             f'SptConfig.memory_length must be >= 1, got {self.memory_length}.'
         )
-      if self.num_memories % self.top_k_chunks or (
+      if self.top_k_chunks < 1 or self.num_memories % self.top_k_chunks or (
           self.num_memories // self.top_k_chunks < self.top_k
       ):
-        raise ValueError(
+        _invalid(
             f'SptConfig.top_k_chunks={self.top_k_chunks} must divide '
             f'num_memories={self.num_memories} into chunks of at least '
-            f'top_k={self.top_k} memories.'
+            f'top_k={self.top_k} memories (1: a single top-k).'
         )
       if self.top_k == 1 and self.retrieval in _CONSTANT_WEIGHT_STRATEGIES:
         logging.warning(
@@ -182,23 +239,56 @@ class SptConfig:
             'keys get no gradient from the task loss, only from the pull '
             "loss. Use top_k >= 2 or retrieval='perturbed_topk' to train "
             'them through the task.', self.retrieval)
-    if self.prompt_span == 'before_separator' and self.prompt_separator_id is None:
-      raise ValueError(
-          "SptConfig.prompt_span='before_separator' needs prompt_separator_id."
+    if self.key_dim is not None and self.key_dim < 1:
+      _invalid(
+          f'SptConfig.key_dim must be >= 1 or None (the model width), got '
+          f'{self.key_dim}.'
+      )
+    if self.memory_init == 'uniform' and not self.memory_init_scale > 0:
+      _invalid(
+          'SptConfig.memory_init_scale must be positive with '
+          f"memory_init='uniform' (values are drawn from [-scale, scale]), "
+          f'got {self.memory_init_scale}.'
+      )
+    if not self.temperature > 0:
+      _invalid(
+          f'SptConfig.temperature must be positive, got {self.temperature}.'
+      )
+    if not 0 < self.approx_recall_target <= 1:
+      _invalid(
+          'SptConfig.approx_recall_target must be in (0, 1], got '
+          f'{self.approx_recall_target}.'
+      )
+    if self.perturbed_samples < 1:
+      _invalid(
+          'SptConfig.perturbed_samples must be >= 1, got '
+          f'{self.perturbed_samples}.'
       )
     if self.key_gradient == 'sampled':
       if self.retrieval not in _SELECTED_SCORE_STRATEGIES:
-        raise ValueError(
+        _invalid(
             f"SptConfig.key_gradient='sampled' needs retrieval in "
             f'{_SELECTED_SCORE_STRATEGIES} (weights of the selected scores '
             f'alone), got {self.retrieval!r}.')
       if self.key_samples < 1:
-        raise ValueError(
+        _invalid(
             f'SptConfig.key_samples must be >= 1 (keys drawn per step for the '
             f"balance loss of key_gradient='sampled'), got {self.key_samples}.")
-    if self.temperature <= 0:
-      raise ValueError(
-          f'SptConfig.temperature must be positive, got {self.temperature}.'
+    # Perturbed top-k averages top-k over noise of this scale: with none it
+    # is a hard top-k whose gradient is 0 / 0.
+    if not self.perturbed_sigma > 0:
+      _invalid(
+          'SptConfig.perturbed_sigma must be positive (the scale of the '
+          f'noise of perturbed top-k), got {self.perturbed_sigma}.'
+      )
+    if self.prompt_span == 'before_separator' and self.prompt_separator_id is None:
+      _invalid(
+          "SptConfig.prompt_span='before_separator' needs prompt_separator_id."
+      )
+    if self.prompt_separator_id is not None and self.prompt_separator_id < 0:
+      _invalid(
+          'SptConfig.prompt_separator_id must be a token id (>= 0) or None, '
+          f'got {self.prompt_separator_id}.'
       )
 
   @property

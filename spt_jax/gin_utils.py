@@ -12,6 +12,10 @@ when the entry point does not use them (evaluation does not need
 
 `run` starts an entry point: configuration errors print one line, and any
 failure ends the process at once with a non-zero status (see `run`).
+
+T5X's binaries (`python -m t5x.train`, `t5x.eval`, `t5x.infer`) get the same
+check of command-line macros: our T5X run files import this module, whose
+finalize hook (`check_flag_macros_hook`) reads T5X's `--gin_bindings`.
 """
 
 import difflib
@@ -29,18 +33,21 @@ import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_GIN_FILES = flags.DEFINE_multi_string(
-    'gin_file', [], 'Gin files to parse, in order.'
-)
-_GIN_BINDINGS = flags.DEFINE_multi_string(
-    'gin_bindings', [], 'Individual gin bindings, applied after the files.'
-)
-_GIN_SEARCH_PATHS = flags.DEFINE_list(
-    'gin_search_paths',
-    ['.'],
-    'Folders where gin files and their includes are looked up; the '
-    'repository root is always searched.',
-)
+# T5X's binaries define flags of the same names before they parse our gin
+# files (which import this module): theirs are used then.
+if 'gin_file' not in flags.FLAGS:
+  flags.DEFINE_multi_string('gin_file', [], 'Gin files to parse, in order.')
+if 'gin_bindings' not in flags.FLAGS:
+  flags.DEFINE_multi_string(
+      'gin_bindings', [], 'Individual gin bindings, applied after the files.'
+  )
+if 'gin_search_paths' not in flags.FLAGS:
+  flags.DEFINE_list(
+      'gin_search_paths',
+      ['.'],
+      'Folders where gin files and their includes are looked up; the '
+      'repository root is always searched.',
+  )
 
 _REQUIRED = re.compile(r'^(\S+?)(?:/macro\.value)? set to `%gin.REQUIRED`')
 _MACRO = 'gin.macro'
@@ -105,7 +112,11 @@ def _used_macros(entry: Optional[Callable[..., Any]] = None) -> set[str]:
 
 
 def _check_command_line_macros(bindings: Sequence[str]) -> None:
-  """Rejects macros set by `bindings` that no binding of any file uses."""
+  """Rejects macros set by `bindings` that no binding of any file uses.
+
+  A macro no binding references has no effect, whether or not a file also
+  sets it; a macro referenced but never set is gin's own error.
+  """
   defined = {scope for scope, selector in _config() if selector == _MACRO}
   used = _used_macros()
   for binding in bindings:
@@ -119,6 +130,48 @@ def _check_command_line_macros(bindings: Sequence[str]) -> None:
         f'Unknown gin macro {name}: no gin file uses %{name}, so '
         f'--gin.{name} would have no effect.{hint}'
     )
+
+
+# Whether `parse_gin` is parsing: it checks its own bindings, which need not
+# be the command line's (spt_jax.compare parses several configurations).
+_PARSING = []
+
+
+@gin.config.register_finalize_hook
+def check_flag_macros_hook(config: Any) -> None:
+  """Finalize hook: `--gin_bindings` may set only macros some binding uses.
+
+  T5X's binaries parse our gin files with `--gin_bindings` and finalize; our
+  files import this module, so that a misspelt `--gin.BATCH_SIZ=8` fails
+  there as it does in the local runner, rather than being recorded in
+  config.gin and ignored. `parse_gin` checks its own bindings instead (this
+  does nothing while it finalizes), and where the flags were never parsed
+  (a library, a test) the flag holds no bindings.
+
+  Args:
+    config: gin's configuration (unused: `_config` reads the same).
+
+  Raises:
+    ConfigError: naming the macro and the closest defined one.
+  """
+  del config
+  if _PARSING or 'gin_bindings' not in flags.FLAGS:
+    return None
+  _check_command_line_macros(flags.FLAGS['gin_bindings'].value or [])
+  return None
+
+
+def _syntax_error(error: SyntaxError) -> ConfigError:
+  """A gin syntax error, with its file and line, as a ConfigError."""
+  text = (error.text or '').rstrip('\n')
+  hint = ''
+  if text.startswith('\ufeff'):
+    hint = (' The file starts with a UTF-8 byte-order mark: save it as UTF-8 '
+            'without one.')
+  where = f'{error.filename or "a --gin binding"}, line {error.lineno}'
+  return ConfigError(
+      f'Invalid gin syntax in {where}: {error.msg} ({text.strip()!r}).{hint}'
+  )
 
 
 def _unset_unused_required(entry: Callable[..., Any]) -> None:
@@ -169,11 +222,14 @@ def parse_gin(
     )
   except IOError as e:
     raise ConfigError(f'{e} (searched {paths})') from None
+  except SyntaxError as e:
+    raise _syntax_error(e) from None
   except ValueError as e:
     raise ConfigError(f'Invalid gin configuration: {e}') from None
   _check_command_line_macros(bindings)
   if entry is not None:
     _unset_unused_required(entry)
+  _PARSING.append(True)
   try:
     gin.finalize()
   except ValueError as e:
@@ -185,6 +241,8 @@ def parse_gin(
           f'or bind it in a gin file.'
       ) from None
     raise
+  finally:
+    _PARSING.pop()
 
 
 def write_config(model_dir: str) -> str:
@@ -221,7 +279,8 @@ def write_config(model_dir: str) -> str:
 def parse_gin_flags(entry: Optional[Callable[..., Any]] = None) -> None:
   """`parse_gin` from the command-line flags."""
   parse_gin(
-      _GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value, entry
+      flags.FLAGS.gin_file or [], flags.FLAGS.gin_bindings,
+      flags.FLAGS.gin_search_paths, entry,
   )
 
 
@@ -257,32 +316,55 @@ def _exit_now(code: int) -> None:
   os._exit(code)  # pylint: disable=protected-access
 
 
+# What gin appends to an exception raised inside a configurable it calls.
+_GIN_CONTEXT = re.compile(r"\n  In call to configurable '[^\n]*$")
+
+
+def error_message(error: BaseException) -> str:
+  """The message of an error, without the call context gin appends to it.
+
+  An error raised while gin calls a configurable (SptConfig, `train`) has
+  "In call to configurable ..." appended, once per configurable it passed;
+  the message before it names the setting and the fix.
+  """
+  message = str(error)
+  while True:
+    stripped = _GIN_CONTEXT.sub('', message)
+    if stripped == message:
+      return message
+    message = stripped
+
+
 def run(
     main: Callable[[Sequence[str]], Optional[int]],
     short_errors: tuple[type[BaseException], ...] = (),
+    usage_errors: tuple[type[BaseException], ...] = (),
 ) -> None:
   """`absl.app.run` with `--gin.NAME=VALUE` flags, that never hangs on errors.
 
   A `ConfigError` prints its message alone and exits with 2, as do the
-  `short_errors` (whose messages say all there is to say) with 1; `Ctrl-C`
-  exits with 130 (after the entry point's own clean-up); any other exception
-  prints its traceback and exits with 1. In each case the process ends at
-  once (see `_exit_now`), so a job scheduler sees the failure.
+  `usage_errors` (bad settings or inputs found by other modules: a template,
+  a data file); the `short_errors` (whose messages say all there is to say)
+  print alone and exit with 1; `Ctrl-C` exits with 130 (after the entry
+  point's own clean-up); any other exception prints its traceback and exits
+  with 1. In each case the process ends at once (see `_exit_now`), so a job
+  scheduler sees the failure.
 
   Args:
     main: the entry point.
     short_errors: exception types reported by their message alone.
+    usage_errors: exception types reported as a `ConfigError` is.
   """
 
   def main_reporting_errors(argv):
     quiet_library_logs()
     try:
       return main(argv)
-    except ConfigError as e:
-      print(f'error: {e}', file=sys.stderr)
+    except (ConfigError,) + usage_errors as e:  # pylint: disable=catching-non-exception
+      print(f'error: {error_message(e)}', file=sys.stderr)
       _exit_now(2)
     except short_errors as e:  # pylint: disable=catching-non-exception
-      print(f'error: {e}', file=sys.stderr)
+      print(f'error: {error_message(e)}', file=sys.stderr)
       _exit_now(1)
     except KeyboardInterrupt as e:
       print(f'Interrupted. {e}'.strip(), file=sys.stderr)

@@ -24,6 +24,8 @@ from flax.linen import partitioning as nn_partitioning
 import jax
 import numpy as np
 
+from spt_jax import gin_utils
+
 MeshAxes = Optional[Union[str, Tuple[str, ...]]]
 LogicalRules = Sequence[Tuple[str, MeshAxes]]
 MESH_AXES = ('data', 'model')
@@ -87,10 +89,13 @@ def create_mesh(
     The mesh; its `data` axis spans the remaining factor.
   """
   devices = list(jax.devices() if devices is None else devices)
-  if num_partitions < 1 or len(devices) % num_partitions:
-    raise ValueError(
-        f'num_partitions={num_partitions} must divide the {len(devices)} '
-        f'available devices.'
+  if (isinstance(num_partitions, bool) or not isinstance(num_partitions, int)
+      or num_partitions < 1 or len(devices) % num_partitions):
+    divisors = [d for d in range(1, len(devices) + 1) if len(devices) % d == 0]
+    raise gin_utils.ConfigError(
+        f'NUM_PARTITIONS={num_partitions!r} (devices per model replica) must '
+        f'divide the {len(devices)} available devices: use one of '
+        f'{", ".join(map(str, divisors))}.'
     )
   grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
   return jax.sharding.Mesh(grid, MESH_AXES)

@@ -15,14 +15,16 @@ Several hosts run the same command with `--multiprocess` (see
 `jax.distributed.initialize`).
 """
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 import signal
 import threading
 import time
-from typing import Dict, Mapping, Optional, Sequence, Type
+from typing import Callable, Dict, Mapping, Optional, Sequence, Type
 
 from absl import flags
 from absl import logging
@@ -32,6 +34,7 @@ import jax
 import numpy as np
 import optax
 import seqio
+import tensorflow as tf
 import tqdm
 
 from spt_jax import distributed
@@ -39,6 +42,7 @@ from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
 from spt_jax import models
 from spt_jax import partitioning
+from spt_jax import run_lock
 from spt_jax import train_checkpoints
 from spt_jax import trainer
 
@@ -175,17 +179,68 @@ def check_model_dir(model_dir: str) -> None:
     ) from None
 
 
-def _check_finite(pending, first_step: int, last_step: int, saved_step: int):
-  """Raises TrainingDiverged when a step's loss is not finite."""
+def check_initial_checkpoint(path: Optional[str]) -> None:
+  """Fails with a ConfigError when INITIAL_CHECKPOINT_PATH does not exist."""
+  if path and not tf.io.gfile.exists(path):
+    raise gin_utils.ConfigError(
+        f'INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a '
+        '`spt_jax.convert_checkpoint` output, a run\'s MODEL_DIR, a T5X '
+        'checkpoint or a Hugging Face T5 folder, or None to start from '
+        'scratch.'
+    )
+
+
+# A loss that is not finite this soon after a restore suspects the restored
+# checkpoint: the first step's loss reads its parameters, the second's the
+# first update made with its optimizer state.
+_SUSPECT_STEPS = 2
+
+
+def _check_finite(pending, first_step: int, last_step: int, saved_step: int,
+                  restored: Optional[tuple[int, str]] = None):
+  """Raises TrainingDiverged when a step's loss is not finite.
+
+  Args:
+    pending: the metrics of steps `first_step`..`last_step`.
+    first_step: the step of `pending[0]`.
+    last_step: the step of `pending[-1]`.
+    saved_step: the last checkpoint written.
+    restored: (step, what to do) of the checkpoint this run resumed from, if
+      it resumed from a trained one.
+  """
   for offset, metrics in enumerate(jax.device_get(pending)):
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
+      step = first_step + offset
+      not_saved = f'steps {first_step}..{last_step} not saved'
+      if restored is not None and step <= restored[0] + _SUSPECT_STEPS:
+        raise TrainingDiverged(
+            f'The loss is {loss} at step {step}, {step - restored[0]} '
+            f'step(s) after restoring checkpoint step {restored[0]} '
+            f'({not_saved}): that checkpoint is suspect. {restored[1]}'
+        )
       raise TrainingDiverged(
-          f'The loss is {loss} at step {first_step + offset} (steps '
-          f'{first_step}..{last_step} not saved; the last checkpoint is step '
-          f'{saved_step}). Lower LEARNING_RATE, or check that VOCAB_SIZE '
-          'covers the vocabulary.'
+          f'The loss is {loss} at step {step} ({not_saved}; the last '
+          f'checkpoint is step {saved_step}). Lower LEARNING_RATE, or check '
+          'that VOCAB_SIZE covers the vocabulary.'
       )
+
+
+def _suspect_hint(store: train_checkpoints.TrainCheckpoints, step: int) -> str:
+  """What to do when the loss diverges right after restoring `step`."""
+  earlier = [s for s in store.all_steps() if s < step]
+  if not earlier:
+    return ('It is the only checkpoint: train into a new MODEL_DIR, or lower '
+            'LEARNING_RATE.')
+  return (
+      f'Move {store.step_dir(step)} out of {store.directory} to resume from '
+      f'step {earlier[-1]}, the checkpoint before it; if that diverges too, '
+      'lower LEARNING_RATE.'
+  )
+
+
+def _host_metrics(pending) -> list[Dict[str, float]]:
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
 
 
 class _StopRequest:
@@ -213,6 +268,30 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _interrupts_raise(message: Callable[[str], str]):
+  """SIGINT / SIGTERM raise TrainingInterrupted(message(signal name)) at once.
+
+  For the final evaluation, which has nothing to save: without it SIGTERM
+  ends the process (exit 143) with no word on what was kept.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    del frame
+    raise TrainingInterrupted(message(signal.Signals(signum).name))
+
+  previous = {sig: signal.signal(sig, handle)
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
 def _model_input_shapes(dataset) -> Dict[str, tuple]:
   return {
       k: (None,) + tuple(spec.shape[1:])
@@ -220,6 +299,24 @@ def _model_input_shapes(dataset) -> Dict[str, tuple]:
   }
 
 
+def _holding_run_lock(train_fn):
+  """`train_fn` holding MODEL_DIR's `run_lock.RunLock` for the whole call.
+
+  Only process 0 takes it: the other hosts are the same run.
+  """
+
+  @functools.wraps(train_fn)
+  def locked(*args, model_dir: str, **kwargs):
+    if jax.process_index() != 0:
+      return train_fn(*args, model_dir=model_dir, **kwargs)
+    check_model_dir(model_dir)
+    with run_lock.RunLock(model_dir):
+      return train_fn(*args, model_dir=model_dir, **kwargs)
+
+  return locked
+
+
+@_holding_run_lock
 def train(
     *,
     model: models.SptModel,
@@ -272,6 +369,12 @@ def train(
 
   Returns:
     The final step, the last logged metrics and the evaluation results.
+
+  Raises:
+    run_lock.ModelDirInUse: another live run trains into MODEL_DIR.
+    gin_utils.ConfigError: a setting is unusable, or MODEL_DIR holds a run of
+      another model (nothing in it is changed).
+    TrainingDiverged: the loss is not finite.
   """
   is_chief = jax.process_index() == 0
   mesh = partitioning.create_mesh(num_partitions)
@@ -283,6 +386,8 @@ def train(
   )
   if is_chief:
     check_model_dir(model_dir)
+  eval_lib.check_feature_lengths(task_feature_lengths)
+  check_initial_checkpoint(initial_checkpoint_path)
   eval_lib.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
   eval_lib.check_data(mixture_or_task_name, 'train')
   check_vocabulary_size(model, mixture_or_task_name)
@@ -290,8 +395,6 @@ def train(
     eval_lib.check_mixture_or_task(eval_mixture_or_task_name)
     eval_lib.check_data(eval_mixture_or_task_name, 'validation')
     eval_lib.check_metrics(eval_mixture_or_task_name)
-  if is_chief and gin.config_is_locked():
-    gin_utils.write_config(model_dir)
   sharded = trainer.ShardedTrainer(
       model, optimizer or trainer.adafactor(), mesh, logical_axis_rules, trainable
   )
@@ -312,15 +415,34 @@ def train(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       state,
   )
+  # A changed model is refused before anything in MODEL_DIR is rewritten.
+  settings = train_checkpoints.run_settings(model, trainable)
+  if store.all_steps():
+    train_checkpoints.check_resumable(model_dir, settings, abstract)
   restored = store.restore_latest(abstract)
+  if is_chief:
+    if gin.config_is_locked():
+      gin_utils.write_config(model_dir)
+    train_checkpoints.write_run_settings(model_dir, settings, abstract)
+  # The metrics summary resumes where the saved step left it: the last logged
+  # metrics, and the steps of the log window not yet logged.
+  metrics_host: Dict[str, float] = {}
+  pending = []
+  restored_hint = None
   if restored is not None:
     start_step, state = restored
     logging.info('Resumed from step %d in %s.', start_step, store.directory)
+    saved = store.metadata(start_step)
+    metrics_host = dict(saved.get('metrics', {}))
+    pending = list(saved.get('window', []))
+    if start_step > 0:
+      restored_hint = (start_step, _suspect_hint(store, start_step))
   else:
     start_step = 0
     if initial_checkpoint_path:
       state = _with_initial_params(sharded, state, initial_checkpoint_path)
     store.save(0, state)
+  carried = len(pending)  # Steps of `pending` run before this process.
 
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, 'train'), just_logging=not is_chief
@@ -330,9 +452,7 @@ def train(
       input_shapes['encoder_input_tokens'][1]
       + input_shapes['decoder_target_tokens'][1]
   )
-  metrics_host: Dict[str, float] = {}
   history = []
-  pending = []
   bar = tqdm.tqdm(
       total=train_steps, initial=start_step, desc='train', unit='step',
       disable=not (progress_bar and is_chief), dynamic_ncols=True,
@@ -342,31 +462,44 @@ def train(
   stop = _StopRequest()
   with stop:
     for step in range(start_step + 1, train_steps + 1):
-      batch = sharded.shard_batch(next(batches))
+      try:
+        batch = sharded.shard_batch(next(batches))
+      except StopIteration:  # The data repeats: it gave no example at all.
+        raise gin_utils.ConfigError(
+            f'The training data of {mixture_or_task_name} holds no example '
+            f'(at step {step}): its files are empty, or its templates drop '
+            'every record. `python -m tasks.show NAME` shows what a task '
+            'yields.'
+        ) from None
       state, step_metrics = sharded.train_step(state, batch, dropout_rng)
       pending.append(step_metrics)
       bar.update(1)
       stopping = stop.signal_name is not None
       if step % log_period == 0 or step == train_steps or stopping:
-        _check_finite(pending, step - len(pending) + 1, step, saved_step)
+        _check_finite(pending, step - len(pending) + 1, step, saved_step,
+                      restored_hint)
+        values = jax.device_get(pending)
         metrics_host = {
-            k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-            for k in pending[0]
+            k: float(np.mean([m[k] for m in values if k in m]))
+            for k in values[-1]
         }
         elapsed = time.time() - period_start
-        metrics_host['steps_per_second'] = len(pending) / elapsed
-        metrics_host['tokens_per_second'] = len(pending) * tokens_per_batch / elapsed
+        run_here = len(pending) - carried
+        metrics_host['steps_per_second'] = run_here / elapsed
+        metrics_host['tokens_per_second'] = run_here * tokens_per_batch / elapsed
         writer.write_scalars(step, metrics_host)
         history.append((step, metrics_host))
         bar.set_postfix(
             loss=f'{metrics_host["loss"]:.3f}',
             tok_s=f'{metrics_host["tokens_per_second"]:.0f}',
         )
-        pending, period_start = [], time.time()
+        pending, period_start, carried = [], time.time(), 0
       if step % checkpoint_period == 0 or step == train_steps or stopping:
         if pending:
-          _check_finite(pending, step - len(pending) + 1, step, saved_step)
-        store.save(step, state)
+          _check_finite(pending, step - len(pending) + 1, step, saved_step,
+                        restored_hint)
+        store.save(step, state, metadata={
+            'metrics': metrics_host, 'window': _host_metrics(pending)})
         saved_step = step
       if stopping:
         break
@@ -382,14 +515,22 @@ def train(
 
   eval_results = None
   if eval_mixture_or_task_name:
-    eval_results = eval_lib.evaluate(
-        model_fns=eval_lib.ModelFns(
-            model, state.params, eval_batch_size, mesh, logical_axis_rules),
-        mixture_or_task_name=eval_mixture_or_task_name,
-        task_feature_lengths=task_feature_lengths,
-        output_dir=os.path.join(model_dir, 'eval') if is_chief else None,
-        step=step,
-    )
+    def interrupted(signal_name):
+      return (
+          f'{signal_name} during the final evaluation: training finished at '
+          f'step {step}, saved in {store.directory}; evaluate it with python '
+          f'-m spt_jax.eval --gin_file={os.path.join(model_dir, "config.gin")}'
+      )
+
+    with _interrupts_raise(interrupted):
+      eval_results = eval_lib.evaluate(
+          model_fns=eval_lib.ModelFns(
+              model, state.params, eval_batch_size, mesh, logical_axis_rules),
+          mixture_or_task_name=eval_mixture_or_task_name,
+          task_feature_lengths=task_feature_lengths,
+          output_dir=os.path.join(model_dir, 'eval') if is_chief else None,
+          step=step,
+      )
   store.close()
   return TrainResult(
       step=step, metrics=metrics_host, history=history, eval_results=eval_results
@@ -397,9 +538,22 @@ def train(
 
 
 def _with_initial_params(sharded, state, path):
-  """The state with parameters from `path` put in place (partial restore)."""
-  pretrained = train_checkpoints.load_params(path)
-  params = train_checkpoints.merge_params(jax.device_get(state.params), pretrained)
+  """The state with parameters from `path` put in place (partial restore).
+
+  Raises:
+    gin_utils.ConfigError: `path` holds no checkpoint, or parameters that do
+      not fit the model (the message names the parameter and both shapes).
+  """
+  try:
+    pretrained = train_checkpoints.load_params(path)
+    params = train_checkpoints.merge_params(
+        jax.device_get(state.params), pretrained)
+  except (FileNotFoundError, ValueError) as e:
+    raise gin_utils.ConfigError(
+        f'INITIAL_CHECKPOINT_PATH {path!r}: {gin_utils.error_message(e)} '
+        'Start from a checkpoint of this model (its T5 size, VOCAB_SIZE and '
+        'SptConfig), or set INITIAL_CHECKPOINT_PATH = None.'
+    ) from None
   return sharded.state_from_params(params)
 
 
@@ -420,6 +574,12 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   # Defined here, as in T5X, so that importing this module defines no flags.
   distributed.define_flags()
+  # `main` runs the importable module's `train`, which raises that module's
+  # TrainingDiverged, not this `__main__` copy's.
+  from spt_jax import train as _train_lib  # pylint: disable=g-import-not-at-top
   gin_utils.run(
-      main, short_errors=(train_checkpoints.CheckpointError, TrainingDiverged)
+      main,
+      short_errors=(train_checkpoints.CheckpointError,
+                    _train_lib.TrainingDiverged),
+      usage_errors=eval_lib.input_errors(),
   )

@@ -1,21 +1,30 @@
 """The local runner's checkpoints, and the loader of its starting parameters.
 
 `TrainCheckpoints` saves and restores the runner's sharded train states with
-orbax under `<model_dir>/checkpoints`. `load_params` reads whichever starting
-point the runner is given (a pretrained Hugging Face or T5X checkpoint, a
-`convert_checkpoint` output, or a run's MODEL_DIR), and `merge_params` puts
-it onto freshly initialised parameters.
+orbax under `<model_dir>/checkpoints`; every step records the SHA-256 of its
+files, and a restore verifies them. `check_resumable` compares a run's
+recorded settings (`<model_dir>/run_settings.json`) with those of the command
+that resumes it. `load_params` reads whichever starting point the runner is
+given (a pretrained Hugging Face or T5X checkpoint, a `convert_checkpoint`
+output, or a run's MODEL_DIR), and `merge_params` puts it onto freshly
+initialised parameters.
 """
 
+import concurrent.futures
+import dataclasses
 import errno
+import hashlib
+import json
 import os
 from typing import Any, Dict, Mapping, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from spt_jax import gin_utils
 from spt_jax import hf_checkpoints
 from spt_jax import t5x_checkpoints
 
@@ -54,6 +63,47 @@ class CheckpointError(RuntimeError):
   """A checkpoint cannot be read or written; the message names the step folder."""
 
 
+class CorruptCheckpoint(CheckpointError):
+  """A step's files do not match the checksums recorded when it was saved."""
+
+
+# The file in each step folder that lists the SHA-256 and size of every other
+# file of the step, and what the runner keeps with the step (its metrics).
+MANIFEST = 'spt_manifest.json'
+_HASH_CHUNK = 16 << 20
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(_HASH_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _hash_files(root: str, names: list[str]) -> Dict[str, str]:
+  """The SHA-256 of each file under `root`, hashed in parallel.
+
+  hashlib releases the GIL on large buffers, so threads use several cores on
+  the shards of a large checkpoint.
+  """
+  workers = min(8, os.cpu_count() or 1, max(1, len(names)))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    digests = pool.map(lambda n: _sha256(os.path.join(root, n)), names)
+    return dict(zip(names, digests))
+
+
+def _step_files(step_dir: str) -> list[str]:
+  """Every file of a step folder but the manifest, relative and sorted."""
+  names = []
+  for folder, _, files in os.walk(step_dir):
+    for name in files:
+      relative = os.path.relpath(os.path.join(folder, name), step_dir)
+      if relative not in (MANIFEST, MANIFEST + '.tmp'):
+        names.append(relative)
+  return sorted(names)
+
+
 def _no_space_left(error: BaseException) -> bool:
   """Whether an error (or one it was raised from) is a full disk."""
   seen = set()
@@ -78,9 +128,15 @@ class TrainCheckpoints:
 
   Orbax writes each step to a temporary folder and renames it when complete,
   so a run killed mid-save resumes from the last whole checkpoint and older
-  checkpoints are never overwritten. A step that cannot be read (a truncated
-  file, a deleted folder) is reported by name; `restore_latest` moves it to
-  `<model_dir>/damaged_checkpoints/` and falls back to the step before it.
+  checkpoints are never overwritten. Once a step is written, process 0 records
+  the SHA-256 of its files in `<step>/spt_manifest.json`; every restore checks
+  them first, so that a flipped byte is found before it changes a score or
+  turns the loss into NaN. A step whose files do not match (or are missing) is
+  reported by step and file; `restore_latest` moves it to
+  `<model_dir>/damaged_checkpoints/` and falls back to the step before it. A
+  step that verifies but cannot be read (a checkpoint of another model) is
+  reported and left in place. Steps saved before checksums were recorded are
+  restored unverified, with a warning.
   Checkpoints restore onto any number of devices: the caller's target layout,
   or this host's first device, replaces the layout they were saved with.
   """
@@ -109,8 +165,16 @@ class TrainCheckpoints:
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state: Any) -> None:
+  def save(
+      self, step: int, state: Any, metadata: Optional[Mapping[str, Any]] = None
+  ) -> None:
     """Saves a train state (any pytree of arrays); waits for the write.
+
+    Args:
+      step: the step number.
+      state: the train state.
+      metadata: JSON-serialisable notes kept with the step (process 0's are
+        written), returned by `metadata(step)`.
 
     Raises:
       CheckpointError: the write failed; a full disk is named as such.
@@ -118,6 +182,9 @@ class TrainCheckpoints:
     try:
       self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
       self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        # After `wait_until_finished` every host's files are committed.
+        self._write_manifest(step, metadata or {})
     except Exception as e:  # pylint: disable=broad-except
       previous = [s for s in self.all_steps() if s < step]
       kept = (
@@ -134,6 +201,86 @@ class TrainCheckpoints:
           f'Cannot write checkpoint step {step} to {self.step_dir(step)} '
           f'({_first_line(e)}); {kept}.'
       ) from e
+
+  def _manifest_path(self, step: int) -> str:
+    return os.path.join(self.step_dir(step), MANIFEST)
+
+  def _write_manifest(self, step: int, metadata: Mapping[str, Any]) -> None:
+    step_dir = self.step_dir(step)
+    names = _step_files(step_dir)
+    digests = _hash_files(step_dir, names)
+    manifest = {
+        'files': {
+            n: {'size': os.path.getsize(os.path.join(step_dir, n)),
+                'sha256': digests[n]}
+            for n in names
+        },
+        'metadata': dict(metadata),
+    }
+    path = self._manifest_path(step)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+  def _manifest(self, step: int) -> Optional[Dict[str, Any]]:
+    """The step's manifest, or None for a step saved without one."""
+    try:
+      with open(self._manifest_path(step)) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError) as e:
+      raise CorruptCheckpoint(
+          f'Checkpoint step {step} in {self.step_dir(step)} is corrupt: its '
+          f'manifest {MANIFEST} cannot be read ({_first_line(e)}).'
+      ) from None
+
+  def metadata(self, step: int) -> Dict[str, Any]:
+    """The notes saved with a step ({} for a step saved without any)."""
+    try:
+      return dict((self._manifest(step) or {}).get('metadata', {}))
+    except CheckpointError:
+      return {}
+
+  def verify(self, step: int) -> bool:
+    """Checks a step's files against the checksums saved with it.
+
+    Returns:
+      True when verified; False for a step saved without checksums (a run of
+      an earlier version, or one stopped between its save and the manifest),
+      which is logged.
+
+    Raises:
+      CorruptCheckpoint: a file is missing or its size or SHA-256 differs;
+        the message names the step and the file.
+    """
+    manifest = self._manifest(step)
+    step_dir = self.step_dir(step)
+    if manifest is None:
+      logging.warning(
+          'Checkpoint step %d in %s has no checksums (%s); restoring it '
+          'unverified.', step, step_dir, MANIFEST)
+      return False
+    files = manifest.get('files', {})
+    for name, expected in sorted(files.items()):
+      path = os.path.join(step_dir, name)
+      problem = None
+      if not os.path.isfile(path):
+        problem = 'is missing'
+      elif os.path.getsize(path) != expected['size']:
+        problem = (f'has {os.path.getsize(path)} bytes instead of '
+                   f'{expected["size"]}')
+      if problem:
+        raise CorruptCheckpoint(
+            f'Checkpoint step {step} in {step_dir} is corrupt: its file '
+            f'{name} {problem}.')
+    digests = _hash_files(step_dir, sorted(files))
+    for name in sorted(files):
+      if digests[name] != files[name]['sha256']:
+        raise CorruptCheckpoint(
+            f'Checkpoint step {step} in {step_dir} is corrupt: its file '
+            f'{name} does not match the checksum saved with it.')
+    return True
 
   def _read(self, step: int, target: Any, partial: bool = False) -> Any:
     """Restores `target`'s structure; with `partial`, a subtree of the state."""
@@ -152,32 +299,47 @@ class TrainCheckpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'Checkpoint step {step} in {self.step_dir(step)} cannot be read '
-          f'({_first_line(e)}). It is damaged or was written by a different '
-          'model; delete or move that folder to use the step before it.'
+          f'({_first_line(e)}). It was written by a different model, or is '
+          'damaged; nothing was moved: delete or move that folder to use the '
+          'step before it.'
       ) from None
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
-    """Restores into the structure, shapes and shardings of `abstract_state`."""
-    return self._read(self._require_step(step), abstract_state)
-
-  def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any]]:
-    """(step, state) of the newest readable checkpoint, or None if none exist.
-
-    A step that cannot be read is moved to `<model_dir>/damaged_checkpoints/`
-    (with a warning naming it) and the step before it is tried, so that the
-    run resumes from there and later saves do not collide with it.
+    """Restores into the structure, shapes and shardings of `abstract_state`.
 
     Raises:
-      CheckpointError: no checkpoint can be read; it names every bad step.
+      CorruptCheckpoint: the step's files fail verification.
+      CheckpointError: the step cannot be read.
+    """
+    step = self._require_step(step)
+    self.verify(step)
+    return self._read(step, abstract_state)
+
+  def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any]]:
+    """(step, state) of the newest sound checkpoint, or None if none exist.
+
+    A step whose files fail verification is moved to
+    `<model_dir>/damaged_checkpoints/` (with a warning naming it and the
+    file) and the step before it is tried, so that the run resumes from there
+    and later saves do not collide with it. A step that verifies but cannot
+    be read into `abstract_state` is not damage (a different model wrote it):
+    it stays in place and the error says so.
+
+    Raises:
+      CheckpointError: a verified step cannot be read, or every step is
+        corrupt (the message names each).
     """
     failures = []
     for step in reversed(self.all_steps()):
       try:
-        return step, self._read(step, abstract_state)
-      except CheckpointError as e:
+        self.verify(step)
+      except CorruptCheckpoint as e:
         failures.append(str(e))
-        logging.warning('%s Trying the step before it.', e)
+        logging.warning('%s Moving it to %s and trying the step before it.',
+                        e, self._damaged_dir)
         self._set_aside(step)
+        continue
+      return step, self._read(step, abstract_state)
     if failures:
       raise CheckpointError(
           'No checkpoint in {} can be read (moved to {}):\n  {}'.format(
@@ -189,14 +351,21 @@ class TrainCheckpoints:
     return os.path.join(self.model_dir, 'damaged_checkpoints')
 
   def _set_aside(self, step: int) -> None:
-    """Moves an unreadable step folder out of the way of later saves."""
-    os.makedirs(self._damaged_dir, exist_ok=True)
-    destination = os.path.join(self._damaged_dir, str(step))
-    suffix = 0
-    while os.path.exists(destination):
-      suffix += 1
-      destination = os.path.join(self._damaged_dir, f'{step}.{suffix}')
-    os.rename(self.step_dir(step), destination)
+    """Moves a corrupt step folder out of the way of later saves.
+
+    Every host finds the same files corrupt; process 0 moves the folder, and
+    the others wait for it before they list the steps again.
+    """
+    if jax.process_index() == 0:
+      os.makedirs(self._damaged_dir, exist_ok=True)
+      destination = os.path.join(self._damaged_dir, str(step))
+      suffix = 0
+      while os.path.exists(destination):
+        suffix += 1
+        destination = os.path.join(self._damaged_dir, f'{step}.{suffix}')
+      os.rename(self.step_dir(step), destination)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'spt_set_aside_{step}')
     self._manager.close()
     self._manager = self._new_manager()
 
@@ -213,16 +382,22 @@ class TrainCheckpoints:
 
     Returns:
       The parameter tree.
+
+    Raises:
+      CorruptCheckpoint: the step's files fail verification.
+      CheckpointError: the step cannot be read.
     """
     step = self._require_step(step)
+    self.verify(step)
     try:
       metadata = self._manager.item_metadata(step)
+      # Orbax gives None for a missing default/_METADATA.
+      tree = dict(getattr(metadata, 'tree', metadata))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'Checkpoint step {step} in {self.step_dir(step)} has no readable '
           f'metadata ({_first_line(e)}); it is damaged.'
       ) from None
-    tree = dict(getattr(metadata, 'tree', metadata))
     sharded = shardings is not None
     if not sharded:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -244,6 +419,135 @@ class TrainCheckpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+# A run's settings that define its model and method, as `check_resumable`
+# compares them; `<model_dir>/run_settings.json` holds those of the run.
+RUN_SETTINGS = 'run_settings.json'
+# Fields of the model's configs that a resumed run may change: how the same
+# model is computed (activation dtype, rematerialisation, the approximate
+# top-k) or regularised, not what it is.
+RESUMABLE_FIELDS = frozenset({
+    'T5Config.dtype', 'T5Config.dropout_rate', 'T5Config.remat_policy',
+    'T5Config.float32_attention_logits', 'SptConfig.approx_top_k',
+    'SptConfig.approx_recall_target', 'SptConfig.top_k_chunks',
+})
+
+
+def _json_value(value: Any) -> Any:
+  """`value` as its JSON round trip gives it back (tuples as lists...)."""
+  def default(v):
+    try:
+      return np.dtype(v).name
+    except TypeError:
+      return str(v)
+  return json.loads(json.dumps(value, default=default))
+
+
+def run_settings(model: Any, trainable: str) -> Dict[str, Any]:
+  """The settings that define a run's model and method, by name.
+
+  Args:
+    model: a `models.SptModel` (its module's `config` (T5Config) and `spt`
+      (SptConfig) dataclasses are read).
+    trainable: the runner's TRAINABLE.
+
+  Returns:
+    {'T5Config.emb_dim': 64, 'SptConfig.num_memories': 8, ...,
+    'TRAINABLE': 'all'} with JSON values.
+  """
+  settings = {'TRAINABLE': trainable}
+  module = getattr(model, 'module', None)
+  for attribute in ('config', 'spt'):
+    config = getattr(module, attribute, None)
+    if config is not None and dataclasses.is_dataclass(config):
+      for field in dataclasses.fields(config):
+        settings[f'{type(config).__name__}.{field.name}'] = getattr(
+            config, field.name)
+  return _json_value(settings)
+
+
+def state_signature(abstract_state: Any) -> Dict[str, str]:
+  """'dtype[shape]' of every leaf of a train state, by its path."""
+  return {
+      jax.tree_util.keystr(path):
+          f'{np.dtype(leaf.dtype).name}{list(leaf.shape)}'
+      for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)
+  }
+
+
+def write_run_settings(
+    model_dir: str, settings: Mapping[str, Any], abstract_state: Any
+) -> None:
+  """Records a run's settings and state shapes for `check_resumable`."""
+  path = os.path.join(model_dir, RUN_SETTINGS)
+  record = {'settings': _json_value(dict(settings)),
+            'state': state_signature(abstract_state)}
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def check_resumable(
+    model_dir: str, settings: Mapping[str, Any], abstract_state: Any
+) -> None:
+  """Fails when a run's checkpoints cannot resume under new settings.
+
+  A checkpoint of another model is not damage: rather than reading it into
+  the new state (and finding every step unreadable), the settings recorded
+  when the run started are compared with the new ones first. Settings that do
+  not change the model (TRAIN_STEPS, LEARNING_RATE, evaluation, the
+  `RESUMABLE_FIELDS`) may change. A run recorded before settings were (no
+  `run_settings.json`) is not checked.
+
+  Args:
+    model_dir: the run's folder, which holds checkpoints.
+    settings: `run_settings` of the resuming command.
+    abstract_state: the train state it would restore into.
+
+  Raises:
+    gin_utils.ConfigError: the model, method or state shapes differ; the
+      one-line message lists each change as `name: old -> new`.
+  """
+  path = os.path.join(model_dir, RUN_SETTINGS)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except FileNotFoundError:
+    return
+  except (OSError, ValueError) as e:
+    logging.warning('Cannot read %s (%s); the settings are not compared.',
+                    path, _first_line(e))
+    return
+  old, new = record.get('settings', {}), _json_value(dict(settings))
+  # A setting only one side knows is a field added or removed by a code
+  # update, not a change of this run's; the state shapes below still count.
+  changes = [
+      f'{name}: {old[name]!r} -> {new[name]!r}'
+      for name in sorted(set(old) & set(new))
+      if name not in RESUMABLE_FIELDS and old[name] != new[name]
+  ]
+  missing = '(none)'
+  old_state = record.get('state', {})
+  new_state = state_signature(abstract_state)
+  if not changes and old_state and old_state != new_state:
+    # The same settings, other state shapes: another optimizer, for instance.
+    changes = [
+        f'{name}: {old_state.get(name, missing)} -> '
+        f'{new_state.get(name, missing)}'
+        for name in sorted(set(old_state) | set(new_state))
+        if old_state.get(name) != new_state.get(name)
+    ]
+    if len(changes) > 4:
+      changes = changes[:4] + [f'and {len(changes) - 4} more state entries']
+  if changes:
+    raise gin_utils.ConfigError(
+        f'MODEL_DIR {model_dir} holds a run of another model or method, so its '
+        f'checkpoints cannot resume with these settings: {"; ".join(changes)}. '
+        'Train into a new MODEL_DIR to start a new run, or resume with the '
+        f'settings of {os.path.join(model_dir, gin_utils.CONFIG_FILE)}; '
+        'nothing was changed.'
+    )
 
 
 def load_params(path: str) -> Params:

@@ -15,8 +15,10 @@ choice for scoring:
     idx             int32 [2]     (example index, choice index)
     is_correct      bool []       whether the choice is the example's target
 """
+import json
 from typing import Any, Mapping, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -59,6 +61,35 @@ def _stand_in(spec: tf.TensorSpec) -> Any:
   return [value] * (spec.shape.rank or 0) if spec.shape.rank else value
 
 
+def check_template(template: prompt_templates.Template) -> None:
+  """Fails on a template that can give no example a target.
+
+  Without `|||` a template renders no target, and an empty answer choice can
+  be no example's target: each would drop every record, and training would
+  find an empty dataset only when it asks for its first batch.
+
+  Raises:
+    prompt_templates.TemplateError: naming the template and the fix.
+  """
+  start = f'Template {template.name!r} ({template.jinja[:60]!r})'
+  if prompt_templates.SEPARATOR not in template.jinja:
+    raise prompt_templates.TemplateError(
+        f'{start} has no target: its jinja has no '
+        f'"{prompt_templates.SEPARATOR}" between the input and the target.')
+  choices = template.fixed_answer_choices
+  if choices is not None and not all(choices):
+    raise prompt_templates.TemplateError(
+        f'{start} has an empty answer choice ({template.answer_choices!r} '
+        f'gives {list(choices)}): give each choice some text, separated by '
+        f'"{prompt_templates.SEPARATOR}".')
+
+
+def _is_power_of_ten(n: int) -> bool:
+  while n % 10 == 0:
+    n //= 10
+  return n == 1
+
+
 def apply_template(
     dataset: tf.data.Dataset,
     template: prompt_templates.Template,
@@ -76,18 +107,36 @@ def apply_template(
     Examples with `inputs`, `targets`, `prompt`, `answer_choices` (see the
     module docstring) and the kept features.
 
+  Records without a target (a label outside the answer choices, such as
+  GLUE's -1 for unlabelled records, or a target that renders empty) are
+  skipped with a warning that counts them (logged at the 1st, 10th, 100th,
+  ... such record). Not an error: unlabelled records are expected in some
+  splits, and one stray label should not stop a long run; a split that
+  keeps no record at all is an error where the runner reads it
+  (`spt_jax.eval.check_data`).
+
   Raises:
     prompt_templates.TemplateError: the template uses a variable the dataset
-      does not have (checked here, before any example is read).
+      does not have, has no target, or has an empty answer choice (checked
+      here, before any example is read).
   """
   structure = dataset.element_spec
+  check_template(template)
   template.check_fields(tf.nest.map_structure(_stand_in, structure))
   instruction = template.instruction
+  skipped = [0]
 
   def render(*flat_values):
     example = to_python(tf.nest.pack_sequence_as(structure, list(flat_values)))
     rendered = template.render(example)
     if rendered is None:
+      skipped[0] += 1
+      if _is_power_of_ten(skipped[0]):
+        logging.warning(
+            'Template %r: skipped %d record(s) without a target so far (a '
+            'label outside its answer_choices, e.g. -1 for unlabelled '
+            'records, or an empty target); the latest: %s', template.name,
+            skipped[0], json.dumps(example, default=str)[:200])
       return b'', b'', np.zeros([0], dtype=object), False
     choices = np.array(
         [c.encode('utf-8') for c in rendered.answer_choices], dtype=object)

@@ -13,9 +13,10 @@ When the data is missing both raise `DataNotFoundError` naming the dataset and
 how to provide it, instead of an error from deep inside TFDS or tf.data.
 
 A JSON lines split is read and checked whole when its dataset is built (and
-kept in memory, once per file): every declared field must be present, not
-null, and of its declared type, or `InvalidRecordError` names the file, the
-line and the field. Nothing is filled with a default. (TFRecord exports, for
+kept in memory, once per file): it must be UTF-8 (a byte-order mark is
+skipped) and hold at least one record, and every declared field must be
+present, not null, and of its declared type, or `InvalidRecordError` names
+the file, the line and the field. Nothing is filled with a default. (TFRecord exports, for
 data too large for memory, are parsed by tf.data; missing scalar features are
 errors there too.)
 """
@@ -302,11 +303,19 @@ def _read_jsonl_cached(path: str, mtime: float,
                        fields: tuple[tuple[str, str], ...]) -> dict[str, Any]:
   del mtime  # Part of the cache key only.
   columns = {p: [] for p, _ in fields}
-  with tf.io.gfile.GFile(path) as f:
-    for number, line in enumerate(f, start=1):
+  records = 0
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    for number, raw in enumerate(f, start=1):
+      where = f'{path}, line {number}'
+      try:
+        # A byte-order mark (Windows editors write one) is not data.
+        line = raw.decode('utf-8-sig' if number == 1 else 'utf-8')
+      except UnicodeDecodeError as e:
+        raise InvalidRecordError(
+            f'{where}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at '
+            f'column {e.start + 1}). Export the data as UTF-8.') from None
       if not line.strip():
         continue
-      where = f'{path}, line {number}'
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
@@ -315,6 +324,11 @@ def _read_jsonl_cached(path: str, mtime: float,
         raise InvalidRecordError(f'{where}: a JSON object was expected.')
       for p, t in fields:
         columns[p].append(_check_value(_lookup(record, p), p, t, where))
+      records += 1
+  if not records:
+    raise InvalidRecordError(
+        f'{path}: no records (the file is empty). Export the split again, or '
+        'remove the file and the split from the dataset.')
   result = {}
   for p, t in fields:
     dtype, shape = _DTYPES[t]

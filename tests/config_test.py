@@ -1,8 +1,10 @@
 """T5 sizes and SptConfig: validation at the boundary, prefix lengths."""
 
+import numpy as np
 import pytest
 
 from spt_jax import config
+from spt_jax import gin_utils
 from spt_jax import retrieval
 
 
@@ -58,7 +60,35 @@ def test_top_k_of_one_warns_that_keys_get_no_task_gradient(strategy, caplog):
     (dict(soft_prompt_length=-1), 'soft_prompt_length must be >= 0'),
     (dict(memory_length=0), 'memory_length must be >= 1'),
     (dict(temperature=0.0), 'temperature must be positive'),
+    # Every other field is range- and type-checked too.
+    (dict(num_memories=-1), 'num_memories must be >= 0'),
+    (dict(prompt_length=-2), 'prompt_length must be >= 0'),
+    (dict(num_memories=4, top_k=0), r'top_k must be in \[1, num_memories=4\]'),
+    (dict(top_k_chunks=0), 'top_k_chunks=0 must divide'),
+    (dict(key_dim=0), 'key_dim must be >= 1 or None'),
+    (dict(memory_init_scale=0.0), 'memory_init_scale must be positive'),
+    (dict(approx_recall_target=0.0), r'approx_recall_target must be in \(0, 1\]'),
+    (dict(approx_recall_target=1.5), r'approx_recall_target must be in \(0, 1\]'),
+    (dict(perturbed_samples=0), 'perturbed_samples must be >= 1'),
+    (dict(retrieval='perturbed_topk', perturbed_sigma=0.0),
+     'perturbed_sigma must be positive'),
+    (dict(prompt_span='before_separator', prompt_separator_id=-1),
+     r'prompt_separator_id must be a token id \(>= 0\) or None'),
+    (dict(top_k='2'), "top_k must be an integer, got '2' .*without quotes"),
+    (dict(top_k=2.0), 'top_k must be an integer, got 2.0'),
+    (dict(memory_length=True), 'memory_length must be an integer, got True'),
+    (dict(temperature='0.1'), 'temperature must be a number'),
+    (dict(temperature=float('nan')), 'temperature must be a number, got nan'),
+    (dict(approx_top_k='yes'), 'approx_top_k must be True or False'),
+    (dict(query_stop_gradient=1), 'query_stop_gradient must be True or False'),
+    (dict(key_dim='16'), 'key_dim must be an integer or None'),
 ])
 def test_bad_spt_config_is_named(fields, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(gin_utils.ConfigError, match=message):
     config.SptConfig(**fields)
+
+
+def test_spt_config_takes_ints_for_floats_and_numpy_numbers():
+  spt = config.SptConfig(temperature=1, num_memories=np.int64(8), top_k=2,
+                         key_dim=None, approx_top_k=np.bool_(True))
+  assert spt.temperature == 1 and spt.num_memories == 8

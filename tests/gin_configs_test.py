@@ -218,3 +218,53 @@ def _check_frozen_optimizer():
   trained = {k for k, v in states.items() if any(
       x is not None and getattr(x, 'size', 0) for x in jax.tree.leaves(v))}
   assert trained == {'memory_bank'}
+
+
+_MISSPELT = [
+    ('t5x.train', ['runs/spt_pretrain.gin', 'mixtures/synthetic.gin'],
+     ['MODEL_DIR = "/tmp/unused"', 'BATCH_SIZ = 8'], 'BATCH_SIZE'),
+    ('t5x.eval', ['runs/spt_eval.gin'],
+     ['CHECKPOINT_PATH = "/tmp/ckpt"', 'EVAL_OUTPUT_DIR = "/tmp/unused"',
+      'EVAL_SPILT = "test"'], 'EVAL_SPLIT'),
+    ('t5x.infer', ['runs/spt_infer.gin'],
+     ['MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"',
+      'CHECKPOINT_PATH = "/tmp/ckpt"', 'INFER_OUTPUT_DIR = "/tmp/unused"',
+      'INFER_SPLT = "test"'], 'INFER_SPLIT'),
+]
+
+
+@pytest.mark.parametrize('script, run_files, bindings, right', _MISSPELT)
+def test_t5x_binaries_reject_a_misspelt_command_line_macro(
+    script, run_files, bindings, right, monkeypatch):
+  """Our run files import gin_utils, whose finalize hook reads --gin_bindings.
+
+  T5X alone would record the macro in config.gin and ignore it.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  files = ['gin_configs/models/spt_t5_1_1_tiny.gin'] + [
+      f'gin_configs/{f}' for f in run_files]
+  wrong = bindings[-1].split(' = ')[0]
+  monkeypatch.setattr(flags.FLAGS['gin_bindings'], 'value', bindings)
+  with _clean_gin(), pytest.raises(
+      gin_utils.ConfigError,
+      match=f'Unknown gin macro {wrong}: .*Did you mean {right}?'):
+    _parse_t5x(files, bindings, script, monkeypatch)
+  # Spelt right, the same command parses.
+  bindings = bindings[:-1] + [bindings[-1].replace(wrong, right)]
+  monkeypatch.setattr(flags.FLAGS['gin_bindings'], 'value', bindings)
+  with _clean_gin():
+    _parse_t5x(files, bindings, script, monkeypatch)
+
+
+def test_t5x_training_data_order_follows_random_seed(monkeypatch):
+  t5x_test_utils.import_t5x()
+  from t5x import utils  # pylint: disable=g-import-not-at-top
+  files = ['gin_configs/models/spt_t5_1_1_tiny.gin',
+           'gin_configs/runs/spt_pretrain.gin',
+           'gin_configs/mixtures/synthetic.gin']
+  for seed in (3, None):  # None: T5X's new seed at every start.
+    with _clean_gin():
+      _parse_t5x(files, ['MODEL_DIR = "/tmp/unused"', f'RANDOM_SEED = {seed}'],
+                 't5x.train', monkeypatch)
+      with gin.config_scope('train'):
+        assert gin.get_configurable(utils.DatasetConfig)().seed == seed

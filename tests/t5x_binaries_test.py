@@ -5,6 +5,7 @@ tiny model and offline data, in two chains whose runs several checks share:
 
 * synthetic: training from scratch, then `t5x.eval` (rank classification per
   template, mean and median per dataset) and `t5x.infer` on its checkpoint;
+  the same seed again, against its parameters; a misspelt macro;
 * stages: a tiny Hugging Face T5 converted with a new memory bank, fine-tuned
   on GLUE keeping the converter's bank, then fine-tuned on SuperGLUE with a
   frozen backbone, the bank carried over (GLUE and SuperGLUE are small
@@ -75,14 +76,16 @@ def _scalars(events_dir, tag):
 
 # ---- synthetic: train from scratch, eval, infer -------------------------------
 
+SCRATCH_FILES = [TINY_MODEL, 'gin_configs/runs/spt_pretrain.gin',
+                 'gin_configs/mixtures/synthetic.gin']
+
+
 
 @pytest.fixture(scope='module')
 def scratch_run(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('t5x_scratch'))
   t5x_test_utils.run_binary(
-      't5x.train',
-      [TINY_MODEL, 'gin_configs/runs/spt_pretrain.gin',
-       'gin_configs/mixtures/synthetic.gin'],
+      't5x.train', SCRATCH_FILES,
       [f'MODEL_DIR = "{model_dir}"', f'TRAIN_STEPS = {SYNTHETIC_STEPS}',
        'utils.SaveCheckpointConfig.period = 20', 'RANDOM_SEED = 0',
        NO_TRAIN_EVAL])
@@ -100,6 +103,35 @@ def test_train_from_scratch_lowers_the_loss_and_writes_checkpoints(scratch_run):
   first, last = (_params(os.path.join(scratch_run, f'checkpoint_{s}'))
                  for s in (0, SYNTHETIC_STEPS))
   assert not np.array_equal(first['memory_bank/keys'], last['memory_bank/keys'])
+
+
+def test_one_seed_gives_one_run(scratch_run, tmp_path):
+  """RANDOM_SEED fixes the data order too (spt_train_common.gin).
+
+  T5X draws a new data seed at every start otherwise: two runs of one
+  command used to differ from their first steps.
+  """
+  model_dir = str(tmp_path / 'seeded')
+  t5x_test_utils.run_binary(
+      't5x.train', SCRATCH_FILES,
+      [f'MODEL_DIR = "{model_dir}"', 'TRAIN_STEPS = 20', 'RANDOM_SEED = 0',
+       'utils.SaveCheckpointConfig.period = 20', NO_TRAIN_EVAL])
+  expected = _params(os.path.join(scratch_run, 'checkpoint_20'))
+  actual = _params(os.path.join(model_dir, 'checkpoint_20'))
+  for name, value in expected.items():
+    np.testing.assert_array_equal(actual[name], value, err_msg=name)
+
+
+def test_a_misspelt_macro_stops_t5x_train(tmp_path):
+  out = t5x_test_utils.run_binary(
+      't5x.train', SCRATCH_FILES,
+      [f'MODEL_DIR = "{tmp_path / "run"}"', 'TRAIN_STEPS = 2', 'BATCH_SIZ = 8'],
+      check=False)
+  assert out.returncode == 1
+  assert ('ConfigError: Unknown gin macro BATCH_SIZ: no gin file uses '
+          '%BATCH_SIZ, so --gin.BATCH_SIZ would have no effect. Did you mean '
+          'BATCH_SIZE?') in out.stderr
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_eval_reports_accuracy_per_template_and_per_dataset(
