@@ -208,11 +208,6 @@ def shard_local_top_k(
   return best, jnp.take_along_axis(indices, positions, axis=-1)
 
 
-def _softmax_weights(selected_scores: Array, combine: str) -> Array:
-  """`softmax_topk`'s weights of the selected scores [B, k]."""
-  return _selected_softmax(selected_scores, combine)
-
-
 def _straight_through_weights(selected_scores: Array, combine: str) -> Array:
   """`straight_through`'s weights: constant forward, softmax backward."""
   k = selected_scores.shape[-1]
@@ -232,7 +227,7 @@ def softmax_topk(
 ) -> Retrieved:
   """Hard top-k selection weighted by a softmax over the selected scores."""
   values, indices = top_k(scores, k, **top_k_kwargs)
-  return Retrieved(indices, values, _softmax_weights(values, combine))
+  return Retrieved(indices, values, _selected_softmax(values, combine))
 
 
 def straight_through(
@@ -318,7 +313,7 @@ STRATEGIES: Dict[str, Callable[..., Retrieved]] = {
 # that the scores of the other M - k memories need no gradient (the
 # `sampled` keys' path, `rescored`).
 SELECTED_SCORE_WEIGHTS: Dict[str, Callable[[Array, str], Array]] = {
-    'softmax_topk': _softmax_weights,
+    'softmax_topk': _selected_softmax,
     'straight_through': _straight_through_weights,
 }
 
