@@ -11,6 +11,9 @@
 #   ./run_t5x.sh train ARGS      python -m spt_jax.train ARGS (local runner)
 #   ./run_t5x.sh eval ARGS       python -m spt_jax.eval ARGS
 #   ./run_t5x.sh compare ARGS    python -m spt_jax.compare ARGS
+#   ./run_t5x.sh cache ARGS      seqio.scripts.cache_tasks_main over our tasks
+#                                (--tasks=REGEX,... --output_cache_dir=DIR),
+#                                for T5X's USE_CACHED_TASKS = True
 #   ./run_t5x.sh tpu ACTION --tpu NAME --zone ZONE [OPTIONS] [-- ARGS]
 #                                on every worker of a Cloud TPU VM: setup,
 #                                train / eval / infer (detached, one log per
@@ -44,6 +47,18 @@ ensure_venv() {
     echo "Installing $1 into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -r "$requirements"
+    echo "$want" > "$stamp"
+  fi
+}
+
+# Installs requirements-cache.txt (SeqIO's Beam cache writer) with --no-deps:
+# Beam's protobuf cap would downgrade the pins (see that file).
+ensure_cache_writer() {
+  local stamp="$VENV/.spt-requirements-cache.sha256" want
+  want="$(sha256sum < "$REPO/requirements-cache.txt" | cut -d' ' -f1)"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "Installing requirements-cache.txt into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --no-deps -r "$REPO/requirements-cache.txt"
     echo "$want" > "$stamp"
   fi
 }
@@ -86,6 +101,7 @@ case "$command" in
     run_python -m spt_jax.compare --seeds=3 --frozen_backbone "$@" ;;
   test)
     ensure_venv requirements-test.txt
+    ensure_cache_writer
     ensure_t5x_wheels
     # loadfile: each test module runs in one worker, so that its module
     # fixtures (trained runs, compiled models, chains of T5X runs) are built
@@ -93,6 +109,10 @@ case "$command" in
     # pytest 9 and pytest-xdist 3.8.)
     cd "$REPO"
     run_python -m pytest -n 2 --dist loadfile "$@" ;;
+  cache)
+    ensure_venv requirements.txt
+    ensure_cache_writer
+    run_python -m seqio.scripts.cache_tasks_main --module_import=tasks "$@" ;;
   train|eval|compare)
     ensure_venv requirements.txt
     run_python -m "spt_jax.$command" "$@" ;;
@@ -103,5 +123,5 @@ case "$command" in
     # The header comment: from line 2 to the first line that is not a comment.
     awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;
   *)
-    die "unknown command '$command' (default, study, test, train, eval, compare, tpu, help)" ;;
+    die "unknown command '$command' (default, study, test, train, eval, compare, cache, tpu, help)" ;;
 esac

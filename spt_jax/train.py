@@ -77,6 +77,7 @@ def get_train_dataset(
     seed: int,
     shard_info: Optional[seqio.ShardInfo] = None,
     num_epochs: Optional[int] = None,
+    use_cached: bool = False,
 ):
   """One host's shard of the shuffled, repeated training batches.
 
@@ -94,6 +95,8 @@ def get_train_dataset(
     seed: shuffling seed.
     shard_info: the shard to read (default: this process's, `host_shard`).
     num_epochs: passes over the data (None: repeat for ever).
+    use_cached: read the tasks from a SeqIO cache
+      (`./run_t5x.sh cache`; T5X's `USE_CACHED_TASKS`).
 
   Returns:
     Batches of `batch_size // num_shards` rows.
@@ -112,6 +115,7 @@ def get_train_dataset(
       shard_info=shard_info,
       feature_converter=feature_converter_cls(pack=False),
       seed=seed,
+      use_cached=use_cached,
   )
   return dataset.batch(batch_size // shard_info.num_shards, drop_remainder=True)
 
@@ -337,6 +341,8 @@ def train(
     initial_checkpoint_path: Optional[str] = None,
     eval_mixture_or_task_name: Optional[str] = None,
     eval_batch_size: int = 64,
+    use_cached_tasks: bool = False,
+    seqio_cache_dirs: Sequence[str] = (),
     progress_bar: bool = True,
 ) -> TrainResult:
   """Trains to `train_steps`, resuming from MODEL_DIR; evaluates at the end.
@@ -365,6 +371,10 @@ def train(
       initial values.
     eval_mixture_or_task_name: evaluated after training if given.
     eval_batch_size: batch size of that evaluation.
+    use_cached_tasks: train from the SeqIO cache of the training tasks
+      (written by `./run_t5x.sh cache`), as T5X's `USE_CACHED_TASKS`.
+    seqio_cache_dirs: folders searched for those caches (T5X's
+      `--seqio_additional_cache_dirs`).
     progress_bar: show a tqdm progress bar.
 
   Returns:
@@ -377,6 +387,7 @@ def train(
     TrainingDiverged: the loss is not finite.
   """
   is_chief = jax.process_index() == 0
+  seqio.add_global_cache_dirs(list(seqio_cache_dirs))
   mesh = partitioning.create_mesh(num_partitions)
   check_settings(
       train_steps=train_steps, batch_size=batch_size,
@@ -400,7 +411,7 @@ def train(
   )
   dataset = get_train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size,
-      model.FEATURE_CONVERTER_CLS, random_seed,
+      model.FEATURE_CONVERTER_CLS, random_seed, use_cached=use_cached_tasks,
   )
   input_shapes = {
       k: (batch_size,) + shape[1:]
