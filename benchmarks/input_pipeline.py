@@ -18,8 +18,9 @@ here:
                   left when rendering costs nothing).
   t0_cached       the same tasks read from a SeqIO cache
                   (`get_dataset(use_cached=True)`, T5X's `USE_CACHED_TASKS =
-                  True`) written by `seqio.scripts.cache_tasks_main` with
-                  Beam's DirectRunner.
+                  True), written as `seqio.scripts.cache_tasks_main` writes
+                  it (`write_cache_in_process`; `--cache_writer=beam` runs
+                  the script itself).
   p3              P3 (pre-tokenised TFRecords, `tasks.p3`): a fixture of one
                   P3 folder per task above holding that task's examples, read
                   through `spt_p3_t0_train` (no promptsource: no prompt).
@@ -480,6 +481,37 @@ def write_split(folder: str, split: str, examples: Sequence[Mapping[str, Any]],
     json.dump(dict(stats), f)
 
 
+def write_cache_in_process(cache_dir: str, task_names: Sequence[str],
+                           examples: Mapping[str, Sequence[Mapping[str, Any]]]
+                           ) -> None:
+  """The SeqIO cache `cache_tasks_main` writes, of the `train` split, in-process.
+
+  Beam's DirectRunner, the runner a single host has, needed more than 12 GB
+  and 13 minutes for the 63 tasks x 200 records of the full fixture here
+  (a real mixture is cached on a Beam cluster: `--pipeline_options=
+  --runner=DataflowRunner,...`). This writes the same layout, one shard per
+  task: `<cache_dir>/<task>/train.tfrecord-*`, `info.train.json`,
+  `stats.train.json` and `COMPLETED`; `tests/benchmarks_input_pipeline_test.py`
+  checks that both caches hold the same examples.
+
+  Args:
+    cache_dir: the cache directory.
+    task_names: the tasks.
+    examples: task name -> `precache_examples(task)`.
+  """
+  for name in task_names:
+    task_examples = examples[name]
+    stats = {'examples': len(task_examples)}
+    for key in seqio.get_mixture_or_task(name).output_features:
+      lengths = [len(ex[key]) for ex in task_examples]
+      stats[f'{key}_tokens'] = int(np.sum(lengths))
+      stats[f'{key}_max_tokens'] = int(np.max(lengths))
+    folder = os.path.join(cache_dir, seqio.get_task_dir_from_name(name))
+    write_split(folder, 'train', task_examples, stats)
+    with open(os.path.join(folder, 'COMPLETED'), 'w') as f:
+      f.write('')
+
+
 def cache_command(task_names: Sequence[str], cache_dir: str) -> List[str]:
   """`seqio.scripts.cache_tasks_main` for these tasks (Beam's DirectRunner).
 
@@ -489,8 +521,10 @@ def cache_command(task_names: Sequence[str], cache_dir: str) -> List[str]:
       sys.executable, '-m', 'seqio.scripts.cache_tasks_main',
       '--module_import=tasks', f'--tasks={",".join(task_names)}',
       f'--output_cache_dir={cache_dir}', '--min_shards=1',
-      '--pipeline_options=--runner=DirectRunner,--direct_num_workers=0,'
-      '--direct_running_mode=multi_processing',
+      # One process: the multi-process DirectRunner grew past 20 GB on
+      # the full fixture here.
+      '--pipeline_options=--runner=DirectRunner,'
+      '--direct_running_mode=in_memory',
   ]
 
 
@@ -751,7 +785,7 @@ class Prepared:
 
 
 def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
-            records: int) -> Prepared:
+            records: int, cache_writer: str = 'in_process') -> Prepared:
   """Writes the fixture, and the P3 copy and SeqIO cache the variants need.
 
   Args:
@@ -759,6 +793,8 @@ def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
     variants: the variants to measure.
     datasets: the T0 datasets.
     records: training records per dataset.
+    cache_writer: 'beam' (`seqio.scripts.cache_tasks_main`) or 'in_process'
+      (`write_cache_in_process`, the same cache).
 
   Returns:
     What was prepared, with the seconds each part took.
@@ -771,15 +807,19 @@ def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
   prepared = Prepared(fixture, list(datasets), task_names, seconds=seconds)
   needs = set(variants)
   examples = {}
-  if needs & {'t0_prerendered', 'p3'}:
+  if needs & {'t0_prerendered', 'p3'} or (
+      't0_cached' in needs and cache_writer == 'in_process'):
     start = time.perf_counter()
     examples = {name: precache_examples(name) for name in task_names}
     seconds['precache_examples'] = time.perf_counter() - start
   if 't0_cached' in needs:
-    common.log(f'caching {len(task_names)} tasks (cache_tasks_main)')
+    common.log(f'caching {len(task_names)} tasks ({cache_writer})')
     start = time.perf_counter()
-    write_cache_with_beam(fixture.cache_dir, task_names)
-    seconds['cache_tasks_main'] = time.perf_counter() - start
+    if cache_writer == 'beam':
+      write_cache_with_beam(fixture.cache_dir, task_names)
+    else:
+      write_cache_in_process(fixture.cache_dir, task_names, examples)
+    seconds[f'cache_{cache_writer}'] = time.perf_counter() - start
   if 'p3' in needs:
     write_p3_fixture(fixture, datasets, examples)
   if 't0_prerendered' in needs:
@@ -899,6 +939,10 @@ def main() -> None:
   parser.add_argument('--records', type=int, default=1000,
                       help='Fixture training records per dataset.')
   parser.add_argument('--datasets', default=','.join(TRAIN_SIZES))
+  parser.add_argument('--cache_writer', default='in_process',
+                      choices=('in_process', 'beam'),
+                      help='How the t0_cached variant\'s cache is written '
+                      '(write_cache_in_process).')
   parser.add_argument('--mfu', type=float, default=0.4,
                       help='Assumed MFU of the accelerator estimate.')
   parser.add_argument('--fixture_dir',
@@ -912,7 +956,8 @@ def main() -> None:
 
   root = args.fixture_dir or tempfile.mkdtemp(prefix='spt_input_pipeline_')
   common.log(f'writing the fixture to {root}')
-  prepared = prepare(root, variants, datasets, args.records)
+  prepared = prepare(root, variants, datasets, args.records,
+                     args.cache_writer)
   readers = {name: PipelineReader(ds, args.batch) for name, ds in
              pipelines(prepared, variants, args.batch).items()}
   warmup = warm_up(readers, args.warmup_examples)

@@ -4,7 +4,8 @@ Each variant's pipeline must read what the training pipeline reads: the
 prompted tasks' batches as `spt_jax.train.get_train_dataset` builds them, the
 same batches from a SeqIO cache written by `seqio.scripts.cache_tasks_main`
 (`use_cached=True`, T5X's `USE_CACHED_TASKS = True`) and from pre-rendered
-text, and the same examples from the P3 copy.
+text, and the same examples from the P3 copy; the benchmark's in-process
+cache writer writes what `cache_tasks_main` writes.
 """
 import functools
 import os
@@ -30,7 +31,8 @@ def _prepared(tmp_path_factory):
   cache_dirs = list(seqio.utils.get_global_cache_dirs())
   prepared = ip.prepare(
       str(tmp_path_factory.mktemp('input_pipeline')),
-      ('t0_cached', 't0_prerendered', 'p3'), DATASETS, records=24)
+      ('t0_cached', 't0_prerendered', 'p3'), DATASETS, records=24,
+      cache_writer='beam')
   # Shuffle buffers of 64, not SeqIO's 1000: each pipeline's first batch
   # then renders 3 x 64 examples, not 3 x 1000. The batches compared are
   # read through the same tasks either way.
@@ -155,16 +157,28 @@ def test_render_only_yields_the_rendered_text(prepared):
   assert set(batch['prompt']) <= instructions
 
 
-def test_cache_tasks_main_caches_the_same_examples(prepared):
-  seqio.add_global_cache_dirs([prepared.fixture.cache_dir])
+def _cached_examples(name, cache_dir):
+  seqio.set_global_cache_dirs([cache_dir])  # The fixture restores them.
+  task = seqio.get_mixture_or_task(name)
+  task._cache_dir = None  # pylint: disable=protected-access
+  assert os.path.exists(os.path.join(task.cache_dir, 'COMPLETED'))
+  key = lambda ex: (ex['inputs_pretokenized'], ex['targets_pretokenized'])
+  return sorted(_task_examples(name, use_cached=True), key=key)
+
+
+def test_cache_tasks_main_and_in_process_cache_the_same_examples(
+    prepared, tmp_path):
+  in_process_dir = str(tmp_path / 'in_process')
+  ip.write_cache_in_process(
+      in_process_dir, prepared.task_names,
+      {n: ip.precache_examples(n) for n in prepared.task_names})
+  key = lambda ex: (ex['inputs_pretokenized'], ex['targets_pretokenized'])
   for name in prepared.task_names:
-    task = seqio.get_mixture_or_task(name)
-    assert os.path.exists(os.path.join(task.cache_dir, 'COMPLETED'))
-    key = lambda ex: (ex['inputs_pretokenized'], ex['targets_pretokenized'])
-    cached = sorted(_task_examples(name, use_cached=True), key=key)
     fresh = sorted(_task_examples(name), key=key)
-    assert len(cached) == len(fresh) == 24
-    for c, f in zip(cached, fresh):
-      assert sorted(c) == sorted(f)
-      for k in f:
-        np.testing.assert_array_equal(c[k], f[k], err_msg=k)
+    for cache_dir in (prepared.fixture.cache_dir, in_process_dir):
+      cached = _cached_examples(name, cache_dir)
+      assert len(cached) == len(fresh) == 24
+      for c, f in zip(cached, fresh):
+        assert sorted(c) == sorted(f)
+        for k in f:
+          np.testing.assert_array_equal(c[k], f[k], err_msg=k)
