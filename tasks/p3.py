@@ -32,8 +32,8 @@ Features, read as stored: `inputs` int32 [T] (no EOS, as T0 trained),
 `targets` int32 [T'] (ending in EOS), `inputs_pretokenized`,
 `targets_pretokenized`, `answer_choices` string [C], and in `_score_eval`
 folders `idx` int32 [2] (example, choice), `is_correct` bool, `weight`
-float32. Score tasks use `tasks.metrics.rank_classification_accuracy`, so
-`tasks.metrics.aggregate_over_templates` gives the mean and median accuracy
+float32. Score tasks use `spt_jax.eval_protocol.rank_classification_accuracy`, so
+`spt_jax.eval_protocol.aggregate_over_templates` gives the mean and median accuracy
 over each dataset's templates, as T0 reports them.
 
 The discrete prompt (SPT's retrieval query). P3 stores only the rendered
@@ -91,6 +91,8 @@ import seqio
 import tensorflow as tf
 import yaml
 
+from spt_jax import eval_protocol
+from spt_jax.model import vocabularies
 from tasks import metrics
 from tasks import prompt_templates
 from tasks import prompted
@@ -471,7 +473,7 @@ class P3Folder:
 
   @property
   def task_name(self) -> str:
-    return registry.task_name(
+    return eval_protocol.task_name(
         COLLECTION, self.dataset,
         _name_part(self.template) or DEFAULT_TEMPLATE, self.score)
 
@@ -785,7 +787,7 @@ def add_prompt(dataset: tf.data.Dataset,
     `prompt_pretokenized` string [] (the instruction).
   """
   vocabulary = output_features[vocab.PROMPT].vocabulary
-  vocab.vocabulary_size(vocabulary)  # A clear error if it cannot be read.
+  vocabularies.vocabulary_size(vocabulary)  # A clear error if it cannot be read.
   tokens = tf.constant(vocabulary.encode(instruction), tf.int32)
   text = tf.constant(instruction)
   return dataset.map(
@@ -908,7 +910,7 @@ class Registered:
 def unregister() -> None:
   """Removes the P3 tasks and mixtures an earlier `register` added."""
   for name in list(seqio.TaskRegistry.names()):
-    if name.startswith(COLLECTION + registry.SEPARATOR):
+    if name.startswith(COLLECTION + eval_protocol.SEPARATOR):
       seqio.TaskRegistry.remove(name)
   for name in (*TRAIN_MIXTURES.values(), HELDOUT_MIXTURE):
     seqio.MixtureRegistry.remove(name)
@@ -988,7 +990,7 @@ def register(p3_dir: Optional[str] = None,
         output_features=features,
         postprocess_fn=(metrics.rank_classification_postprocessor
                         if folder.score else None),
-        metric_fns=([metrics.rank_classification_accuracy]
+        metric_fns=([eval_protocol.rank_classification_accuracy]
                     if folder.score else []))
     tasks[folder.name] = name
     sources_by_folder[folder.name] = source

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import analysis
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.study import analysis
 from tests import params_test_utils
 
 VOCAB = 64

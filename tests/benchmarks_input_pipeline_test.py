@@ -1,7 +1,7 @@
 """Tests of `benchmarks.input_pipeline` on a tiny fixture.
 
 Each variant's pipeline must read what the training pipeline reads: the
-prompted tasks' batches as `spt_jax.train.get_train_dataset` builds them, the
+prompted tasks' batches as `spt_jax.local.train.get_train_dataset` builds them, the
 same batches from a SeqIO cache written by `seqio.scripts.cache_tasks_main`
 (`use_cached=True`, T5X's `USE_CACHED_TASKS = True`) and from pre-rendered
 text, and the same examples from the P3 copy.
@@ -14,10 +14,10 @@ import pytest
 import seqio
 
 from benchmarks import input_pipeline as ip
-from spt_jax import train
-from tasks import feature_converters
+from spt_jax import eval_protocol
+from spt_jax.local import train
+from spt_jax.model import feature_converters
 from tasks import p3
-from tasks import registry
 from tasks import t0
 
 DATASETS = ('app_reviews',)  # 3 short tasks, one without answer choices.
@@ -116,7 +116,7 @@ def test_p3_copy_holds_each_tasks_examples(prepared):
   assert len(registered.mixtures[p3.T0_TRAIN_MIXTURE]) == 3
   for folder, p3_name in registered.tasks.items():
     ours = [n for n in prepared.task_names
-            if registry.template_info(n) == registry.template_info(p3_name)]
+            if eval_protocol.template_info(n) == eval_protocol.template_info(p3_name)]
     assert len(ours) == 1, folder
     expected = _task_examples(ours[0])
     got = _task_examples(p3_name)

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from spt_jax import compare
 from spt_jax import gin_utils
+from spt_jax.study import compare
 
 
 def test_parse_variant():
@@ -105,7 +105,7 @@ def test_recorded_runs_are_read_back_not_retrained(tmp_path):
 def _configured(variant, tmp_path):
   """The variant's network config and TRAINABLE after `configure`."""
   import gin  # pylint: disable=g-import-not-at-top
-  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   try:
     compare.configure([compare.BASE_GIN], variant, [], str(tmp_path), 1)
     spt = gin.get_configurable(network.SptTransformer)().spt

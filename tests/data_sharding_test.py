@@ -16,8 +16,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from spt_jax import train
-from tasks import feature_converters
+from spt_jax.local import train
+from spt_jax.model import feature_converters
 from tasks import p3
 from tasks import prompted
 from tasks import sources

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from spt_jax import config
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import train_checkpoints
-from spt_jax import trainer
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import train_checkpoints
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.model import partitioning
 from tests import params_test_utils
 
 VOCAB = 32

@@ -15,12 +15,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import feature_converters
-from tasks import metrics
+from spt_jax import eval_protocol
+from spt_jax.model import feature_converters
 from tasks import p3
 from tasks import prompt_templates
 from tasks import prompted
-from tasks import registry
 from tasks import sources
 from tasks import vocab
 
@@ -236,8 +235,8 @@ def test_a_task_per_folder(p3_dir, caplog):
   for folder, name in registered.tasks.items():
     task = seqio.get_mixture_or_task(name)
     assert set(task.splits) == set(_FOLDERS[folder])
-    assert registry.is_score_task(name) == folder.endswith('_score_eval')
-    registry.template_info(name)  # The evaluation's grouping reads it.
+    assert eval_protocol.is_score_task(name) == folder.endswith('_score_eval')
+    eval_protocol.template_info(name)  # The evaluation's grouping reads it.
     assert set(task.output_features) == {'inputs', 'targets'}
   assert not registered.with_prompt
   assert 'no promptsource checkout' in caplog.text
@@ -451,7 +450,7 @@ def test_heldout_mixture_rank_classification(p3_dir, promptsource_dir):
       'accuracy': 100.0}
   assert results['spt_p3__super_glue_cb__can_we_infer__score'] == {
       'accuracy': 50.0}
-  summary = metrics.aggregate_over_templates(results)
+  summary = eval_protocol.aggregate_over_templates(results)
   assert summary['super_glue_cb']['mean'] == 75.0
   assert summary['super_glue_cb']['median'] == 75.0
   assert summary['super_glue_cb']['per_template'] == {

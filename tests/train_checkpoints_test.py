@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spt_jax.checkpoints import spt_params
+from spt_jax.checkpoints import t5x_checkpoints
 from spt_jax import gin_utils
-from spt_jax import spt_params
-from spt_jax import t5x_checkpoints
-from spt_jax import train_checkpoints
+from spt_jax.local import train_checkpoints
 from tests import params_test_utils as utils
 
 

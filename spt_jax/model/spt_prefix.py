@@ -27,10 +27,10 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from spt_jax import layers
-from spt_jax import memory_bank
-from spt_jax import prompts
-from spt_jax.config import SptConfig, T5Config
+from spt_jax.model.config import SptConfig, T5Config
+from spt_jax.model import layers
+from spt_jax.model import memory_bank
+from spt_jax.model import prompts
 
 Array = jax.Array
 

@@ -3,7 +3,7 @@
 One implementation serves both runners: `SptModel` is the local runner's
 model, and `t5x_models.SptEncoderDecoderModel` (T5X's `EncoderDecoderModel`)
 computes its loss with the same `spt_loss`. Batches are dicts of the features
-of `tasks.feature_converters.SptEncDecFeatureConverter`:
+of `spt_jax.model.feature_converters.SptEncDecFeatureConverter`:
 
   encoder_input_tokens   [B, T + T_p] int32 (input, then the discrete prompt)
   decoder_input_tokens   [B, L] int32
@@ -19,14 +19,14 @@ entropy does, whatever the normalisation.
 """
 
 import functools
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from spt_jax import network
+from spt_jax.model import network
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -201,11 +201,44 @@ def retrieved_ids(collections: Mapping[str, Any]) -> Optional[Dict[str, Array]]:
   return ids
 
 
+def loss_with_retrieval(
+    compute_logits: Callable[..., Tuple[Array, Mapping[str, Any]]],
+    params: Params,
+    batch: Batch,
+    dropout_rng: Optional[Array],
+    other_variables: Optional[Mapping[str, Any]],
+    **loss_settings: Any,
+) -> Tuple[Array, Array, Dict[str, Array], Optional[Dict[str, Array]]]:
+  """The forward pass and `spt_loss` that both models' `loss_and_retrieval` run.
+
+  Args:
+    compute_logits: the model's `(params, batch, dropout_rng, mutable=,
+      other_variables=)` -> (logits, collections).
+    params: the parameters.
+    batch: the model features.
+    dropout_rng: the dropout key, or None for no dropout.
+    other_variables: extra variable collections (the row-sparse path's zero
+      perturbation of the retrieved rows).
+    **loss_settings: `spt_loss`'s keyword settings.
+
+  Returns:
+    (logits, loss, the loss terms of `spt_loss`, `retrieved_ids`); each model
+    reports the terms as its runner's metrics.
+  """
+  logits, collections = compute_logits(
+      params, batch, dropout_rng, mutable=['losses', 'intermediates'],
+      other_variables=other_variables,
+  )
+  loss, terms = spt_loss(
+      logits, batch, collections.get('losses', {}), **loss_settings)
+  return logits, loss, terms, retrieved_ids(collections)
+
+
 def feature_converter_cls(module: network.SptTransformer):
   """The feature converter that lays batches out for `module`."""
   # Imported here: the network, loss and training step need neither seqio nor
   # TensorFlow (an accelerator image without them runs the benchmarks).
-  from tasks import feature_converters  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import feature_converters  # pylint: disable=g-import-not-at-top
   return functools.partial(
       feature_converters.SptEncDecFeatureConverter,
       prompt_length=module.spt.prompt_length,
@@ -312,12 +345,8 @@ class SptModel:
     The row-sparse training path (sparse_updates.value_and_grad) passes the
     zero perturbation of the retrieved rows in `other_variables`.
     """
-    logits, collections = self.compute_logits(
-        params, batch, dropout_rng, mutable=['losses', 'intermediates'],
-        other_variables=other_variables,
-    )
-    loss, terms = spt_loss(
-        logits, batch, collections.get('losses', {}),
+    logits, loss, terms, ids = loss_with_retrieval(
+        self.compute_logits, params, batch, dropout_rng, other_variables,
         aux_loss_weights=self.aux_loss_weights,
         label_smoothing=self.label_smoothing,
         z_loss=self.z_loss,
@@ -334,7 +363,7 @@ class SptModel:
         **{f'{AUX_METRICS_PREFIX}{name}': terms[name]
            for name in (*self.aux_loss_weights, 'aux_loss') if name in terms},
     }
-    return loss, (metrics, retrieved_ids(collections))
+    return loss, (metrics, ids)
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """Summed target log-likelihood [B], for rank classification."""

@@ -33,10 +33,10 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from spt_jax import layers
-from spt_jax import prompts
-from spt_jax import spt_prefix
-from spt_jax.config import NO_SPT, SptConfig, T5Config
+from spt_jax.model.config import NO_SPT, SptConfig, T5Config
+from spt_jax.model import layers
+from spt_jax.model import prompts
+from spt_jax.model import spt_prefix
 
 Array = jax.Array
 
@@ -295,7 +295,7 @@ class SptTransformer(nn.Module):
     Args:
       encoder_input_tokens: [B, T + T_p] ids, 0 is padding: the input, then
         the discrete prompt in the last T_p = `SptConfig.prompt_length`
-        positions (`tasks.feature_converters.SptEncDecFeatureConverter` lays
+        positions (`spt_jax.model.feature_converters.SptEncDecFeatureConverter` lays
         them out). With T_p = 0 the query is pooled over
         `SptConfig.prompt_span` of the input.
       encoder_segment_ids: must be None (packing is not supported).

@@ -34,8 +34,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from spt_jax import layers
-from spt_jax import partitioning
+from spt_jax.model import layers
+from spt_jax.model import partitioning
 
 Array = jax.Array
 

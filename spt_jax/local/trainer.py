@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spt_jax import adafactor as spt_adafactor
-from spt_jax import models
-from spt_jax import partitioning
-from spt_jax import sparse_updates
-from spt_jax import spt_params
+from spt_jax.checkpoints import spt_params
+from spt_jax.model import models
+from spt_jax.model import partitioning
+from spt_jax.optim import adafactor as spt_adafactor
+from spt_jax.optim import sparse_updates
 
 Array = jax.Array
 Params = Any

@@ -22,7 +22,7 @@ Adam it is not: dense Adam decays every row's first and second moments each
 step and keeps moving untouched rows by their momentum; lazy Adam freezes
 both until the row is retrieved again (bias correction uses the global step,
 as LazyAdam does). The dense default, Adafactor factored per memory
-(spt_jax/adafactor.py, as under T5X: no momentum, per-memory statistics,
+(spt_jax/optim/adafactor.py, as under T5X: no momentum, per-memory statistics,
 parameter scale and update clipping), also leaves untouched rows' values
 unchanged (a zero gradient gives a zero update) but decays their
 second-moment statistics every step, so a row retrieved after a long pause
@@ -45,7 +45,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from spt_jax import adafactor as spt_adafactor
+from spt_jax.optim import adafactor as spt_adafactor
 
 Array = jax.Array
 Params = Any

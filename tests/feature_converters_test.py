@@ -4,7 +4,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import feature_converters
+from spt_jax.model import feature_converters
 from tasks import synthetic
 
 

@@ -3,15 +3,15 @@ r"""Evaluation with `seqio.Evaluator`: rank classification and generation.
 Score tasks (one row per answer choice) are scored by the summed target
 log-likelihood; generation tasks decode greedily with the cache. Metrics come
 from each task's seqio metric functions, and per-dataset mean and median over
-templates (as T0 reports them) from `tasks.metrics.aggregate_over_templates`.
+templates (as T0 reports them) from `spt_jax.eval_protocol.aggregate_over_templates`.
 
-    python -m spt_jax.eval --gin_file=gin_configs/local/synthetic.gin \
+    python -m spt_jax.local.eval --gin_file=gin_configs/local/synthetic.gin \
       --gin_file=gin_configs/local/eval.gin --gin.MODEL_DIR=\"runs/default/spt\"
 
 (the run's own gin files, then eval.gin, so that the model matches the
 checkpoint), or from the configuration the run wrote, alone:
 
-    python -m spt_jax.eval --gin_file=runs/default/spt/config.gin
+    python -m spt_jax.local.eval --gin_file=runs/default/spt/config.gin
 """
 
 import dataclasses
@@ -29,12 +29,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import seqio
 
-from spt_jax import distributed
+from spt_jax import eval_protocol
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import partitioning
-from spt_jax import train_checkpoints
-from spt_jax import trainer
+from spt_jax.local import distributed
+from spt_jax.local import train_checkpoints
+from spt_jax.local import trainer
+from spt_jax.model import models
+from spt_jax.model import partitioning
+from spt_jax.model import vocabularies
 
 # The model features scoring and decoding read from a batch.
 _MODEL_FEATURES = (
@@ -98,13 +100,7 @@ def input_errors() -> tuple[type[Exception], ...]:
   valid, missing data, a task without the discrete prompt the model reads:
   each names the file or task and the fix, as a ConfigError does.
   """
-  # pylint: disable=g-import-not-at-top
-  from tasks import feature_converters
-  from tasks import prompt_templates
-  from tasks import sources
-  # pylint: enable=g-import-not-at-top
-  return (prompt_templates.TemplateError, sources.InvalidRecordError,
-          sources.DataNotFoundError, feature_converters.MissingPromptError)
+  return (gin_utils.InputError,)
 
 
 def check_feature_lengths(lengths: Optional[Mapping[str, int]]) -> None:
@@ -143,8 +139,7 @@ def _check_first_example(task: seqio.Task, split: str) -> None:
   Raises:
     ConfigError: naming the task, the split's files and the fix.
   """
-  from tasks import sources  # pylint: disable=g-import-not-at-top
-  if not isinstance(task.source, sources.LocalSource):
+  if not getattr(task.source, 'IS_LOCAL_EXPORT', False):
     return
   dataset = task.get_dataset(
       sequence_length=None, split=split, shuffle=False, num_epochs=1)
@@ -289,10 +284,9 @@ def check_metrics(name: str) -> None:
 
 def vocabulary_size(vocabulary: seqio.Vocabulary, name: str) -> int:
   """The size of a task's vocabulary, loaded now; a ConfigError if unreadable."""
-  from tasks import vocab  # pylint: disable=g-import-not-at-top
   try:
-    return vocab.vocabulary_size(vocabulary)
-  except vocab.VocabularyNotFoundError as e:
+    return vocabularies.vocabulary_size(vocabulary)
+  except vocabularies.VocabularyNotFoundError as e:
     raise gin_utils.ConfigError(f'{name}: {e}') from None
 
 
@@ -388,9 +382,7 @@ class ModelFns:
 
 
 def _aggregate(task_metrics):
-  # Imported lazily: the task registries are only needed when evaluating.
-  from tasks import metrics as task_metrics_lib  # pylint: disable=g-import-not-at-top
-  return task_metrics_lib.aggregate_over_templates(task_metrics)
+  return eval_protocol.aggregate_over_templates(task_metrics)
 
 
 def evaluate(
@@ -518,7 +510,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   distributed.initialize_from_flags()
   # Gin binds the importable module's function, not this `__main__` copy.
-  from spt_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.local import eval as eval_lib  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin_flags(entry=eval_lib.run_eval)
   results = gin.get_configurable(eval_lib.run_eval)()
   if jax.process_index() == 0:

@@ -24,9 +24,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from spt_jax.checkpoints import hf_checkpoints
+from spt_jax.checkpoints import t5x_checkpoints
 from spt_jax import gin_utils
-from spt_jax import hf_checkpoints
-from spt_jax import t5x_checkpoints
 
 Params = Dict[str, Any]
 

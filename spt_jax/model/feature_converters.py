@@ -30,12 +30,20 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from tasks import vocab
+from spt_jax import gin_utils
+
+
+# Feature names of the task/model contract: `inputs` (the rendered prompt),
+# `targets` (the answer) and `prompt` (the template's instruction, the
+# retrieval query). `tasks.vocab.output_features` declares them.
+INPUTS = 'inputs'
+TARGETS = 'targets'
+PROMPT = 'prompt'
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 
 
-class MissingPromptError(ValueError):
+class MissingPromptError(gin_utils.InputError, ValueError):
   """The model reads a discrete prompt that the task does not provide."""
 
 
@@ -64,38 +72,38 @@ class SptEncDecFeatureConverter(seqio.EncDecFeatureConverter):
                task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     """Converts task features to model features (see the module docstring)."""
     lengths = {k: v for k, v in task_feature_lengths.items()
-               if k != vocab.PROMPT}
+               if k != PROMPT}
     if not self.prompt_length:
       return super().__call__(ds, lengths)
-    if vocab.PROMPT not in ds.element_spec:
+    if PROMPT not in ds.element_spec:
       raise MissingPromptError(
           f'The model reads a discrete prompt of {self.prompt_length} tokens '
-          f"(SptConfig.prompt_length), but the task has no '{vocab.PROMPT}' "
+          f"(SptConfig.prompt_length), but the task has no '{PROMPT}' "
           f'feature (it has {sorted(ds.element_spec)}). Set '
           '`config.SptConfig.prompt_length = 0` to pool the retrieval query '
           'over the input instead (SptConfig.prompt_span).')
-    lengths[vocab.PROMPT] = self.prompt_length
-    ds = ds.map(lambda ex: {**ex, vocab.PROMPT: ex[vocab.PROMPT][:self.prompt_length]},
+    lengths[PROMPT] = self.prompt_length
+    ds = ds.map(lambda ex: {**ex, PROMPT: ex[PROMPT][:self.prompt_length]},
                 num_parallel_calls=tf.data.AUTOTUNE)
     # seqio validates features against TASK_FEATURES: convert with a copy
     # whose task features include the prompt.
     with_prompt = copy.copy(self)
     with_prompt.TASK_FEATURES = {
-        **self.TASK_FEATURES, vocab.PROMPT: _Spec(dtype=tf.int32)}
+        **self.TASK_FEATURES, PROMPT: _Spec(dtype=tf.int32)}
     return seqio.EncDecFeatureConverter.__call__(with_prompt, ds, lengths)
 
   def _convert_example(
       self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     converted = dict(super()._convert_example(features))
-    if vocab.PROMPT in self.TASK_FEATURES:
+    if PROMPT in self.TASK_FEATURES:
       converted['encoder_input_tokens'] = tf.concat(
-          [converted['encoder_input_tokens'], features[vocab.PROMPT]], axis=-1)
+          [converted['encoder_input_tokens'], features[PROMPT]], axis=-1)
     return converted
 
   def get_model_feature_lengths(
       self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     lengths = dict(super().get_model_feature_lengths(
-        {k: v for k, v in task_feature_lengths.items() if k != vocab.PROMPT}))
+        {k: v for k, v in task_feature_lengths.items() if k != PROMPT}))
     lengths['encoder_input_tokens'] += self.prompt_length
     return lengths
 

@@ -30,11 +30,11 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from spt_jax import layers
-from spt_jax import prompts
-from spt_jax import retrieval
-from spt_jax import sparse_updates
-from spt_jax.config import SptConfig
+from spt_jax.model.config import SptConfig
+from spt_jax.model import layers
+from spt_jax.model import prompts
+from spt_jax.model import retrieval
+from spt_jax.optim import sparse_updates
 
 Array = jax.Array
 

@@ -183,7 +183,7 @@ class SptConfig:
   query_source: str = 'embeddings'  # One of QUERY_SOURCES.
   query_stop_gradient: bool = True
   # The discrete prompt rides in the last `prompt_length` positions of
-  # `encoder_input_tokens` (tasks.feature_converters puts it there), so that
+  # `encoder_input_tokens` (spt_jax.model.feature_converters puts it there), so that
   # every T5X code path, which passes encoder tokens alone, sees it. With 0,
   # the query is pooled over `prompt_span` of the input itself: 'all_tokens',
   # or 'before_separator' with `prompt_separator_id`.

@@ -1,6 +1,6 @@
 r"""Which memories each task and template retrieves: counts, entropy, overlap.
 
-    python -m spt_jax.analysis --gin_file=gin_configs/local/synthetic.gin \
+    python -m spt_jax.study.analysis --gin_file=gin_configs/local/synthetic.gin \
       --gin.MODEL_DIR=\"runs/default/spt\" \
       [--mixtures=spt_synthetic_train,spt_synthetic_heldout_gen] \
       [--group_by=template|dataset] [--output_dir=DIR]
@@ -18,7 +18,7 @@ counts, and a heatmap PNG. The library functions:
 `group_indices` folds template-level names into task-level ones;
 `retrieval_consistency` says whether the training templates of one family
 retrieve the same memories, and whether held-out templates retrieve their
-own family's (the study's retrieval rows, `spt_jax.compare`).
+own family's (the study's retrieval rows, `spt_jax.study.compare`).
 
 Shape letters: N examples, k memories retrieved per example, M memories,
 G names (tasks or templates).
@@ -34,9 +34,10 @@ import jax
 import numpy as np
 import seqio
 
+from spt_jax import eval_protocol
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import train_checkpoints
+from spt_jax.local import train_checkpoints
+from spt_jax.model import models
 
 Array = jax.Array
 Counts = Mapping[str, np.ndarray]
@@ -496,9 +497,8 @@ def collect_by_task(
 
 def _short_name(task_name: str) -> str:
   """'dataset/template' for registry task names, the name itself otherwise."""
-  from tasks import registry  # pylint: disable=g-import-not-at-top
   try:
-    return '/'.join(registry.template_info(task_name))
+    return '/'.join(eval_protocol.template_info(task_name))
   except ValueError:
     return task_name
 
@@ -506,8 +506,8 @@ def _short_name(task_name: str) -> str:
 def main(argv: Sequence[str]) -> None:
   del argv
   # Gin binds the importable module's functions, not this `__main__` copy.
-  from spt_jax import analysis as analysis_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.study import analysis as analysis_lib  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin_flags()
   model_dir = gin.query_parameter('%MODEL_DIR')
   paths = analysis_lib.analyze(

@@ -9,8 +9,8 @@ Actions:
            tested commits (--no-deps, their PyPI imports from
            requirements-t5x.txt)
   train    copy the project, then start `python -m t5x.train ARGS` (or
-  eval       t5x.eval, t5x.infer; `--runner=local`: spt_jax.train or
-  infer      spt_jax.eval --multiprocess) on every worker, detached, its
+  eval       t5x.eval, t5x.infer; `--runner=local`: spt_jax.local.train or
+  infer      spt_jax.local.eval --multiprocess) on every worker, detached, its
            output appended to $DIR/logs/JOB.log on each worker; running the
            same command again after a stop or a preemption resumes from the
            last checkpoint in MODEL_DIR
@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 from typing import Mapping, Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What the workers need: the code, the gin files and the pins.
 PROJECT_FILES = ('spt_jax', 'tasks', 'gin_configs', 'requirements.txt',
                  'requirements-t5x.txt')
@@ -49,7 +49,7 @@ T5X_PACKAGES = (
 )
 MODULES = {
     't5x': {'train': 't5x.train', 'eval': 't5x.eval', 'infer': 't5x.infer'},
-    'local': {'train': 'spt_jax.train', 'eval': 'spt_jax.eval'},
+    'local': {'train': 'spt_jax.local.train', 'eval': 'spt_jax.local.eval'},
 }
 _SAFE_PATH = re.compile(r'^[A-Za-z0-9_./-]+$')
 

@@ -2,7 +2,7 @@ r"""The local runner: train SPT from a gin configuration, without T5X.
 
 The same model gin files as the T5X runs, and T5X's flag conventions:
 
-    python -m spt_jax.train \
+    python -m spt_jax.local.train \
       --gin_file=gin_configs/local/synthetic.gin \
       --gin.MODEL_DIR=\"/tmp/spt\" --gin.TRAIN_STEPS=2000
 
@@ -37,14 +37,14 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from spt_jax import distributed
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import partitioning
-from spt_jax import run_lock
-from spt_jax import train_checkpoints
-from spt_jax import trainer
+from spt_jax.local import distributed
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import run_lock
+from spt_jax.local import train_checkpoints
+from spt_jax.local import trainer
+from spt_jax.model import models
+from spt_jax.model import partitioning
 
 class TrainingInterrupted(KeyboardInterrupt):
   """SIGINT or SIGTERM stopped training after the current step was saved."""
@@ -170,17 +170,7 @@ def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> 
 
 def check_model_dir(model_dir: str) -> None:
   """Fails with a ConfigError when MODEL_DIR cannot be created or written."""
-  probe = os.path.join(model_dir, f'.write_test_{os.getpid()}')
-  try:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise gin_utils.ConfigError(
-        f'MODEL_DIR {model_dir!r} cannot be written ({e.strerror or e}); '
-        'choose a folder you can write to.'
-    ) from None
+  eval_lib.check_output_dir(model_dir, 'MODEL_DIR')
 
 
 def check_initial_checkpoint(path: Optional[str]) -> None:
@@ -188,7 +178,7 @@ def check_initial_checkpoint(path: Optional[str]) -> None:
   if path and not tf.io.gfile.exists(path):
     raise gin_utils.ConfigError(
         f'INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a '
-        '`spt_jax.convert_checkpoint` output, a run\'s MODEL_DIR, a T5X '
+        '`spt_jax.checkpoints.convert_checkpoint` output, a run\'s MODEL_DIR, a T5X '
         'checkpoint or a Hugging Face T5 folder, or None to start from '
         'scratch.'
     )
@@ -366,7 +356,7 @@ def train(
     log_period: steps between metric summaries.
     random_seed: seeds parameters, dropout and data order.
     initial_checkpoint_path: parameters to start from when MODEL_DIR has no
-      checkpoint: a `spt_jax.convert_checkpoint` output or another run's
+      checkpoint: a `spt_jax.checkpoints.convert_checkpoint` output or another run's
       MODEL_DIR. Parameters it lacks (e.g. the memory bank) keep their
       initial values.
     eval_mixture_or_task_name: evaluated after training if given.
@@ -530,7 +520,7 @@ def train(
       return (
           f'{signal_name} during the final evaluation: training finished at '
           f'step {step}, saved in {store.directory}; evaluate it with python '
-          f'-m spt_jax.eval --gin_file={os.path.join(model_dir, "config.gin")}'
+          f'-m spt_jax.local.eval --gin_file={os.path.join(model_dir, "config.gin")}'
       )
 
     with _interrupts_raise(interrupted):
@@ -572,7 +562,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   distributed.initialize_from_flags()
   # Gin binds the importable module's function, not this `__main__` copy.
-  from spt_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.local import train as train_lib  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin_flags(entry=train_lib.train)
   result = gin.get_configurable(train_lib.train)()
   if jax.process_index() == 0:
@@ -587,7 +577,7 @@ if __name__ == '__main__':
   distributed.define_flags()
   # `main` runs the importable module's `train`, which raises that module's
   # TrainingDiverged, not this `__main__` copy's.
-  from spt_jax import train as _train_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.local import train as _train_lib  # pylint: disable=g-import-not-at-top
   gin_utils.run(
       main,
       short_errors=(train_checkpoints.CheckpointError,

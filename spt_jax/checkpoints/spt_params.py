@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spt_jax import memory_bank
-from spt_jax import prompts
-from spt_jax.config import SptConfig
+from spt_jax.model.config import SptConfig
+from spt_jax.model import memory_bank
+from spt_jax.model import prompts
 
 Params = Dict[str, Any]
 

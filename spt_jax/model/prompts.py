@@ -16,7 +16,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from spt_jax import layers
+from spt_jax.model import layers
 
 Array = jax.Array
 

@@ -15,7 +15,7 @@ reads it back). Only the settings that
 shape parameters are flags; retrieval settings (top-k, similarity, strategy)
 belong to the training configuration.
 
-    python -m spt_jax.convert_checkpoint \
+    python -m spt_jax.checkpoints.convert_checkpoint \
       --hf_path=/data/t5-v1_1-lm-adapt-base --output_dir=/tmp/spt_base \
       --num_memories=256 --memory_length=10 --memory_init=vocab_sample
 """
@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spt_jax.checkpoints import hf_checkpoints
+from spt_jax.checkpoints import spt_params
+from spt_jax.checkpoints import t5x_checkpoints
 from spt_jax import gin_utils
-from spt_jax import hf_checkpoints
-from spt_jax import spt_params
-from spt_jax import t5x_checkpoints
-from spt_jax.config import NO_SPT, SptConfig, T5Config
+from spt_jax.model.config import NO_SPT, SptConfig, T5Config
 
 
 def spt_shapes_config(

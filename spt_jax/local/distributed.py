@@ -1,8 +1,8 @@
 """Multi-process start-up of the local runner's binaries (one process per host).
 
-`spt_jax.train` and `spt_jax.eval` take T5X's flags for it:
+`spt_jax.local.train` and `spt_jax.local.eval` take T5X's flags for it:
 
-    python -m spt_jax.train --multiprocess [--coordinator_address=HOST:PORT \
+    python -m spt_jax.local.train --multiprocess [--coordinator_address=HOST:PORT \
       --process_count=N --process_index=I] --gin_file=...
 
 On Cloud TPU VMs (and under Slurm or Open MPI) `--multiprocess` alone is

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spt_jax.config import T5Config
+from spt_jax.model.config import T5Config
 
 Params = Dict[str, Any]
 
@@ -188,7 +188,7 @@ def load_hf_config(path: str) -> Dict[str, Any]:
 
 def check_backbone_shapes(params: Params, cfg: T5Config) -> None:
   """Raises unless every backbone weight has the shape `cfg` gives it."""
-  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   module = network.SptTransformer(cfg)
   tokens = jnp.ones((1, 2), jnp.int32)
   expected = jax.eval_shape(

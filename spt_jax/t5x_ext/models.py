@@ -18,7 +18,7 @@ Importable only where T5X is installed (it is not on PyPI).
   search retrieve with it unchanged.
 
 `logical_factor_rules` gives T5X's Adafactor the factoring the local runner's
-uses (spt_jax/adafactor.py): the memory bank per memory.
+uses (spt_jax/optim/adafactor.py): the memory bank per memory.
 """
 
 from typing import Mapping, Optional, Tuple
@@ -31,9 +31,9 @@ from t5x import adafactor
 from t5x import metrics as metrics_lib
 from t5x import models
 
-from spt_jax import adafactor as spt_adafactor
-from spt_jax import models as spt_models
-from spt_jax import spt_params
+from spt_jax.checkpoints import spt_params
+from spt_jax.model import models as spt_models
+from spt_jax.optim import adafactor as spt_adafactor
 
 # Parameters that a checkpoint without SPT lacks (a pretrained T5).
 SPT_PARAMS_PATTERN = rf'^.*({"|".join(spt_params.SPT_PARAM_GROUPS)}).*$'
@@ -41,7 +41,7 @@ SPT_PARAMS_PATTERN = rf'^.*({"|".join(spt_params.SPT_PARAM_GROUPS)}).*$'
 
 def logical_factor_rules():
   """T5X's standard Adafactor factor rules, with the local runner's table
-  (`spt_jax.adafactor.LOGICAL_FACTOR_RULES`, SPT's axes included) on top."""
+  (`spt_jax.optim.adafactor.LOGICAL_FACTOR_RULES`, SPT's axes included) on top."""
   rules = flax.core.unfreeze(adafactor.standard_logical_factor_rules())
   rules.update(spt_adafactor.LOGICAL_FACTOR_RULES)
   return flax.core.freeze(rules)
@@ -118,15 +118,11 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
   ):
     """`loss_fn`, plus the gathered memory ids (`models.retrieved_ids`).
 
-    The row-sparse training path (`t5x_sparse.SparseBankTrainer`) passes the
+    The row-sparse training path (`spt_jax.t5x_ext.sparse.SparseBankTrainer`) passes the
     zero perturbation of the retrieved rows in `other_variables`.
     """
-    logits, sown = self._compute_logits(
-        params, batch, dropout_rng, mutable=['losses', 'intermediates'],
-        other_variables=other_variables,
-    )
-    loss, terms = spt_models.spt_loss(
-        logits, batch, sown.get('losses', {}),
+    logits, loss, terms, ids = spt_models.loss_with_retrieval(
+        self._compute_logits, params, batch, dropout_rng, other_variables,
         aux_loss_weights=self.aux_loss_weights,
         label_smoothing=self._label_smoothing,
         z_loss=self._z_loss,
@@ -159,7 +155,7 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
       if name in terms:
         metrics[f'{prefix}{name}'] = metrics_lib.AveragePerStep(
             total=terms[name])
-    return loss, (metrics, spt_models.retrieved_ids(sown))
+    return loss, (metrics, ids)
 
   def score_batch(
       self,

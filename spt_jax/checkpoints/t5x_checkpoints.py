@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from spt_jax.config import T5Config
+from spt_jax.model.config import T5Config
 
 Params = Dict[str, Any]
 

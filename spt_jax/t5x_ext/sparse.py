@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from t5x import optimizers
 from t5x import trainer as t5x_trainer
 
-from spt_jax import sparse_updates
-from spt_jax import spt_params
+from spt_jax.checkpoints import spt_params
+from spt_jax.optim import sparse_updates
 
 def is_bank_row_param(
     path: str, value: Any = None, sparse_keys: bool = False

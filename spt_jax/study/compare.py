@@ -12,8 +12,8 @@ With no flags this is the project's embedded default: one seed of the three
 fully trained variants. The full study adds the frozen-backbone setting and
 two seeds, and reuses the default's runs:
 
-    python -m spt_jax.compare                                # runs/default
-    python -m spt_jax.compare --seeds=3 --frozen_backbone    # the study
+    python -m spt_jax.study.compare                                # runs/default
+    python -m spt_jax.study.compare --seeds=3 --frozen_backbone    # the study
 
 Every invocation shows all the seeds recorded for every variant, at least
 `--seeds`.
@@ -46,13 +46,14 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from spt_jax import analysis
-from spt_jax import eval as eval_lib
+from spt_jax import eval_protocol
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import network
-from spt_jax import train as train_lib
-from spt_jax import train_checkpoints
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import train as train_lib
+from spt_jax.local import train_checkpoints
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.study import analysis
 
 BASE_GIN = 'gin_configs/local/study/base.gin'
 FULL_TRAINING_VARIANTS = (
@@ -213,9 +214,8 @@ def evaluate_rows(
 
   seqio's Evaluator costs more per task than scoring a tiny model does, so
   the study scores every task's rows in one pass; the accuracy is the tasks'
-  own metric (`tasks.metrics.rank_classification_accuracy`).
+  own metric (`spt_jax.eval_protocol.rank_classification_accuracy`).
   """
-  from tasks import metrics  # pylint: disable=g-import-not-at-top
   first = next(iter(rows.values()))
   features = {k: np.concatenate([r.features[k] for r in rows.values()])
               for k in first.features}
@@ -224,11 +224,11 @@ def evaluate_rows(
   per_task, start = {}, 0
   for task, task_rows in rows.items():
     stop = start + len(task_rows.targets)
-    per_task[task] = metrics.rank_classification_accuracy(
+    per_task[task] = eval_protocol.rank_classification_accuracy(
         task_rows.targets, scores[start:stop])
     start = stop
   return eval_lib.EvalResults(
-      tasks=per_task, datasets=metrics.aggregate_over_templates(per_task))
+      tasks=per_task, datasets=eval_protocol.aggregate_over_templates(per_task))
 
 
 def measure_retrieval(
@@ -292,7 +292,6 @@ class _Data:
 
   def probes(self, model, mixture: str, lengths) -> Dict[str, Any]:
     """'family/template' -> a batch of a few examples, per task of the mixture."""
-    from tasks import registry  # pylint: disable=g-import-not-at-top
     converter = model.FEATURE_CONVERTER_CLS(pack=False)
     probes = {}
     for task in self._tasks(mixture):
@@ -305,7 +304,7 @@ class _Data:
             converter, [task.name], lengths, batch_size=self.PROBE_EXAMPLES,
             max_batches=1)
         self._probes[key] = next(iter(batches.values()))
-      probes['/'.join(registry.template_info(task.name))] = self._probes[key]
+      probes['/'.join(eval_protocol.template_info(task.name))] = self._probes[key]
     return probes
 
 
