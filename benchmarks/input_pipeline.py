@@ -107,7 +107,7 @@ TRAIN_SIZES = {
     'common_gen': 67_389, 'amazon_polarity': 3_600_000,
     'app_reviews': 288_065, 'rotten_tomatoes': 8_530, 'dbpedia_14': 560_000,
 }
-# The P3 folder prefix of each (`tasks.p3.T0_DATASETS`).
+# The P3 folder prefix of each (`tasks.p3.datasets.T0_DATASETS`).
 P3_PREFIXES = {
     'commonsense_qa': 'cos_e_v1.11', 'wiki_hop': 'wiki_hop_original',
     'adversarial_qa': 'adversarial_qa_dbidaf', 'duorc_selfrc': 'duorc_SelfRC',
@@ -807,10 +807,10 @@ def pipelines(prepared: Prepared, variants: Sequence[str], batch_size: int,
       out[variant] = train_batches(MIXTURE, lengths, lengths['prompt'],
                                    batch_size, seed, use_cached=True)
     elif variant == 'p3':
-      p3.register(prepared.fixture.p3_dir, vocabulary=seqio.SentencePieceVocabulary(
+      p3.mixtures.register(prepared.fixture.p3_dir, vocabulary=seqio.SentencePieceVocabulary(
           prepared.fixture.vocab_path, extra_ids=100))
       out[variant] = train_batches(
-          p3.T0_TRAIN_MIXTURE, {k: v for k, v in lengths.items()
+          p3.datasets.T0_TRAIN_MIXTURE, {k: v for k, v in lengths.items()
                                 if k != 'prompt'}, 0, batch_size, seed)
     elif variant == 'synthetic':
       lengths_ = synthetic.SYNTHETIC_FEATURE_LENGTHS

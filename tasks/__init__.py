@@ -28,7 +28,7 @@ query), int32 token ids ending in EOS; `__score` tasks add `idx` int32 [2] and
 `tasks.p3`). Feature lengths:
 `tasks.t0.FEATURE_LENGTHS`, `tasks.glue.FEATURE_LENGTHS`,
 `tasks.super_glue.FEATURE_LENGTHS`, `tasks.synthetic.SYNTHETIC_FEATURE_LENGTHS`,
-`tasks.p3.FEATURE_LENGTHS`.
+`tasks.p3.datasets.FEATURE_LENGTHS`.
 Models read them through `spt_jax.model.feature_converters.SptEncDecFeatureConverter`.
 List them with `python -m tasks.show --list`.
 """

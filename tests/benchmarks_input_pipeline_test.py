@@ -44,7 +44,7 @@ def _prepared(tmp_path_factory):
     else:
       os.environ[key] = value
   seqio.set_global_cache_dirs(cache_dirs)
-  p3.unregister()
+  p3.mixtures.unregister()
   for name in list(seqio.TaskRegistry.names()):
     if name.startswith(ip.PRERENDERED_COLLECTION):
       seqio.TaskRegistry.remove(name)
@@ -110,10 +110,10 @@ def _task_examples(name, use_cached=False):
 
 
 def test_p3_copy_holds_each_tasks_examples(prepared):
-  registered = p3.register(prepared.fixture.p3_dir,
+  registered = p3.mixtures.register(prepared.fixture.p3_dir,
                            vocabulary=seqio.SentencePieceVocabulary(
                                prepared.fixture.vocab_path, extra_ids=100))
-  assert len(registered.mixtures[p3.T0_TRAIN_MIXTURE]) == 3
+  assert len(registered.mixtures[p3.datasets.T0_TRAIN_MIXTURE]) == 3
   for folder, p3_name in registered.tasks.items():
     ours = [n for n in prepared.task_names
             if eval_protocol.template_info(n) == eval_protocol.template_info(p3_name)]

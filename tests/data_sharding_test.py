@@ -120,17 +120,17 @@ def test_tfrecord_export_three_files_for_two_hosts(tmp_path, unregister):
 @pytest.fixture(name='p3_tasks')
 def _p3_tasks(tmp_path, monkeypatch):
   """Two P3 folders of 12 training examples: in 3 shards, and in 2."""
-  monkeypatch.delenv(p3.P3_DIR_ENV, raising=False)
-  monkeypatch.delenv(p3.PROMPTSOURCE_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.P3_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.PROMPTSOURCE_DIR_ENV, raising=False)
   root = tmp_path / 'P3' / 'data'
   for folder, shards in (('imdb_Movie_Expressed_Sentiment', 3),
                          ('super_glue_copa_best_option', 2)):
     # pylint: disable-next=protected-access
     tasks_p3_test._write_folder(
         str(root / folder), {'train': (12, 12)}, num_shards=shards)
-  registered = p3.register(str(root), vocabulary=vocab.synthetic_vocabulary())
+  registered = p3.mixtures.register(str(root), vocabulary=vocab.synthetic_vocabulary())
   yield registered.tasks
-  p3.unregister()
+  p3.mixtures.unregister()
 
 
 def test_p3_more_files_than_hosts(p3_tasks):
