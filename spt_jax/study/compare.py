@@ -25,14 +25,12 @@ A, then frozen while `frozen_spt` and `frozen_prompt_tuning` adapt to families
 B. Every run is evaluated zero-shot by rank classification on the held-out
 test split (`spt_study_test`, `spt_study_test_b`), and runs with a memory bank
 report how consistently each family's templates retrieve the same memories
-(`analysis.retrieval_consistency`). `results.txt` holds accuracy per family
+(`retrieval_stats.retrieval_consistency`). `results.txt` holds accuracy per family
 and on average as mean +- standard error over seeds, and `results.png` the
 same as bars with error bars.
 """
 
 import dataclasses
-import json
-import math
 import os
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -54,6 +52,8 @@ from spt_jax.local import train_checkpoints
 from spt_jax.model import models
 from spt_jax.model import network
 from spt_jax.study import analysis
+from spt_jax.study import results
+from spt_jax.study import retrieval_stats
 
 BASE_GIN = 'gin_configs/local/study/base.gin'
 FULL_TRAINING_VARIANTS = (
@@ -71,14 +71,6 @@ STUDY_VARIANTS = FULL_TRAINING_VARIANTS + FROZEN_BACKBONE_VARIANTS
 RESULT_FILE = 'result.json'
 RESULTS_TABLE = 'results.txt'
 RESULTS_PLOT = 'results.png'
-# Rows of the table after the accuracies: (label, RunResult field, key).
-RETRIEVAL_ROWS = (
-    ('retrieval: same-family overlap', 'same_family_jaccard'),
-    ('retrieval: other-family overlap', 'other_family_jaccard'),
-    ('retrieval: held-out tpl -> own family %', 'heldout_own_family'),
-    ('  (chance %)', 'heldout_chance'),
-)
-AVERAGE = 'average'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,46 +80,6 @@ class Variant:
   name: str
   gin_files: Tuple[str, ...] = ()
   init_from: Optional[str] = None
-
-
-@dataclasses.dataclass
-class RunResult:
-  """What one (variant, seed) run measured; stored as `result.json`.
-
-  Attributes:
-    variant: the variant's name.
-    seed: RANDOM_SEED of the run.
-    step: the last training step.
-    train_loss: the token cross entropy over the last logged period.
-    datasets: accuracy (%) per dataset, the mean over its templates.
-    tasks: accuracy (%) per evaluated task.
-    retrieval: `analysis.retrieval_consistency` (runs with a memory bank).
-    seconds: wall time of training and evaluation.
-  """
-
-  variant: str
-  seed: int
-  step: int
-  train_loss: float
-  datasets: Dict[str, float]
-  tasks: Dict[str, float]
-  retrieval: Dict[str, float] = dataclasses.field(default_factory=dict)
-  seconds: float = 0.0
-
-  @property
-  def average(self) -> float:
-    """The mean accuracy over datasets (each dataset counts once)."""
-    return float(np.mean(list(self.datasets.values())))
-
-  def save(self, path: str) -> None:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
-
-  @classmethod
-  def load(cls, path: str) -> 'RunResult':
-    with open(path) as f:
-      return cls(**json.load(f))
 
 
 def parse_variant(spec: str) -> Variant:
@@ -251,8 +203,8 @@ def measure_retrieval(
   indices = analysis.collect_by_task(model, params, probes)
   num_memories = model.module.spt.num_memories
   analysis.write_report(indices, num_memories, os.path.join(folder, 'analysis'))
-  return analysis.retrieval_consistency(
-      analysis.usage_counts(indices, num_memories), trained
+  return retrieval_stats.retrieval_consistency(
+      retrieval_stats.usage_counts(indices, num_memories), trained
   )
 
 
@@ -308,7 +260,7 @@ class _Data:
     return probes
 
 
-def train_and_measure(folder: str, data: _Data) -> RunResult:
+def train_and_measure(folder: str, data: _Data) -> results.RunResult:
   """Trains the configured run, then evaluates it and measures retrieval."""
   start = time.time()
   # The study evaluates through `data` (rows read once, no per-example
@@ -327,120 +279,13 @@ def train_and_measure(folder: str, data: _Data) -> RunResult:
     trained = data.probes(model, train_mixture, lengths)
     probes = {**trained, **data.probes(model, eval_mixture, lengths)}
     retrieval = measure_retrieval(model, params, probes, list(trained), folder)
-  return RunResult(
+  return results.RunResult(
       variant='', seed=-1, step=result.step,
       train_loss=result.metrics.get('cross_ent_loss', float('nan')),
       datasets={d: v['mean'] for d, v in evaluated.datasets.items()},
       tasks={t: m['accuracy'] for t, m in evaluated.tasks.items()},
       retrieval=retrieval, seconds=time.time() - start,
   )
-
-
-def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
-  """Mean and standard error (sample sd / sqrt(n); nan for one value)."""
-  values = [v for v in values if not math.isnan(v)]
-  if not values:
-    return float('nan'), float('nan')
-  if len(values) == 1:
-    return float(values[0]), float('nan')
-  return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
-
-
-def _cell(values: Sequence[float], digits: int = 1) -> str:
-  mean, se = mean_and_se(values)
-  if math.isnan(mean):
-    return '-'
-  if math.isnan(se):
-    return f'{mean:.{digits}f}'
-  return f'{mean:.{digits}f} ± {se:.{digits}f}'
-
-
-def _groups(
-    runs: Mapping[str, Sequence[RunResult]]
-) -> List[Tuple[Tuple[str, ...], List[str]]]:
-  """Variants grouped by the datasets they are evaluated on, in order."""
-  groups: Dict[Tuple[str, ...], List[str]] = {}
-  for name, results in runs.items():
-    if results:
-      datasets = tuple(sorted(results[0].datasets))
-      groups.setdefault(datasets, []).append(name)
-  return list(groups.items())
-
-
-def _format_table(header: List[str], rows: List[List[str]]) -> str:
-  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-
-  def fmt(row):
-    return ' | '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-
-  return '\n'.join([fmt(header), '-+-'.join('-' * w for w in widths)]
-                   + [fmt(r) for r in rows])
-
-
-def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
-  """Mean ± standard error over seeds per dataset, on average and of retrieval.
-
-  One table per set of evaluated datasets (the frozen-backbone variants are
-  evaluated on fewer families). The average is taken per seed over the
-  datasets, then over seeds.
-  """
-  tables = []
-  for datasets, names in _groups(runs):
-    seeds = sorted({len(runs[n]) for n in names})
-    header = ['dataset'] + names
-    rows = [
-        [d] + [_cell([r.datasets[d] for r in runs[n]]) for n in names]
-        for d in datasets
-    ]
-    rows.append([AVERAGE] + [_cell([r.average for r in runs[n]]) for n in names])
-    rows.append(['train loss (last)'] + [
-        _cell([r.train_loss for r in runs[n]], 3) for n in names])
-    if any(runs[n][0].retrieval for n in names):
-      for label, key in RETRIEVAL_ROWS:
-        digits = 2 if 'overlap' in label else 1
-        rows.append([label] + [
-            _cell([r.retrieval[key] for r in runs[n] if r.retrieval], digits)
-            for n in names])
-    tables.append(
-        f'seeds per variant: {"/".join(map(str, seeds))}\n'
-        + _format_table(header, rows))
-  return '\n\n'.join(tables)
-
-
-def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
-  """A PNG of accuracy per dataset and on average, bars ± SE over seeds."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  groups = _groups(runs)
-  figure = Figure(figsize=(11, 3.6 * len(groups)))
-  FigureCanvasAgg(figure)
-  axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
-  for ax, (datasets, names) in zip(axes, groups):
-    labels = list(datasets) + [AVERAGE]
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-      stats = [mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets]
-      stats.append(mean_and_se([r.average for r in runs[name]]))
-      means = [m for m, _ in stats]
-      errors = [0.0 if math.isnan(se) else se for _, se in stats]
-      x = np.arange(len(labels)) + (i - (len(names) - 1) / 2) * width
-      ax.bar(x, means, width, yerr=errors, capsize=2, label=name)
-    ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
-    ax.set_ylabel('accuracy (%)')
-    ax.set_ylim(0, 100)
-    ax.axvline(len(datasets) - 0.5, color='gray', linewidth=0.5)
-    # Four choices for most tasks of the synthetic mixture.
-    ax.axhline(25, color='gray', linewidth=0.5, linestyle=':')
-    seeds = '/'.join(str(s) for s in sorted({len(runs[n]) for n in names}))
-    ax.set_title(
-        f'zero-shot accuracy on the held-out templates of {len(datasets)} '
-        f'families, mean ± SE over {seeds} seed(s); dotted: 1 in 4',
-        fontsize=10)
-    ax.legend(fontsize=8, ncol=len(names), loc='upper left')
-  figure.tight_layout()
-  figure.savefig(path, dpi=80)
-  return path
 
 
 def recorded_seeds(variants: Sequence[Variant], model_dir: str) -> int:
@@ -461,7 +306,7 @@ def run_study(
     base_gin_files: Sequence[str],
     bindings: Sequence[str],
     on_seed_done=None,
-) -> Dict[str, List[RunResult]]:
+) -> Dict[str, List[results.RunResult]]:
   """Trains (or reads back) every (variant, seed), seed by seed.
 
   Args:
@@ -495,7 +340,7 @@ def run_study(
   with bar:
     for i, (seed, variant, path, done) in enumerate(pending):
       if done:
-        result = RunResult.load(path)
+        result = results.RunResult.load(path)
       else:
         bar.set_postfix_str(f'{variant.name} seed {seed}')
         folder = configure(base_gin_files, variant, bindings, model_dir, seed)
@@ -511,12 +356,12 @@ def run_study(
   return runs
 
 
-def write_results(runs: Mapping[str, Sequence[RunResult]], model_dir: str) -> str:
+def write_results(runs: Mapping[str, Sequence[results.RunResult]], model_dir: str) -> str:
   """Writes results.txt and results.png into model_dir; returns the table."""
-  table = results_table(runs)
+  table = results.results_table(runs)
   with open(os.path.join(model_dir, RESULTS_TABLE), 'w') as f:
     f.write(table + '\n')
-  plot_results(runs, os.path.join(model_dir, RESULTS_PLOT))
+  results.plot_results(runs, os.path.join(model_dir, RESULTS_PLOT))
   return table
 
 
