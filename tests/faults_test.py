@@ -26,7 +26,7 @@ import seqio
 import tensorflow as tf
 
 from spt_jax import gin_utils
-from spt_jax.local import eval as eval_lib
+from spt_jax.local import checks
 from spt_jax.local import run_lock
 from spt_jax.local import train as train_lib
 from spt_jax.local import train_checkpoints
@@ -132,10 +132,10 @@ def test_missing_evaluation_data_and_metrics_are_found_up_front(tmp_path):
   task = _local_task(tmp_path, 'no_validation', ('train', 'validation'),
                      score=True)
   with pytest.raises(gin_utils.ConfigError, match="split 'validation'.*not found"):
-    eval_lib.check_data(task, 'validation')
+    checks.check_data(task, 'validation')
   generation = _local_task(tmp_path, 'no_metric', ('train',))
   with pytest.raises(gin_utils.ConfigError, match='have no metric'):
-    eval_lib.check_metrics(generation)
+    checks.check_metrics(generation)
 
 
 def test_missing_tfds_data_names_the_fix(tmp_path, monkeypatch):

@@ -40,8 +40,10 @@ import tqdm
 from spt_jax import gin_utils
 from spt_jax.local import distributed
 from spt_jax.local import eval as eval_lib
+from spt_jax.local import checks
 from spt_jax.local import run_lock
 from spt_jax.local import train_checkpoints
+from spt_jax.local import run_settings
 from spt_jax.local import trainer
 from spt_jax.model import models
 from spt_jax.model import partitioning
@@ -159,7 +161,7 @@ def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> 
     return
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   for name, feature in provider.output_features.items():
-    needed = eval_lib.vocabulary_size(feature.vocabulary, mixture_or_task_name)
+    needed = checks.vocabulary_size(feature.vocabulary, mixture_or_task_name)
     if needed > vocab_size:
       raise gin_utils.ConfigError(
           f'VOCAB_SIZE={vocab_size} is smaller than the vocabulary of feature '
@@ -170,7 +172,7 @@ def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> 
 
 def check_model_dir(model_dir: str) -> None:
   """Fails with a ConfigError when MODEL_DIR cannot be created or written."""
-  eval_lib.check_output_dir(model_dir, 'MODEL_DIR')
+  checks.check_output_dir(model_dir, 'MODEL_DIR')
 
 
 def check_initial_checkpoint(path: Optional[str]) -> None:
@@ -387,15 +389,15 @@ def train(
   )
   if is_chief:
     check_model_dir(model_dir)
-  eval_lib.check_feature_lengths(task_feature_lengths)
+  checks.check_feature_lengths(task_feature_lengths)
   check_initial_checkpoint(initial_checkpoint_path)
-  eval_lib.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
-  eval_lib.check_data(mixture_or_task_name, 'train')
+  checks.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
+  checks.check_data(mixture_or_task_name, 'train')
   check_vocabulary_size(model, mixture_or_task_name)
   if eval_mixture_or_task_name:
-    eval_lib.check_mixture_or_task(eval_mixture_or_task_name)
-    eval_lib.check_data(eval_mixture_or_task_name, 'validation')
-    eval_lib.check_metrics(eval_mixture_or_task_name)
+    checks.check_mixture_or_task(eval_mixture_or_task_name)
+    checks.check_data(eval_mixture_or_task_name, 'validation')
+    checks.check_metrics(eval_mixture_or_task_name)
   sharded = trainer.ShardedTrainer(
       model, optimizer or trainer.adafactor(), mesh, logical_axis_rules, trainable
   )
@@ -417,14 +419,14 @@ def train(
       state,
   )
   # A changed model is refused before anything in MODEL_DIR is rewritten.
-  settings = train_checkpoints.run_settings(model, trainable)
+  settings = run_settings.run_settings(model, trainable)
   if store.all_steps():
-    train_checkpoints.check_resumable(model_dir, settings, abstract)
+    run_settings.check_resumable(model_dir, settings, abstract)
   restored = store.restore_latest(abstract)
   if is_chief:
     if gin.config_is_locked():
       gin_utils.write_config(model_dir)
-    train_checkpoints.write_run_settings(model_dir, settings, abstract)
+    run_settings.write_run_settings(model_dir, settings, abstract)
   # The metrics summary resumes where the saved step left it: the last logged
   # metrics, and the steps of the log window not yet logged.
   metrics_host: Dict[str, float] = {}
@@ -582,5 +584,5 @@ if __name__ == '__main__':
       main,
       short_errors=(train_checkpoints.CheckpointError,
                     _train_lib.TrainingDiverged),
-      usage_errors=eval_lib.input_errors(),
+      usage_errors=checks.input_errors(),
   )
