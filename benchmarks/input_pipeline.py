@@ -1,6 +1,6 @@
 r"""Examples per second of the input pipeline against what the model consumes.
 
-Every variant is the training pipeline of `spt_jax.local.train.get_train_dataset`
+Every variant is the training pipeline of `spt_jax.local.train_data.get_train_dataset`
 (seqio mixture, shuffled and repeated, `SptEncDecFeatureConverter` without
 packing, batched per host), read after a warm-up, on offline fixtures written
 here:
@@ -69,8 +69,8 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
 import tasks  # pylint: disable=g-import-not-at-top,unused-import
-from spt_jax import eval_protocol
-from spt_jax.local import train  # pylint: disable=g-import-not-at-top
+from spt_jax import eval_protocol  # pylint: disable=g-import-not-at-top
+from spt_jax.local import train_data  # pylint: disable=g-import-not-at-top
 from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
 from spt_jax.model import config  # pylint: disable=g-import-not-at-top
 from spt_jax.model import feature_converters  # pylint: disable=g-import-not-at-top
@@ -580,8 +580,8 @@ def register_prerendered_mixture(
 
 def train_batches(name: str, lengths: Mapping[str, int], prompt_length: int,
                   batch_size: int, seed: int = 0, use_cached: bool = False):
-  """One host's training batches: `spt_jax.local.train.get_train_dataset`."""
-  return train.get_train_dataset(
+  """One host's training batches: `spt_jax.local.train_data.get_train_dataset`."""
+  return train_data.get_train_dataset(
       name, dict(lengths), batch_size,
       functools.partial(feature_converters.SptEncDecFeatureConverter,
                         prompt_length=prompt_length),

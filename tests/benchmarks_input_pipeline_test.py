@@ -1,7 +1,7 @@
 """Tests of `benchmarks.input_pipeline` on a tiny fixture.
 
 Each variant's pipeline must read what the training pipeline reads: the
-prompted tasks' batches as `spt_jax.local.train.get_train_dataset` builds them, the
+prompted tasks' batches as `spt_jax.local.train_data.get_train_dataset` builds them, the
 same batches from a SeqIO cache written by `seqio.scripts.cache_tasks_main`
 (`use_cached=True`, T5X's `USE_CACHED_TASKS = True`) and from pre-rendered
 text, and the same examples from the P3 copy.
@@ -15,7 +15,7 @@ import seqio
 
 from benchmarks import input_pipeline as ip
 from spt_jax import eval_protocol
-from spt_jax.local import train
+from spt_jax.local import train_data
 from spt_jax.model import feature_converters
 from tasks import p3
 from tasks import t0
@@ -70,7 +70,7 @@ def _assert_same(batches, expected):
 
 
 def test_variants_read_the_training_pipelines_batches(prepared):
-  direct = _batches(train.get_train_dataset(
+  direct = _batches(train_data.get_train_dataset(
       ip.MIXTURE, ip.T0_LENGTHS, BATCH,
       functools.partial(feature_converters.SptEncDecFeatureConverter,
                         prompt_length=ip.T0_LENGTHS['prompt']),
@@ -86,7 +86,7 @@ def test_variants_read_the_training_pipelines_batches(prepared):
   # batches: each of their rows is one of the tasks' rows.
   rows = set()
   for name in prepared.task_names:
-    epoch = _batches(train.get_train_dataset(
+    epoch = _batches(train_data.get_train_dataset(
         name, ip.T0_LENGTHS, BATCH,
         functools.partial(feature_converters.SptEncDecFeatureConverter,
                           prompt_length=ip.T0_LENGTHS['prompt']),

@@ -1,7 +1,7 @@
 """Each host reads its own shard: together the hosts read every example once per epoch.
 
-`train.get_train_dataset` is what every host of a multi-host run calls, with
-its `seqio.ShardInfo` (`train.host_shard`). Here it is called for every shard
+`train_data.get_train_dataset` is what every host of a multi-host run calls, with
+its `seqio.ShardInfo` (`train_data.host_shard`). Here it is called for every shard
 of a simulated cluster in one process, for each kind of source: the
 synthetic tasks (sharded by example index), a JSON-lines export (one file:
 fewer files than hosts), a TFRecord export and P3 folders with more files
@@ -16,7 +16,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from spt_jax.local import train
+from spt_jax.local import train_data
 from spt_jax.model import feature_converters
 from tasks import p3
 from tasks import prompted
@@ -33,7 +33,7 @@ def _epoch(name, shard_info, prompt_length):
   """The shard's first epoch, as a multiset of (encoder, target) token rows."""
   converter = functools.partial(
       feature_converters.SptEncDecFeatureConverter, prompt_length=prompt_length)
-  batches = train.get_train_dataset(
+  batches = train_data.get_train_dataset(
       name, LENGTHS, batch_size=shard_info.num_shards,
       feature_converter_cls=converter, seed=SEED, shard_info=shard_info,
       num_epochs=1)

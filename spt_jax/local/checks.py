@@ -14,6 +14,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 import seqio
+import tensorflow as tf
 
 from spt_jax import gin_utils
 from spt_jax.model import models
@@ -250,3 +251,67 @@ def vocabulary_size(vocabulary: seqio.Vocabulary, name: str) -> int:
     return vocabularies.vocabulary_size(vocabulary)
   except vocabularies.VocabularyNotFoundError as e:
     raise gin_utils.ConfigError(f'{name}: {e}') from None
+
+
+def check_settings(
+    *,
+    train_steps: int,
+    batch_size: int,
+    checkpoint_period: int,
+    log_period: int,
+    eval_batch_size: int,
+    data_parallelism: int,
+) -> None:
+  """Fails with a ConfigError naming the first unusable setting."""
+  for name, value in (
+      ('TRAIN_STEPS', train_steps),
+      ('BATCH_SIZE', batch_size),
+      ('CHECKPOINT_PERIOD', checkpoint_period),
+      ('LOG_PERIOD', log_period),
+      ('EVAL_BATCH_SIZE', eval_batch_size),
+  ):
+    if not isinstance(value, int) or value <= 0:
+      raise gin_utils.ConfigError(f'{name}={value!r} must be a positive integer.')
+  for name, value in (('BATCH_SIZE', batch_size),
+                      ('EVAL_BATCH_SIZE', eval_batch_size)):
+    if value % data_parallelism:
+      raise gin_utils.ConfigError(
+          f'{name}={value} must be a multiple of the {data_parallelism} '
+          'data-parallel devices (devices / NUM_PARTITIONS).'
+      )
+
+
+def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> None:
+  """Fails when the model's embedding is smaller than the task vocabulary.
+
+  Token ids past the embedding table would be looked up out of range and
+  train to a NaN loss.
+  """
+  vocab_size = getattr(getattr(model.module, 'config', None), 'vocab_size', None)
+  if vocab_size is None:
+    return
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  for name, feature in provider.output_features.items():
+    needed = vocabulary_size(feature.vocabulary, mixture_or_task_name)
+    if needed > vocab_size:
+      raise gin_utils.ConfigError(
+          f'VOCAB_SIZE={vocab_size} is smaller than the vocabulary of feature '
+          f'{name!r} of {mixture_or_task_name} ({needed} ids); set '
+          f'--gin.VOCAB_SIZE={needed} or more (T5 uses 32128).'
+      )
+
+
+def check_model_dir(model_dir: str) -> None:
+  """Fails with a ConfigError when MODEL_DIR cannot be created or written."""
+  check_output_dir(model_dir, 'MODEL_DIR')
+
+
+def check_initial_checkpoint(path: Optional[str]) -> None:
+  """Fails with a ConfigError when INITIAL_CHECKPOINT_PATH does not exist."""
+  if path and not tf.io.gfile.exists(path):
+    raise gin_utils.ConfigError(
+        f'INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a '
+        '`spt_jax.checkpoints.convert_checkpoint` output, a run\'s MODEL_DIR, a T5X '
+        'checkpoint or a Hugging Face T5 folder, or None to start from '
+        'scratch.'
+    )

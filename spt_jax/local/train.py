@@ -24,29 +24,30 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Dict, Mapping, Optional, Sequence, Type
+from typing import Callable, Dict, Mapping, Optional, Sequence
+from clu import metric_writers
+import tqdm
 
 from absl import flags
 from absl import logging
-from clu import metric_writers
 import gin
 import jax
 import numpy as np
 import optax
 import seqio
-import tensorflow as tf
-import tqdm
 
 from spt_jax import gin_utils
+from spt_jax.local import checks
 from spt_jax.local import distributed
 from spt_jax.local import eval as eval_lib
-from spt_jax.local import checks
 from spt_jax.local import run_lock
-from spt_jax.local import train_checkpoints
 from spt_jax.local import run_settings
+from spt_jax.local import train_checkpoints
+from spt_jax.local import train_data
 from spt_jax.local import trainer
 from spt_jax.model import models
 from spt_jax.model import partitioning
+
 
 class TrainingInterrupted(KeyboardInterrupt):
   """SIGINT or SIGTERM stopped training after the current step was saved."""
@@ -64,126 +65,6 @@ class TrainResult:
   metrics: Dict[str, float]
   history: list[tuple[int, Dict[str, float]]]
   eval_results: Optional[eval_lib.EvalResults] = None
-
-
-def host_shard() -> seqio.ShardInfo:
-  """This process's share of the input: one shard per host."""
-  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
-
-
-def get_train_dataset(
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    batch_size: int,
-    feature_converter_cls: Type[seqio.FeatureConverter],
-    seed: int,
-    shard_info: Optional[seqio.ShardInfo] = None,
-    num_epochs: Optional[int] = None,
-    use_cached: bool = False,
-):
-  """One host's shard of the shuffled, repeated training batches.
-
-  Each host reads its own shard of every task (seqio splits a task's files
-  over the hosts, or its examples where it has fewer files than hosts), so
-  the input pipeline's work is divided, not repeated; each host's batches
-  are its rows of the global batch. The data order therefore depends on the
-  number of hosts; the training step does not (tests/multihost_test.py).
-
-  Args:
-    mixture_or_task_name: the training mixture or task.
-    task_feature_lengths: feature lengths.
-    batch_size: the global batch size.
-    feature_converter_cls: the model's feature converter.
-    seed: shuffling seed.
-    shard_info: the shard to read (default: this process's, `host_shard`).
-    num_epochs: passes over the data (None: repeat for ever).
-    use_cached: read the tasks from a SeqIO cache
-      (`./run_t5x.sh cache`; T5X's `USE_CACHED_TASKS`).
-
-  Returns:
-    Batches of `batch_size // num_shards` rows.
-  """
-  shard_info = shard_info or host_shard()
-  if batch_size % shard_info.num_shards:
-    raise gin_utils.ConfigError(
-        f'BATCH_SIZE={batch_size} must divide over {shard_info.num_shards} hosts.'
-    )
-  dataset = seqio.get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths=task_feature_lengths,
-      dataset_split='train',
-      shuffle=True,
-      num_epochs=num_epochs,
-      shard_info=shard_info,
-      feature_converter=feature_converter_cls(pack=False),
-      seed=seed,
-      use_cached=use_cached,
-  )
-  return dataset.batch(batch_size // shard_info.num_shards, drop_remainder=True)
-
-
-def check_settings(
-    *,
-    train_steps: int,
-    batch_size: int,
-    checkpoint_period: int,
-    log_period: int,
-    eval_batch_size: int,
-    data_parallelism: int,
-) -> None:
-  """Fails with a ConfigError naming the first unusable setting."""
-  for name, value in (
-      ('TRAIN_STEPS', train_steps),
-      ('BATCH_SIZE', batch_size),
-      ('CHECKPOINT_PERIOD', checkpoint_period),
-      ('LOG_PERIOD', log_period),
-      ('EVAL_BATCH_SIZE', eval_batch_size),
-  ):
-    if not isinstance(value, int) or value <= 0:
-      raise gin_utils.ConfigError(f'{name}={value!r} must be a positive integer.')
-  for name, value in (('BATCH_SIZE', batch_size),
-                      ('EVAL_BATCH_SIZE', eval_batch_size)):
-    if value % data_parallelism:
-      raise gin_utils.ConfigError(
-          f'{name}={value} must be a multiple of the {data_parallelism} '
-          'data-parallel devices (devices / NUM_PARTITIONS).'
-      )
-
-
-def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> None:
-  """Fails when the model's embedding is smaller than the task vocabulary.
-
-  Token ids past the embedding table would be looked up out of range and
-  train to a NaN loss.
-  """
-  vocab_size = getattr(getattr(model.module, 'config', None), 'vocab_size', None)
-  if vocab_size is None:
-    return
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  for name, feature in provider.output_features.items():
-    needed = checks.vocabulary_size(feature.vocabulary, mixture_or_task_name)
-    if needed > vocab_size:
-      raise gin_utils.ConfigError(
-          f'VOCAB_SIZE={vocab_size} is smaller than the vocabulary of feature '
-          f'{name!r} of {mixture_or_task_name} ({needed} ids); set '
-          f'--gin.VOCAB_SIZE={needed} or more (T5 uses 32128).'
-      )
-
-
-def check_model_dir(model_dir: str) -> None:
-  """Fails with a ConfigError when MODEL_DIR cannot be created or written."""
-  checks.check_output_dir(model_dir, 'MODEL_DIR')
-
-
-def check_initial_checkpoint(path: Optional[str]) -> None:
-  """Fails with a ConfigError when INITIAL_CHECKPOINT_PATH does not exist."""
-  if path and not tf.io.gfile.exists(path):
-    raise gin_utils.ConfigError(
-        f'INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a '
-        '`spt_jax.checkpoints.convert_checkpoint` output, a run\'s MODEL_DIR, a T5X '
-        'checkpoint or a Hugging Face T5 folder, or None to start from '
-        'scratch.'
-    )
 
 
 # A loss that is not finite this soon after a restore suspects the restored
@@ -305,7 +186,7 @@ def _holding_run_lock(train_fn):
   def locked(*args, model_dir: str, **kwargs):
     if jax.process_index() != 0:
       return train_fn(*args, model_dir=model_dir, **kwargs)
-    check_model_dir(model_dir)
+    checks.check_model_dir(model_dir)
     with run_lock.RunLock(model_dir):
       return train_fn(*args, model_dir=model_dir, **kwargs)
 
@@ -381,19 +262,19 @@ def train(
   is_chief = jax.process_index() == 0
   seqio.add_global_cache_dirs(list(seqio_cache_dirs))
   mesh = partitioning.create_mesh(num_partitions)
-  check_settings(
+  checks.check_settings(
       train_steps=train_steps, batch_size=batch_size,
       checkpoint_period=checkpoint_period, log_period=log_period,
       eval_batch_size=eval_batch_size,
       data_parallelism=mesh.shape['data'],
   )
   if is_chief:
-    check_model_dir(model_dir)
+    checks.check_model_dir(model_dir)
   checks.check_feature_lengths(task_feature_lengths)
-  check_initial_checkpoint(initial_checkpoint_path)
+  checks.check_initial_checkpoint(initial_checkpoint_path)
   checks.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
   checks.check_data(mixture_or_task_name, 'train')
-  check_vocabulary_size(model, mixture_or_task_name)
+  checks.check_vocabulary_size(model, mixture_or_task_name)
   if eval_mixture_or_task_name:
     checks.check_mixture_or_task(eval_mixture_or_task_name)
     checks.check_data(eval_mixture_or_task_name, 'validation')
@@ -401,7 +282,7 @@ def train(
   sharded = trainer.ShardedTrainer(
       model, optimizer or trainer.adafactor(), mesh, logical_axis_rules, trainable
   )
-  dataset = get_train_dataset(
+  dataset = train_data.get_train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size,
       model.FEATURE_CONVERTER_CLS, random_seed, use_cached=use_cached_tasks,
   )
