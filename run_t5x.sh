@@ -8,16 +8,16 @@
 #                                setting, 3 seeds each, mean +- SE
 #                                (runs/default, reusing the default's runs)
 #   ./run_t5x.sh test [ARGS]     the test suite (pytest ARGS)
-#   ./run_t5x.sh train ARGS      python -m spt_jax.train ARGS (local runner)
-#   ./run_t5x.sh eval ARGS       python -m spt_jax.eval ARGS
-#   ./run_t5x.sh compare ARGS    python -m spt_jax.compare ARGS
+#   ./run_t5x.sh train ARGS      python -m spt_jax.local.train ARGS (local runner)
+#   ./run_t5x.sh eval ARGS       python -m spt_jax.local.eval ARGS
+#   ./run_t5x.sh compare ARGS    python -m spt_jax.study.compare ARGS
 #   ./run_t5x.sh cache ARGS      seqio.scripts.cache_tasks_main over our tasks
 #                                (--tasks=REGEX,... --output_cache_dir=DIR),
 #                                for T5X's USE_CACHED_TASKS = True
 #   ./run_t5x.sh tpu ACTION --tpu NAME --zone ZONE [OPTIONS] [-- ARGS]
 #                                on every worker of a Cloud TPU VM: setup,
 #                                train / eval / infer (detached, one log per
-#                                worker), logs, stop (spt_jax/tpu_pod.py;
+#                                worker), logs, stop (spt_jax/launch/tpu_pod.py;
 #                                `./run_t5x.sh tpu --help`)
 #
 # The virtualenv lives in $SPT_VENV (default: .venv beside this script) and is
@@ -95,10 +95,10 @@ command="${1:-default}"
 case "$command" in
   default)
     ensure_venv requirements.txt
-    run_python -m spt_jax.compare "$@" ;;
+    run_python -m spt_jax.study.compare "$@" ;;
   study)
     ensure_venv requirements.txt
-    run_python -m spt_jax.compare --seeds=3 --frozen_backbone "$@" ;;
+    run_python -m spt_jax.study.compare --seeds=3 --frozen_backbone "$@" ;;
   test)
     ensure_venv requirements-test.txt
     ensure_cache_writer
@@ -113,12 +113,15 @@ case "$command" in
     ensure_venv requirements.txt
     ensure_cache_writer
     run_python -m seqio.scripts.cache_tasks_main --module_import=tasks "$@" ;;
-  train|eval|compare)
+  train|eval)
     ensure_venv requirements.txt
-    run_python -m "spt_jax.$command" "$@" ;;
+    run_python -m "spt_jax.local.$command" "$@" ;;
+  compare)
+    ensure_venv requirements.txt
+    run_python -m spt_jax.study.compare "$@" ;;
   tpu)
     # Standard library only: runs where gcloud is, without the venv.
-    exec "$PYTHON" "$REPO/spt_jax/tpu_pod.py" "$@" ;;
+    exec "$PYTHON" "$REPO/spt_jax/launch/tpu_pod.py" "$@" ;;
   -h|--help|help)
     # The header comment: from line 2 to the first line that is not a comment.
     awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;

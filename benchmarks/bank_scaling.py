@@ -85,13 +85,13 @@ def worker(num_memories: int, memory_length: int, variant: str,
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-  from spt_jax import adafactor  # pylint: disable=g-import-not-at-top
-  from spt_jax import config  # pylint: disable=g-import-not-at-top
-  from spt_jax import models  # pylint: disable=g-import-not-at-top
-  from spt_jax import network  # pylint: disable=g-import-not-at-top
-  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
-  from spt_jax import sparse_updates  # pylint: disable=g-import-not-at-top
-  from spt_jax import trainer  # pylint: disable=g-import-not-at-top
+  from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
+  from spt_jax.optim import adafactor  # pylint: disable=g-import-not-at-top
+  from spt_jax.optim import sparse_updates  # pylint: disable=g-import-not-at-top
   del optax
 
   t5 = config.t5_1_1_config(size, dropout_rate=0.0, dtype=dtype)

@@ -35,11 +35,11 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-from spt_jax import config  # pylint: disable=g-import-not-at-top
-from spt_jax import models  # pylint: disable=g-import-not-at-top
-from spt_jax import network  # pylint: disable=g-import-not-at-top
-from spt_jax import spt_params  # pylint: disable=g-import-not-at-top
-from spt_jax import trainer  # pylint: disable=g-import-not-at-top
+from spt_jax.checkpoints import spt_params  # pylint: disable=g-import-not-at-top
+from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
+from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+from spt_jax.model import network  # pylint: disable=g-import-not-at-top
 
 # Dense bfloat16 tensor-core peaks, FLOP/s, by device-kind substring.
 PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}

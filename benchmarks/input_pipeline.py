@@ -1,6 +1,6 @@
 r"""Examples per second of the input pipeline against what the model consumes.
 
-Every variant is the training pipeline of `spt_jax.train.get_train_dataset`
+Every variant is the training pipeline of `spt_jax.local.train_data.get_train_dataset`
 (seqio mixture, shuffled and repeated, `SptEncDecFeatureConverter` without
 packing, batched per host), read after a warm-up, on offline fixtures written
 here:
@@ -69,13 +69,14 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-from spt_jax import config  # pylint: disable=g-import-not-at-top
-from spt_jax import models  # pylint: disable=g-import-not-at-top
-from spt_jax import network  # pylint: disable=g-import-not-at-top
-from spt_jax import train  # pylint: disable=g-import-not-at-top
-from spt_jax import trainer  # pylint: disable=g-import-not-at-top
 import tasks  # pylint: disable=g-import-not-at-top,unused-import
-from tasks import feature_converters  # pylint: disable=g-import-not-at-top
+from spt_jax import eval_protocol  # pylint: disable=g-import-not-at-top
+from spt_jax.local import train_data  # pylint: disable=g-import-not-at-top
+from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
+from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+from spt_jax.model import feature_converters  # pylint: disable=g-import-not-at-top
+from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+from spt_jax.model import network  # pylint: disable=g-import-not-at-top
 from tasks import p3  # pylint: disable=g-import-not-at-top
 from tasks import preprocessors  # pylint: disable=g-import-not-at-top
 from tasks import prompted  # pylint: disable=g-import-not-at-top
@@ -107,7 +108,7 @@ TRAIN_SIZES = {
     'common_gen': 67_389, 'amazon_polarity': 3_600_000,
     'app_reviews': 288_065, 'rotten_tomatoes': 8_530, 'dbpedia_14': 560_000,
 }
-# The P3 folder prefix of each (`tasks.p3.T0_DATASETS`).
+# The P3 folder prefix of each (`tasks.p3.datasets.T0_DATASETS`).
 P3_PREFIXES = {
     'commonsense_qa': 'cos_e_v1.11', 'wiki_hop': 'wiki_hop_original',
     'adversarial_qa': 'adversarial_qa_dbidaf', 'duorc_selfrc': 'duorc_SelfRC',
@@ -400,7 +401,7 @@ def t0_task_names(datasets: Sequence[str]) -> Dict[str, List[str]]:
   """dataset -> the names of its `spt_t0` training tasks."""
   by_name = {d.name: d for d in t0.TRAIN_DATASETS}
   return {
-      d: [registry.task_name(t0.COLLECTION, d, t.name)
+      d: [eval_protocol.task_name(t0.COLLECTION, d, t.name)
           for t in by_name[d].template_collection.templates]
       for d in datasets
   }
@@ -557,7 +558,7 @@ def write_p3_fixture(fixture: Fixture, datasets: Sequence[str],
   folders = []
   for dataset, names in t0_task_names(datasets).items():
     for name in names:
-      folder = f'{P3_PREFIXES.get(dataset, dataset)}_{registry.template_info(name)[1]}'
+      folder = f'{P3_PREFIXES.get(dataset, dataset)}_{eval_protocol.template_info(name)[1]}'
       records = [{
           'inputs': ex['inputs'].astype(np.int32),
           'targets': np.append(ex['targets'], eos).astype(np.int32),
@@ -594,8 +595,8 @@ def register_prerendered_mixture(
         return tf.data.Dataset.from_tensor_slices(
             {k: tf.constant(v, tf.string) for k, v in text.items()})
 
-      task_name = registry.task_name(
-          PRERENDERED_COLLECTION, *registry.template_info(original))
+      task_name = eval_protocol.task_name(
+          PRERENDERED_COLLECTION, *eval_protocol.template_info(original))
       registry.add_task(
           task_name,
           source=seqio.FunctionDataSource(dataset_fn, splits=['train']),
@@ -613,8 +614,8 @@ def register_prerendered_mixture(
 
 def train_batches(name: str, lengths: Mapping[str, int], prompt_length: int,
                   batch_size: int, seed: int = 0, use_cached: bool = False):
-  """One host's training batches: `spt_jax.train.get_train_dataset`."""
-  return train.get_train_dataset(
+  """One host's training batches: `spt_jax.local.train_data.get_train_dataset`."""
+  return train_data.get_train_dataset(
       name, dict(lengths), batch_size,
       functools.partial(feature_converters.SptEncDecFeatureConverter,
                         prompt_length=prompt_length),
@@ -846,10 +847,10 @@ def pipelines(prepared: Prepared, variants: Sequence[str], batch_size: int,
       out[variant] = train_batches(MIXTURE, lengths, lengths['prompt'],
                                    batch_size, seed, use_cached=True)
     elif variant == 'p3':
-      p3.register(prepared.fixture.p3_dir, vocabulary=seqio.SentencePieceVocabulary(
+      p3.mixtures.register(prepared.fixture.p3_dir, vocabulary=seqio.SentencePieceVocabulary(
           prepared.fixture.vocab_path, extra_ids=100))
       out[variant] = train_batches(
-          p3.T0_TRAIN_MIXTURE, {k: v for k, v in lengths.items()
+          p3.datasets.T0_TRAIN_MIXTURE, {k: v for k, v in lengths.items()
                                 if k != 'prompt'}, 0, batch_size, seed)
     elif variant == 'synthetic':
       lengths_ = synthetic.SYNTHETIC_FEATURE_LENGTHS

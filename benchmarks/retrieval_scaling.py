@@ -45,7 +45,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from spt_jax import retrieval  # pylint: disable=g-import-not-at-top
+from spt_jax.model import retrieval  # pylint: disable=g-import-not-at-top
 
 BATCH = 64
 WIDTH = 768
@@ -164,7 +164,7 @@ def sharded_worker(repeats: int, sizes) -> None:
   """Runs in a process with 8 devices; prints its rows as JSON."""
   from flax.linen import partitioning as nn_partitioning  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
 
   mesh = partitioning.create_mesh(num_partitions=1)
   rules = partitioning.default_rules(memory_mesh_axis='data')

@@ -35,12 +35,12 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from spt_jax import adafactor  # pylint: disable=g-import-not-at-top
-from spt_jax import config  # pylint: disable=g-import-not-at-top
-from spt_jax import models  # pylint: disable=g-import-not-at-top
-from spt_jax import network  # pylint: disable=g-import-not-at-top
-from spt_jax import spt_params  # pylint: disable=g-import-not-at-top
-from spt_jax import trainer  # pylint: disable=g-import-not-at-top
+from spt_jax.checkpoints import spt_params  # pylint: disable=g-import-not-at-top
+from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
+from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+from spt_jax.optim import adafactor  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     't5': config.NO_SPT,

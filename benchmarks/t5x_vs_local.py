@@ -6,7 +6,7 @@ targets 8; float32; no dropout; one device), from their own gin files:
 
   t5x    python -m t5x.train, models/spt_t5_1_1_tiny.gin + runs/spt_pretrain.gin
          + mixtures/synthetic.gin
-  local  python -m spt_jax.train, local/synthetic.gin
+  local  python -m spt_jax.local.train, local/synthetic.gin
 
 Each run's step time is what the runner itself records in TensorBoard, per
 period of `--period` steps: T5X's `timing/steps_per_second`, the local
@@ -51,7 +51,7 @@ def _command(runner: str, model_dir: str):
   bindings = [f'MODEL_DIR="{model_dir}"', f'TRAIN_STEPS={steps}',
               f'LOG_PERIOD={period}', f'CHECKPOINT_PERIOD={steps}',
               'EVAL_MIXTURE_OR_TASK_NAME=None']
-  return (['-m', 'spt_jax.train', '--gin_file=gin_configs/local/synthetic.gin']
+  return (['-m', 'spt_jax.local.train', '--gin_file=gin_configs/local/synthetic.gin']
           + [f'--gin.{b}' for b in bindings]), 'steps_per_second'
 
 

@@ -2,7 +2,7 @@
 
 `--gin_file` (repeatable), `--gin_search_paths` (comma separated) and
 `--gin.NAME=VALUE` shorthands for `--gin_bindings='NAME = VALUE'`, so the same
-command lines work for `python -m t5x.train` and `python -m spt_jax.train`.
+command lines work for `python -m t5x.train` and `python -m spt_jax.local.train`.
 
 `parse_gin` also rejects a macro set on the command line that no binding uses
 (a misspelt `--gin.TRAIN_STPES=10`), and leaves `%gin.REQUIRED` macros unset
@@ -61,6 +61,15 @@ class ConfigError(ValueError):
   """A configuration that cannot be used (a missing macro, an unknown task).
 
   `run` prints its message alone instead of a traceback.
+  """
+
+
+class InputError(Exception):
+  """Bad input found before any model work: data, a template, a vocabulary.
+
+  The tasks' errors of this kind subclass it (as well as their standard
+  base), so that `run` prints them as one line without this package
+  importing the tasks.
   """
 
 
@@ -133,7 +142,7 @@ def _check_command_line_macros(bindings: Sequence[str]) -> None:
 
 
 # Whether `parse_gin` is parsing: it checks its own bindings, which need not
-# be the command line's (spt_jax.compare parses several configurations).
+# be the command line's (spt_jax.study.compare parses several configurations).
 _PARSING = []
 
 
@@ -251,7 +260,7 @@ def write_config(model_dir: str) -> str:
   The file holds every binding and macro of the parsed configuration and
   includes `gin_configs/local/eval.gin`, so that
 
-      python -m spt_jax.eval --gin_file=MODEL_DIR/config.gin
+      python -m spt_jax.local.eval --gin_file=MODEL_DIR/config.gin
 
   evaluates the run without repeating its flags.
 
@@ -267,7 +276,7 @@ def write_config(model_dir: str) -> str:
   header = (
       '# The effective gin configuration of this run, written by the local\n'
       '# runner. Evaluate with\n'
-      f'#   python -m spt_jax.eval --gin_file={path}\n'
+      f'#   python -m spt_jax.local.eval --gin_file={path}\n'
   )
   imports, _, body = text.partition('\n\n')
   with open(path + '.tmp', 'w') as f:

@@ -21,15 +21,15 @@ dataset is requested. Mixtures:
                                    set: see `tasks.p3`)
 
 Tasks are named `<collection>__<dataset>__<template>[__score]`
-(`tasks.registry.template_info` reads the name back). Every task outputs
+(`spt_jax.eval_protocol.template_info` reads the name back). Every task outputs
 `inputs`, `targets` and `prompt` (the template's instruction, SPT's retrieval
 query), int32 token ids ending in EOS; `__score` tasks add `idx` int32 [2] and
 `is_correct` bool, one row per answer choice (P3's tasks differ: see
 `tasks.p3`). Feature lengths:
 `tasks.t0.FEATURE_LENGTHS`, `tasks.glue.FEATURE_LENGTHS`,
 `tasks.super_glue.FEATURE_LENGTHS`, `tasks.synthetic.SYNTHETIC_FEATURE_LENGTHS`,
-`tasks.p3.FEATURE_LENGTHS`.
-Models read them through `tasks.feature_converters.SptEncDecFeatureConverter`.
+`tasks.p3.datasets.FEATURE_LENGTHS`.
+Models read them through `spt_jax.model.feature_converters.SptEncDecFeatureConverter`.
 List them with `python -m tasks.show --list`.
 """
 from tasks import glue

@@ -17,8 +17,7 @@ from absl import logging
 import numpy as np
 import seqio
 
-from tasks import metrics as metrics_lib
-from tasks import registry
+from spt_jax import eval_protocol
 
 AGGREGATE_SUFFIX = '__templates'
 
@@ -39,7 +38,7 @@ def aggregate_all_metrics(
   prompted = {}
   for name, values in task_metrics.items():
     try:
-      registry.template_info(name)
+      eval_protocol.template_info(name)
     except ValueError:
       continue
     prompted[name] = {k: v for k, v in values.items()
@@ -49,7 +48,7 @@ def aggregate_all_metrics(
   for metric in metric_names:
     values = {name: {metric: float(getattr(v[metric], 'value', v[metric]))}
               for name, v in prompted.items() if metric in v}
-    summary = metrics_lib.aggregate_over_templates(values, metric)
+    summary = eval_protocol.aggregate_over_templates(values, metric)
     for dataset, stats in summary.items():
       entry = aggregated.setdefault(dataset + AGGREGATE_SUFFIX, {})
       entry[f'{metric}_mean'] = stats['mean']

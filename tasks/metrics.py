@@ -5,9 +5,8 @@ decoded target (`is_target=True`, `ex` is the task's example) and prediction,
 then metric functions with `(targets, predictions)` or, for scoring,
 `(targets, scores)` where `scores` holds one log-likelihood per row. All
 scores are in percent, as T5 and T0 report them.
-
-`aggregate_over_templates` summarises per-template results per dataset: the
-mean and median accuracy over templates, as T0 reports zero-shot results.
+Rank classification's accuracy and the summary over templates are
+`spt_jax.eval_protocol`'s, which the runners read too.
 """
 import collections
 import re
@@ -17,7 +16,6 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from tasks import preprocessors
-from tasks import registry
 
 
 # ----------------------------- Postprocessors ------------------------------
@@ -102,30 +100,6 @@ def record_postprocessor(
 
 
 # --------------------------------- Metrics ---------------------------------
-
-
-def rank_classification_accuracy(
-    targets: Sequence[tuple[int, int, bool]],
-    scores: Sequence[float]) -> dict[str, float]:
-  """Accuracy of choosing, per example, the choice with the highest score.
-
-  Args:
-    targets: one (example index, choice index, is_correct) per row, as
-      `rank_classification_postprocessor` makes them.
-    scores: the log-likelihood of each row's target.
-
-  Returns:
-    {'accuracy': percent of examples whose best-scored choice is correct}.
-  """
-  if len(targets) != len(scores):
-    raise ValueError(f'{len(targets)} targets but {len(scores)} scores.')
-  best = {}
-  for (example_idx, _, is_correct), score in zip(targets, scores):
-    score = float(score)
-    if example_idx not in best or score > best[example_idx][0]:
-      best[example_idx] = (score, is_correct)
-  correct = [is_correct for _, is_correct in best.values()]
-  return {'accuracy': 100 * float(np.mean(correct)) if correct else 0.0}
 
 
 def accuracy(targets: Sequence[Any],
@@ -245,36 +219,3 @@ def squad(targets: Sequence[Sequence[str]],
 
 
 # ------------------------- Aggregation over templates ----------------------
-
-
-def aggregate_over_templates(
-    results: Mapping[str, Mapping[str, float]],
-    metric: str = 'accuracy') -> dict[str, dict[str, Any]]:
-  """Mean and median of a metric over each dataset's templates.
-
-  Args:
-    results: task name -> {metric name: value}, e.g. seqio's evaluation
-      results of the `spt_t0_heldout` tasks. Task names are read with
-      `registry.template_info`; tasks without the metric are skipped.
-    metric: the metric to aggregate.
-
-  Returns:
-    dataset -> {'mean', 'median', 'num_templates', 'per_template':
-    {template: value}}, datasets sorted by name.
-  """
-  per_dataset = collections.defaultdict(dict)
-  for task, task_results in results.items():
-    if metric not in task_results:
-      continue
-    dataset, template = registry.template_info(task)
-    per_dataset[dataset][template] = float(task_results[metric])
-  summary = {}
-  for dataset in sorted(per_dataset):
-    values = list(per_dataset[dataset].values())
-    summary[dataset] = {
-        'mean': float(np.mean(values)),
-        'median': float(np.median(values)),
-        'num_templates': len(values),
-        'per_template': dict(sorted(per_dataset[dataset].items())),
-    }
-  return summary

@@ -113,7 +113,7 @@ def apply_template(
   ... such record). Not an error: unlabelled records are expected in some
   splits, and one stray label should not stop a long run; a split that
   keeps no record at all is an error where the runner reads it
-  (`spt_jax.eval.check_data`).
+  (`spt_jax.local.eval.check_data`).
 
   Raises:
     prompt_templates.TemplateError: the template uses a variable the dataset

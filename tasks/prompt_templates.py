@@ -60,11 +60,13 @@ from typing import Any, Mapping, Optional, Sequence
 import jinja2
 from jinja2 import meta
 
+from spt_jax import gin_utils
+
 TEMPLATES_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), 'templates')
 SEPARATOR = '|||'
 
-class TemplateError(ValueError):
+class TemplateError(gin_utils.InputError, ValueError):
   """A template file or template that cannot be used; the message names it."""
 
 

@@ -4,7 +4,7 @@ A training task renders its dataset with one template, tokenizes `inputs`,
 `targets` and `prompt` and appends EOS. Its rank-classification variant
 (`score=True`) expands each example into one row per answer choice before
 tokenizing (see `tasks.preprocessors`) and is scored with
-`tasks.metrics.rank_classification_accuracy`.
+`spt_jax.eval_protocol.rank_classification_accuracy`.
 """
 import dataclasses
 import functools
@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from spt_jax import eval_protocol
 from tasks import metrics
 from tasks import preprocessors
 from tasks import prompt_templates
@@ -168,10 +169,10 @@ def register(
   """
   names = []
   for template in dataset.template_collection.templates:
-    name = registry.task_name(collection, dataset.name, template.name, score)
+    name = eval_protocol.task_name(collection, dataset.name, template.name, score)
     if score:
       postprocess = metrics.rank_classification_postprocessor
-      task_metrics = [metrics.rank_classification_accuracy]
+      task_metrics = [eval_protocol.rank_classification_accuracy]
     else:
       postprocess = postprocess_fn(template) if postprocess_fn else None
       task_metrics = list(metric_fns)

@@ -22,13 +22,13 @@ import numpy as np
 import seqio
 
 import tasks  # pylint: disable=unused-import  # Registers the tasks.
+from spt_jax.model import vocabularies
 from tasks import prompt_templates
 from tasks import sources
-from tasks import vocab
 
 # Errors whose message says what to fix: printed without a traceback.
 _SHORT_ERRORS = (sources.DataNotFoundError, sources.InvalidRecordError,
-                 vocab.VocabularyNotFoundError, prompt_templates.TemplateError)
+                 vocabularies.VocabularyNotFoundError, prompt_templates.TemplateError)
 
 
 def _names(registry) -> list[str]:
@@ -69,7 +69,7 @@ def show(name: str, num_examples: int, split: Optional[str],
     task.source.list_shards(split)
   features = provider.output_features
   for feature in features.values():
-    vocab.vocabulary_size(feature.vocabulary)
+    vocabularies.vocabulary_size(feature.vocabulary)
   dataset = provider.get_dataset(
       sequence_length=None, split=split, shuffle=False)
   for i, example in enumerate(dataset.take(num_examples).as_numpy_iterator()):

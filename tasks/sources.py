@@ -30,6 +30,8 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from spt_jax import gin_utils
+
 DATA_DIR_ENV = 'SPT_DATA_DIR'
 
 # Field types of local datasets: scalars and 1-D lists.
@@ -51,11 +53,11 @@ _JSON_TYPES = {
 }
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(gin_utils.InputError, FileNotFoundError):
   """The data of a task is not available; the message says how to provide it."""
 
 
-class InvalidRecordError(ValueError):
+class InvalidRecordError(gin_utils.InputError, ValueError):
   """A record of a local export lacks a field or has one of the wrong type."""
 
 
@@ -145,6 +147,9 @@ def _lookup(record: Mapping[str, Any], path: str) -> Any:
 
 class LocalSource(seqio.DataSource):
   """A dataset exported to `$SPT_DATA_DIR/<name>/<split>.{jsonl,tfrecord}`."""
+
+  # The runners read the first example of a local export before training.
+  IS_LOCAL_EXPORT = True
 
   def __init__(self,
                name: str,

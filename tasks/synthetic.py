@@ -48,7 +48,7 @@ Registered names (naming scheme in `tasks.registry`):
   `__score`); `spt_synthetic_heldout` (both); `spt_synthetic_heldout_gen`
   (both, generation).
 
-The study (`spt_jax.compare`, `gin_configs/local/study/`) adds, per trained
+The study (`spt_jax.study.compare`, `gin_configs/local/study/`) adds, per trained
 family, a `synthetic_study_<family>.json` of new paraphrases that recombine
 the family's trained instruction words: one dev template and two test ones
 (`heldout_templates`), and a dev family `cipher_last` (`cipher` + `last`,
@@ -77,6 +77,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from spt_jax import eval_protocol
 from tasks import metrics
 from tasks import prompt_templates
 from tasks import prompted
@@ -93,7 +94,7 @@ HELDOUT_GEN_MIXTURE = 'spt_synthetic_heldout_gen'
 
 SYNTHETIC_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8, 'prompt': 16}
 
-# The study (spt_jax.compare): SPT against its baselines on larger held-out
+# The study (spt_jax.study.compare): SPT against its baselines on larger held-out
 # sets, with settings chosen on a dev set kept apart from them.
 STUDY_COLLECTION = 'spt_study'
 STUDY_MIXTURES = {
@@ -347,7 +348,7 @@ def _register_family(
     seen = not family.heldout and template.name not in collection.heldout
     splits = ('train', 'validation') if seen else ('validation',)
     for score in (False, True):
-      name = registry.task_name(COLLECTION, family.name, template.name, score)
+      name = eval_protocol.task_name(COLLECTION, family.name, template.name, score)
       registry.add_task(
           name,
           source=SyntheticSource(family.name, template.name,
@@ -356,7 +357,7 @@ def _register_family(
           output_features=features,
           postprocess_fn=(metrics.rank_classification_postprocessor if score
                           else metrics.normalized_text),
-          metric_fns=[metrics.rank_classification_accuracy if score
+          metric_fns=[eval_protocol.rank_classification_accuracy if score
                       else metrics.accuracy])
       if seen:
         names['seen' if score else 'train'].append(name)
@@ -423,7 +424,7 @@ def _study_template(family: str, name: str) -> prompt_templates.Template:
 def _register_study_task(family: str, template: str, role: str,
                          features: Mapping[str, seqio.Feature]) -> str:
   """Registers a dev or test rank-classification task of the study."""
-  name = registry.task_name(STUDY_COLLECTION, family, template, score=True)
+  name = eval_protocol.task_name(STUDY_COLLECTION, family, template, score=True)
   registry.add_task(
       name,
       source=SyntheticSource(
@@ -435,7 +436,7 @@ def _register_study_task(family: str, template: str, role: str,
           _study_template(family, template), score=True),
       output_features=features,
       postprocess_fn=metrics.rank_classification_postprocessor,
-      metric_fns=[metrics.rank_classification_accuracy])
+      metric_fns=[eval_protocol.rank_classification_accuracy])
   return name
 
 
@@ -447,7 +448,7 @@ def register_study() -> None:
     for role, templates in study_template_roles(family).items():
       for template in templates:
         if role == 'train':
-          name = registry.task_name(COLLECTION, family.name, template)
+          name = eval_protocol.task_name(COLLECTION, family.name, template)
         else:
           name = _register_study_task(family.name, template, role, features)
         names[role].setdefault(family.name, []).append(name)

@@ -1,6 +1,6 @@
 """T0's multitask prompted training mixture and held-out zero-shot evaluation.
 
-Registered names (see `tasks.registry` for the naming scheme):
+Registered names (see `spt_jax.eval_protocol` for the naming scheme):
 
 * `spt_t0__<dataset>__<template>`: one training task per template of each
   T0 training dataset (splits `train`, and `validation` where it exists).
@@ -15,7 +15,7 @@ Registered names (see `tasks.registry` for the naming scheme):
   choice, accuracy of the best-scored choice.
 * `spt_t0_heldout`: their mixture, for evaluation (T0 reports, per dataset,
   the mean and median accuracy over templates:
-  `tasks.metrics.aggregate_over_templates`).
+  `spt_jax.eval_protocol.aggregate_over_templates`).
 
 Datasets come from TFDS when TFDS has them (they must be prepared:
 `tfds build <name>`), otherwise from a Hugging Face export under

@@ -7,7 +7,8 @@ a local copy of that file or the `spiece.model` of any Hugging Face T5 1.1
 folder (the same vocabulary); the variable is read when the task modules
 register their tasks (set it before `import tasks`). Nothing here reads the
 model file: `seqio.SentencePieceVocabulary` loads it on first use, and
-`vocabulary_size` loads it up front with a short error when it cannot.
+`spt_jax.model.vocabularies.vocabulary_size` loads it up front with a
+short error when it cannot.
 
 The offline synthetic mixture uses the small SentencePiece model committed at
 `SYNTHETIC_VOCAB_PATH` (built by `python -m tasks.build_vocab`).
@@ -17,61 +18,32 @@ from typing import Mapping
 
 import seqio
 
+from spt_jax.model import feature_converters
+from spt_jax.model import vocabularies
+
 DEFAULT_T5_VOCAB_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 T5_EXTRA_IDS = 100
-VOCAB_PATH_ENV = 'SPT_VOCAB_PATH'
 
 SYNTHETIC_VOCAB_PATH = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), 'data', 'synthetic_spm.model')
 
 
 
-class VocabularyNotFoundError(FileNotFoundError):
-  """A vocabulary's model file cannot be read; the message says what to do."""
-
-
-# Feature names of the task/model contract.
-INPUTS = 'inputs'
-TARGETS = 'targets'
-PROMPT = 'prompt'
+# Feature names of the task/model contract, which the model's feature
+# converter defines.
+INPUTS = feature_converters.INPUTS
+TARGETS = feature_converters.TARGETS
+PROMPT = feature_converters.PROMPT
 
 
 def t5_vocab_path() -> str:
   """The T5 vocabulary path: `$SPT_VOCAB_PATH` or the public T5 model."""
-  return os.environ.get(VOCAB_PATH_ENV) or DEFAULT_T5_VOCAB_PATH
+  return os.environ.get(vocabularies.VOCAB_PATH_ENV) or DEFAULT_T5_VOCAB_PATH
 
 
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
   """The T5 SentencePiece vocabulary with its 100 sentinel ids (lazy)."""
   return seqio.SentencePieceVocabulary(t5_vocab_path(), extra_ids=T5_EXTRA_IDS)
-
-
-def vocabulary_size(vocabulary: seqio.Vocabulary) -> int:
-  """The vocabulary's size, loading its model file now.
-
-  Args:
-    vocabulary: any seqio vocabulary.
-
-  Returns:
-    The number of ids, sentinels included.
-
-  Raises:
-    VocabularyNotFoundError: the model file cannot be read (e.g. the default
-      `gs://` path without network access); the message names the file and
-      `SPT_VOCAB_PATH`.
-  """
-  try:
-    return vocabulary.vocab_size
-  except Exception as e:  # pylint: disable=broad-except
-    path = getattr(vocabulary, 'sentencepiece_model_file', None)
-    lines = str(e).strip().splitlines()
-    cause = lines[0][:200] if lines else type(e).__name__
-    raise VocabularyNotFoundError(
-        f'Cannot read the vocabulary {path or vocabulary!r} ({cause}). '
-        f'Offline, set ${VOCAB_PATH_ENV} to a local copy of the T5 '
-        'SentencePiece model (the `spiece.model` of any Hugging Face T5 1.1 '
-        f'folder is the same file) before the tasks are registered.'
-    ) from None
 
 
 def synthetic_vocabulary() -> seqio.SentencePieceVocabulary:

@@ -1,4 +1,4 @@
-"""Adafactor factored by logical axes (spt_jax/adafactor.py).
+"""Adafactor factored by logical axes (spt_jax/optim/adafactor.py).
 
 optax's Adafactor is the oracle where no rule applies (the heuristic); T5X's
 is the oracle of the rules (tests/runner_parity_test.py, where T5X is
@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from spt_jax import adafactor
+from spt_jax.optim import adafactor
 
 M, P, H = 6, 3, 8
 

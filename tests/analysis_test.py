@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import analysis
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.study import analysis
+from spt_jax.study import retrieval_stats
 from tests import params_test_utils
 
 VOCAB = 64
@@ -98,23 +99,23 @@ def test_usage_statistics():
       'uniform': np.arange(NUM_MEMORIES)[:, None],
       'pair': np.array([[3], [4], [3], [4]]),
   }
-  counts = analysis.usage_counts(indices, NUM_MEMORIES)
+  counts = retrieval_stats.usage_counts(indices, NUM_MEMORIES)
   assert {k: int(v.sum()) for k, v in counts.items()} == {
       'one_memory': 5, 'uniform': 16, 'pair': 4
   }
-  rows = {r['name']: r for r in analysis.retrieval_table(counts, top_k=1)}
+  rows = {r['name']: r for r in retrieval_stats.retrieval_table(counts, top_k=1)}
   assert rows['one_memory']['entropy_bits'] == 0.0
   assert rows['one_memory']['top_memories'] == '3:1.00'
   assert rows['uniform']['normalized_entropy'] == pytest.approx(1.0)
   assert rows['pair']['entropy_bits'] == pytest.approx(1.0)
   assert rows['pair']['distinct_memories'] == 2
-  jaccard = analysis.overlap_matrix(counts, 'jaccard')
+  jaccard = retrieval_stats.overlap_matrix(counts, 'jaccard')
   np.testing.assert_allclose(jaccard[0], [1.0, 1 / 16, 0.5])
-  cosine = analysis.overlap_matrix(counts, 'cosine')
+  cosine = retrieval_stats.overlap_matrix(counts, 'cosine')
   assert cosine[0, 2] == pytest.approx(1 / np.sqrt(2))
   with pytest.raises(ValueError, match='outside a bank of 16'):
-    analysis.usage_counts({'bad': np.array([[16]])}, NUM_MEMORIES)
-  grouped = analysis.group_indices(
+    retrieval_stats.usage_counts({'bad': np.array([[16]])}, NUM_MEMORIES)
+  grouped = retrieval_stats.group_indices(
       {'rte/t0': np.zeros((2, 1)), 'rte/t1': np.ones((3, 1)),
        'cb/t0': np.ones((1, 1))},
       lambda name: name.split('/')[0],
@@ -141,14 +142,14 @@ def test_report_on_a_model(trained, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   with open(paths['table_tsv']) as f:
     lines = f.read().splitlines()
-  assert lines[0].split('\t') == list(analysis.TABLE_COLUMNS)
+  assert lines[0].split('\t') == list(retrieval_stats.TABLE_COLUMNS)
   assert len(lines) == 1 + 4
   saved = np.load(paths['counts'])
   assert list(saved['names']) == list(indices)
   # Every example's k selections are counted.
   np.testing.assert_array_equal(saved['counts'].sum(1), [8 * 3] * 4)
   for kind in ('jaccard', 'cosine'):
-    matrix = analysis.overlap_matrix(
+    matrix = retrieval_stats.overlap_matrix(
         dict(zip(saved['names'], saved['counts'])), kind
     )
     np.testing.assert_allclose(matrix, matrix.T)
@@ -160,7 +161,7 @@ def test_report_on_a_model(trained, tmp_path):
 
 def _counts(sets, num_memories=NUM_MEMORIES):
   """name -> counts [M] of a template that always retrieves `sets[name]`."""
-  return analysis.usage_counts(
+  return retrieval_stats.usage_counts(
       {name: np.tile(np.array(ids)[None], (4, 1)) for name, ids in sets.items()},
       num_memories,
   )
@@ -168,9 +169,9 @@ def _counts(sets, num_memories=NUM_MEMORIES):
 
 def test_nearest_family_shares_ties():
   families = {'a': np.array([4, 4, 0, 0]), 'b': np.array([0, 0, 4, 4])}
-  assert analysis.nearest_family(np.array([1, 1, 0, 0]), families) == {
+  assert retrieval_stats.nearest_family(np.array([1, 1, 0, 0]), families) == {
       'a': 1.0, 'b': 0.0}
-  assert analysis.nearest_family(np.array([0, 1, 1, 0]), families) == {
+  assert retrieval_stats.nearest_family(np.array([0, 1, 1, 0]), families) == {
       'a': 0.5, 'b': 0.5}
 
 
@@ -184,7 +185,7 @@ def test_retrieval_consistency():
       'c/held_out_family': [5, 6],  # Not a trained family: not counted.
   })
   trained = ['a/t0', 'a/t1', 'a/t2', 'b/t0', 'b/t1']
-  stats = analysis.retrieval_consistency(counts, trained)
+  stats = retrieval_stats.retrieval_consistency(counts, trained)
   # Pairs within a: 1, 1/3, 1/3; within b: 1/3.
   assert stats['same_family_jaccard'] == pytest.approx((1 + 3 * (1 / 3)) / 4)
   assert stats['other_family_jaccard'] == 0.0

@@ -1,7 +1,7 @@
 """Tests of `benchmarks.input_pipeline` on a tiny fixture.
 
 Each variant's pipeline must read what the training pipeline reads: the
-prompted tasks' batches as `spt_jax.train.get_train_dataset` builds them, the
+prompted tasks' batches as `spt_jax.local.train_data.get_train_dataset` builds them, the
 same batches from a SeqIO cache written by `seqio.scripts.cache_tasks_main`
 (`use_cached=True`, T5X's `USE_CACHED_TASKS = True`) and from pre-rendered
 text, and the same examples from the P3 copy; the benchmark's in-process
@@ -15,10 +15,10 @@ import pytest
 import seqio
 
 from benchmarks import input_pipeline as ip
-from spt_jax import train
-from tasks import feature_converters
+from spt_jax import eval_protocol
+from spt_jax.local import train_data
+from spt_jax.model import feature_converters
 from tasks import p3
-from tasks import registry
 from tasks import t0
 
 DATASETS = ('app_reviews',)  # 3 short tasks, one without answer choices.
@@ -46,7 +46,7 @@ def _prepared(tmp_path_factory):
     else:
       os.environ[key] = value
   seqio.set_global_cache_dirs(cache_dirs)
-  p3.unregister()
+  p3.mixtures.unregister()
   for name in list(seqio.TaskRegistry.names()):
     if name.startswith(ip.PRERENDERED_COLLECTION):
       seqio.TaskRegistry.remove(name)
@@ -72,7 +72,7 @@ def _assert_same(batches, expected):
 
 
 def test_variants_read_the_training_pipelines_batches(prepared):
-  direct = _batches(train.get_train_dataset(
+  direct = _batches(train_data.get_train_dataset(
       ip.MIXTURE, ip.T0_LENGTHS, BATCH,
       functools.partial(feature_converters.SptEncDecFeatureConverter,
                         prompt_length=ip.T0_LENGTHS['prompt']),
@@ -88,7 +88,7 @@ def test_variants_read_the_training_pipelines_batches(prepared):
   # batches: each of their rows is one of the tasks' rows.
   rows = set()
   for name in prepared.task_names:
-    epoch = _batches(train.get_train_dataset(
+    epoch = _batches(train_data.get_train_dataset(
         name, ip.T0_LENGTHS, BATCH,
         functools.partial(feature_converters.SptEncDecFeatureConverter,
                           prompt_length=ip.T0_LENGTHS['prompt']),
@@ -112,13 +112,13 @@ def _task_examples(name, use_cached=False):
 
 
 def test_p3_copy_holds_each_tasks_examples(prepared):
-  registered = p3.register(prepared.fixture.p3_dir,
+  registered = p3.mixtures.register(prepared.fixture.p3_dir,
                            vocabulary=seqio.SentencePieceVocabulary(
                                prepared.fixture.vocab_path, extra_ids=100))
-  assert len(registered.mixtures[p3.T0_TRAIN_MIXTURE]) == 3
+  assert len(registered.mixtures[p3.datasets.T0_TRAIN_MIXTURE]) == 3
   for folder, p3_name in registered.tasks.items():
     ours = [n for n in prepared.task_names
-            if registry.template_info(n) == registry.template_info(p3_name)]
+            if eval_protocol.template_info(n) == eval_protocol.template_info(p3_name)]
     assert len(ours) == 1, folder
     expected = _task_examples(ours[0])
     got = _task_examples(p3_name)

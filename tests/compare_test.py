@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from spt_jax import compare
 from spt_jax import gin_utils
+from spt_jax.study import compare
+from spt_jax.study import results
 
 
 def test_parse_variant():
@@ -32,16 +33,16 @@ def test_default_variants_start_from_earlier_ones():
 
 
 def _result(variant, seed, datasets, loss=0.5, retrieval=None):
-  return compare.RunResult(
+  return results.RunResult(
       variant=variant, seed=seed, step=10, train_loss=loss, datasets=datasets,
       tasks={}, retrieval=retrieval or {},
   )
 
 
 def test_mean_and_standard_error():
-  mean, se = compare.mean_and_se([50.0, 60.0, 70.0])
+  mean, se = results.mean_and_se([50.0, 60.0, 70.0])
   assert mean == 60.0 and se == pytest.approx(10 / math.sqrt(3))
-  mean, se = compare.mean_and_se([42.0])
+  mean, se = results.mean_and_se([42.0])
   assert mean == 42.0 and math.isnan(se)
 
 
@@ -62,7 +63,7 @@ def test_results_table_is_mean_and_se_over_seeds_per_group():
                     _result('no_memory', 1, {'a': 30.0, 'b': 50.0}, 2.5)],
       'frozen': [_result('frozen', 0, {'b': 20.0})],
   }
-  first, second = compare.results_table(runs).split('\n\n')
+  first, second = results.results_table(runs).split('\n\n')
   assert first.startswith('seeds per variant: 2\n')
   body = _rows(first)
   assert body['dataset'] == ['spt', 'no_memory']
@@ -105,7 +106,7 @@ def test_recorded_runs_are_read_back_not_retrained(tmp_path):
 def _configured(variant, tmp_path):
   """The variant's network config and TRAINABLE after `configure`."""
   import gin  # pylint: disable=g-import-not-at-top
-  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   try:
     compare.configure([compare.BASE_GIN], variant, [], str(tmp_path), 1)
     spt = gin.get_configurable(network.SptTransformer)().spt

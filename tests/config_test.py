@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from spt_jax import config
 from spt_jax import gin_utils
-from spt_jax import retrieval
+from spt_jax.model import config
+from spt_jax.model import retrieval
 
 
 def test_t5_1_1_config_takes_the_named_size_and_overrides():

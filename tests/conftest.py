@@ -5,13 +5,9 @@ without LLVM's expensive passes (xla_flags.py); the flags must be set before JAX
 first imported, so they live here rather than in the tests.
 """
 import os
-import sys
 import tempfile
 
-# The repository root holds the `spt_jax` and `tasks` packages.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tests import xla_flags  # pylint: disable=g-import-not-at-top
+from tests import xla_flags
 
 os.environ.setdefault('XLA_FLAGS', xla_flags.xla_flags(8))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')

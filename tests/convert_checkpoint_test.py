@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from spt_jax import config  # pylint: disable=g-import-not-at-top
-from spt_jax import convert_checkpoint  # pylint: disable=g-import-not-at-top
-from spt_jax import hf_checkpoints  # pylint: disable=g-import-not-at-top
-from spt_jax import network  # pylint: disable=g-import-not-at-top
-from spt_jax import t5x_checkpoints  # pylint: disable=g-import-not-at-top
-from spt_jax import train_checkpoints  # pylint: disable=g-import-not-at-top
+from spt_jax.checkpoints import convert_checkpoint  # pylint: disable=g-import-not-at-top
+from spt_jax.checkpoints import hf_checkpoints  # pylint: disable=g-import-not-at-top
+from spt_jax.checkpoints import t5x_checkpoints  # pylint: disable=g-import-not-at-top
+from spt_jax.local import train_checkpoints  # pylint: disable=g-import-not-at-top
+from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+from spt_jax.model import network  # pylint: disable=g-import-not-at-top
 from tests import t5_reference  # pylint: disable=g-import-not-at-top
 from tests import xla_flags  # pylint: disable=g-import-not-at-top
 
@@ -139,7 +139,7 @@ def test_command_line(hf_model, tmp_path):
   _, folder = hf_model
   out = str(tmp_path / 'cli')
   command = [
-      sys.executable, '-m', 'spt_jax.convert_checkpoint',
+      sys.executable, '-m', 'spt_jax.checkpoints.convert_checkpoint',
       f'--hf_path={folder}', f'--output_dir={out}', '--num_memories=4',
       '--memory_length=2', '--memory_init=vocab_sample', '--seed=1',
   ]
@@ -196,7 +196,7 @@ def test_a_config_that_does_not_fit_the_weights_is_refused(
 def test_command_line_errors_are_short_and_name_the_path(tmp_path):
   missing = str(tmp_path / 'no_such_model')
   done = subprocess.run(
-      [sys.executable, '-m', 'spt_jax.convert_checkpoint',
+      [sys.executable, '-m', 'spt_jax.checkpoints.convert_checkpoint',
        f'--hf_path={missing}', f'--output_dir={tmp_path / "out"}'],
       cwd=REPO,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu',

@@ -1,7 +1,7 @@
 """Each host reads its own shard: together the hosts read every example once per epoch.
 
-`train.get_train_dataset` is what every host of a multi-host run calls, with
-its `seqio.ShardInfo` (`train.host_shard`). Here it is called for every shard
+`train_data.get_train_dataset` is what every host of a multi-host run calls, with
+its `seqio.ShardInfo` (`train_data.host_shard`). Here it is called for every shard
 of a simulated cluster in one process, for each kind of source: the
 synthetic tasks (sharded by example index), a JSON-lines export (one file:
 fewer files than hosts), a TFRecord export and P3 folders with more files
@@ -16,8 +16,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from spt_jax import train
-from tasks import feature_converters
+from spt_jax.local import train_data
+from spt_jax.model import feature_converters
 from tasks import p3
 from tasks import prompted
 from tasks import sources
@@ -33,7 +33,7 @@ def _epoch(name, shard_info, prompt_length):
   """The shard's first epoch, as a multiset of (encoder, target) token rows."""
   converter = functools.partial(
       feature_converters.SptEncDecFeatureConverter, prompt_length=prompt_length)
-  batches = train.get_train_dataset(
+  batches = train_data.get_train_dataset(
       name, LENGTHS, batch_size=shard_info.num_shards,
       feature_converter_cls=converter, seed=SEED, shard_info=shard_info,
       num_epochs=1)
@@ -120,17 +120,17 @@ def test_tfrecord_export_three_files_for_two_hosts(tmp_path, unregister):
 @pytest.fixture(name='p3_tasks')
 def _p3_tasks(tmp_path, monkeypatch):
   """Two P3 folders of 12 training examples: in 3 shards, and in 2."""
-  monkeypatch.delenv(p3.P3_DIR_ENV, raising=False)
-  monkeypatch.delenv(p3.PROMPTSOURCE_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.P3_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.PROMPTSOURCE_DIR_ENV, raising=False)
   root = tmp_path / 'P3' / 'data'
   for folder, shards in (('imdb_Movie_Expressed_Sentiment', 3),
                          ('super_glue_copa_best_option', 2)):
     # pylint: disable-next=protected-access
     tasks_p3_test._write_folder(
         str(root / folder), {'train': (12, 12)}, num_shards=shards)
-  registered = p3.register(str(root), vocabulary=vocab.synthetic_vocabulary())
+  registered = p3.mixtures.register(str(root), vocabulary=vocab.synthetic_vocabulary())
   yield registered.tasks
-  p3.unregister()
+  p3.mixtures.unregister()
 
 
 def test_p3_more_files_than_hosts(p3_tasks):

@@ -13,7 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROGRAM = '''
 import sys
 from benchmarks import bank_scaling, gpu_mfu, step_time
-from spt_jax import config, models, network, sparse_updates, trainer
+from spt_jax.local import trainer
+from spt_jax.model import config, models, network
+from spt_jax.optim import sparse_updates
 model = models.SptModel(network.SptTransformer(
     config.t5_1_1_config('tiny'),
     config.SptConfig(num_memories=8, memory_length=2, top_k=2,

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from spt_jax import config
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import train_checkpoints
-from spt_jax import trainer
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import checks
+from spt_jax.local import train_checkpoints
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.model import partitioning
 from tests import params_test_utils
 
 VOCAB = 32
@@ -70,7 +71,7 @@ def test_eval_results_to_json_and_an_unknown_task_is_named():
   assert json.loads(results.to_json()) == {
       'tasks': {'t': {'accuracy': 50.0}}, 'datasets': {'d': {'mean': 50.0}}}
   with pytest.raises(gin_utils.ConfigError, match="Unknown mixture or task 'nope'"):
-    eval_lib.check_mixture_or_task('nope')
+    checks.check_mixture_or_task('nope')
 
 
 def _sharded_over(leaf, mesh_axis):

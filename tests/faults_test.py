@@ -25,11 +25,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import run_lock
-from spt_jax import train as train_lib
-from spt_jax import train_checkpoints
+from spt_jax.local import checks
+from spt_jax.local import run_lock
+from spt_jax.local import train as train_lib
+from spt_jax.local import train_checkpoints
 from tasks import preprocessors
 from tasks import prompt_templates
 from tasks import prompted
@@ -132,10 +132,10 @@ def test_missing_evaluation_data_and_metrics_are_found_up_front(tmp_path):
   task = _local_task(tmp_path, 'no_validation', ('train', 'validation'),
                      score=True)
   with pytest.raises(gin_utils.ConfigError, match="split 'validation'.*not found"):
-    eval_lib.check_data(task, 'validation')
+    checks.check_data(task, 'validation')
   generation = _local_task(tmp_path, 'no_metric', ('train',))
   with pytest.raises(gin_utils.ConfigError, match='have no metric'):
-    eval_lib.check_metrics(generation)
+    checks.check_metrics(generation)
 
 
 def test_missing_tfds_data_names_the_fix(tmp_path, monkeypatch):
@@ -323,7 +323,7 @@ def test_nan_right_after_a_restore_suspects_that_checkpoint(short_run,
   store = train_checkpoints.TrainCheckpoints(str(run))
   store.save(6, state)
   store.close()
-  argv = [sys.executable, '-m', 'spt_jax.train',
+  argv = [sys.executable, '-m', 'spt_jax.local.train',
           '--gin_file=gin_configs/local/synthetic.gin',
           f'--gin.MODEL_DIR="{run}"', '--gin.EVAL_MIXTURE_OR_TASK_NAME=None',
           '--gin.TRAIN_STEPS=8', '--gin.LOG_PERIOD=1']
@@ -355,7 +355,7 @@ def test_sigterm_during_the_final_evaluation_says_what_was_kept(
   with pytest.raises(train_lib.TrainingInterrupted,
                      match=r'SIGTERM during the final evaluation: training '
                      r'finished at step 6, saved in .*; evaluate it with '
-                     r'python -m spt_jax.eval --gin_file=.*config.gin'):
+                     r'python -m spt_jax.local.eval --gin_file=.*config.gin'):
     _train(tmp_path, *_SHORT_RUN, 'TRAIN_STEPS = 6',
            'EVAL_MIXTURE_OR_TASK_NAME = "spt_synthetic_heldout"')
   assert signal.getsignal(signal.SIGTERM) is handler

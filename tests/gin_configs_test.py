@@ -14,9 +14,9 @@ import gin
 import jax
 import pytest
 
-from spt_jax import config
 from spt_jax import gin_utils
-from spt_jax import network
+from spt_jax.model import config
+from spt_jax.model import network
 from tests import t5x_test_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +139,7 @@ T5X_MODELS = _gin_files('models')
 @pytest.mark.parametrize('model_file', T5X_MODELS)
 def test_t5x_model_files(model_file, monkeypatch):
   t5x_test_utils.import_t5x()
-  from spt_jax import t5x_models  # pylint: disable=g-import-not-at-top
+  from spt_jax.t5x_ext import models as t5x_models  # pylint: disable=g-import-not-at-top
   size = os.path.basename(model_file)[len('spt_t5_1_1_'):-4]
   files = [model_file]
   if size not in config.T5_1_1_SIZES:  # The bare model file needs a size.
@@ -205,7 +205,7 @@ def test_t5x_run_files(run_files, script, bindings, monkeypatch):
 
 def _check_frozen_optimizer():
   """The MultiOptimizer gives optimizer state to SPT parameters only."""
-  from spt_jax import t5x_models  # pylint: disable=g-import-not-at-top
+  from spt_jax.t5x_ext import models as t5x_models  # pylint: disable=g-import-not-at-top
   from t5x import optimizers  # pylint: disable=g-import-not-at-top
   from t5x import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
   model = gin.get_configurable(t5x_models.SptEncoderDecoderModel)()

@@ -2,9 +2,9 @@
 import gin
 import pytest
 
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import train as train_lib
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import train as train_lib
 
 SYNTHETIC = ['gin_configs/local/synthetic.gin']
 
@@ -42,7 +42,7 @@ def test_written_config_is_enough_for_evaluation(tmp_path):
 
   gin_utils.parse_gin([path], entry=eval_lib.run_eval)
   assert gin.query_parameter('%MODEL_DIR') == str(tmp_path)
-  assert gin.query_parameter('spt_jax.eval.run_eval.mixture_or_task_name')
+  assert gin.query_parameter('spt_jax.local.eval.run_eval.mixture_or_task_name')
   assert gin.query_parameter('%TRAIN_STEPS') == 7
 
 
@@ -56,7 +56,7 @@ def test_the_finalize_hook_checks_the_command_line_bindings(monkeypatch):
                      match='BATCH_SIZ.*Did you mean BATCH_SIZE'):
     gin.parse_config_files_and_bindings(SYNTHETIC, bindings)
   gin.clear_config()
-  # parse_gin checks its own bindings, not the flag's (spt_jax.compare
+  # parse_gin checks its own bindings, not the flag's (spt_jax.study.compare
   # parses configurations the command line does not give).
   gin_utils.parse_gin(SYNTHETIC, ['MODEL_DIR = "/tmp/x"'])
   assert gin.config_is_locked()

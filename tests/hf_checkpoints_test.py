@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from spt_jax import hf_checkpoints
+from spt_jax.checkpoints import hf_checkpoints
 from tests import params_test_utils as utils
 
 HF_CONFIG = {

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spt_jax import layers
+from spt_jax.model import layers
 
 
 def _normal(shape, seed):

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import config
-from spt_jax import memory_bank
+from spt_jax.model import config
+from spt_jax.model import memory_bank
 
 WIDTH = 8
 BANK = config.SptConfig(

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
 from tests import params_test_utils
 
 VOCAB = 32

@@ -20,12 +20,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from spt_jax import config
-from spt_jax import distributed
-from spt_jax import models
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import trainer
+from spt_jax.local import distributed
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.model import partitioning
 
 GLOBAL_BATCH = 8
 LENGTHS = {'inputs': 12, 'targets': 4, 'prompt': 4}

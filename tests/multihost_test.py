@@ -22,9 +22,9 @@ import gin
 import numpy as np
 import pytest
 
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import train as train_lib
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import train as train_lib
 from tasks import synthetic
 from tests import processes
 from tests import tasks_test_utils
@@ -40,8 +40,8 @@ EVAL_MIXTURE = synthetic.HELDOUT_TASKS_MIXTURE
 
 
 def _two_process_eval(model_dir, output_dir, log_dir):
-  """Accuracy per task from `spt_jax.eval` in two processes."""
-  cluster = processes.Cluster('spt_jax.eval', [
+  """Accuracy per task from `spt_jax.local.eval` in two processes."""
+  cluster = processes.Cluster('spt_jax.local.eval', [
       f'--gin_file={model_dir}/config.gin',
       f'--gin.EVAL_MIXTURE_OR_TASK_NAME="{EVAL_MIXTURE}"',
       f'--gin.EVAL_OUTPUT_DIR="{output_dir}"'], log_dir)
@@ -71,11 +71,11 @@ def two_process_run(tmp_path_factory):
   model_dir = str(root / 'run')
   args = RUN + [f'--gin.MODEL_DIR="{model_dir}"',
                 f'--gin.TRAIN_STEPS={TRAIN_STEPS}']
-  first = processes.Cluster('spt_jax.train', args, str(root / 'first'))
+  first = processes.Cluster('spt_jax.local.train', args, str(root / 'first'))
   first.wait_for(
       lambda: os.path.isdir(os.path.join(model_dir, 'checkpoints', '10')))
   first.kill()
-  second = processes.Cluster('spt_jax.train', args, str(root / 'second'))
+  second = processes.Cluster('spt_jax.local.train', args, str(root / 'second'))
   return model_dir, second.wait()
 
 

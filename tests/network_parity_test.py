@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from spt_jax import network  # pylint: disable=g-import-not-at-top
+from spt_jax.model import network  # pylint: disable=g-import-not-at-top
 from tests import params_test_utils  # pylint: disable=g-import-not-at-top
 from tests import t5_reference  # pylint: disable=g-import-not-at-top
 

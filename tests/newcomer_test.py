@@ -81,7 +81,7 @@ def project(tmp_path_factory):
 def trained(project):
   """MODEL_DIR of a 4-step run on 8 devices, checkpoints at 0, 2 and 4."""
   model_dir = project / 'run'
-  out = _run(project, ['-m', 'spt_jax.train', *TRAIN_FLAGS,
+  out = _run(project, ['-m', 'spt_jax.local.train', *TRAIN_FLAGS,
                        f'--gin.MODEL_DIR="{model_dir}"', '--gin.TRAIN_STEPS=4',
                        '--gin.CHECKPOINT_PERIOD=2'], timeout=400)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -119,7 +119,7 @@ def test_gs_vocabulary_offline_is_one_line(project):
 def test_run_writes_its_config_and_evaluation_reads_it_alone(project, trained):
   config = trained / 'config.gin'
   assert "MIXTURE_OR_TASK_MODULE = 'my_tasks'" in config.read_text()
-  args = ['-m', 'spt_jax.eval', f'--gin_file={config}']
+  args = ['-m', 'spt_jax.local.eval', f'--gin_file={config}']
   # A first evaluation, on 1 device, killed hard once it runs.
   first = subprocess.Popen([sys.executable, *args], cwd=REPO,
                            env=_env(project, 1), stdout=subprocess.DEVNULL,
@@ -139,7 +139,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(project, trained):
   model_dir = project / 'damaged'
   shutil.copytree(trained, model_dir)
   (model_dir / 'checkpoints' / '4' / 'default' / '_METADATA').unlink()
-  out = _run(project, ['-m', 'spt_jax.train', *TRAIN_FLAGS,
+  out = _run(project, ['-m', 'spt_jax.local.train', *TRAIN_FLAGS,
                        f'--gin.MODEL_DIR="{model_dir}"', '--gin.TRAIN_STEPS=3',
                        '--gin.EVAL_MIXTURE_OR_TASK_NAME=None'])
   assert out.returncode == 0, out.stderr[-3000:]
@@ -152,7 +152,7 @@ def test_sigint_saves_the_last_step_of_a_run_on_other_devices(project,
                                                                trained):
   model_dir = project / 'interrupted'
   run = subprocess.Popen(
-      [sys.executable, '-m', 'spt_jax.train', *TRAIN_FLAGS,
+      [sys.executable, '-m', 'spt_jax.local.train', *TRAIN_FLAGS,
        f'--gin.MODEL_DIR="{model_dir}"', '--gin.TRAIN_STEPS=100000',
        '--gin.CHECKPOINT_PERIOD=100000', '--gin.EVAL_MIXTURE_OR_TASK_NAME=None',
        f'--gin.INITIAL_CHECKPOINT_PATH="{trained}"'],

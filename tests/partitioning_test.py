@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from flax.linen import partitioning as nn_partitioning
 
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import retrieval
-from spt_jax import trainer
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.model import partitioning
+from spt_jax.model import retrieval
 
 VOCAB = 64
 SHAPES = {

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import prompts
+from spt_jax.model import prompts
 
 
 def test_prompt_span_masks():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import retrieval
+from spt_jax.model import retrieval
 
 
 def _scores(batch=3, memories=12, seed=0):
@@ -136,7 +136,7 @@ def test_shard_local_top_k_equals_one_device_and_divides_its_memory(num_chunks):
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices')
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
   batch, memories, width = 64, 8 * 4096, 8
   query = jax.random.normal(jax.random.PRNGKey(0), (batch, width))
   keys = jax.random.normal(jax.random.PRNGKey(1), (memories, width))

@@ -46,4 +46,4 @@ def test_relative_paths_mean_what_they_mean_in_the_callers_folder(tmp_path):
   assert out.returncode == 0, out.stderr
   assert out.stdout.split() == [
       f'cwd={caller}', f'pythonpath={REPO}:/mine',
-      'args=-m', 'spt_jax.train', '--gin_file=my.gin', '--gin.MODEL_DIR="runs/x"']
+      'args=-m', 'spt_jax.local.train', '--gin_file=my.gin', '--gin.MODEL_DIR="runs/x"']

@@ -6,7 +6,7 @@ From the same parameters and batch, one step of the local runner
 give the same parameters, bank and backbone, and the same metrics under the
 same names; dense, with the values row-sparse (lazy Adam under both), and
 with values and sampled keys row-sparse.
-T5X's Adafactor is also the oracle of `spt_jax.adafactor` on its own.
+T5X's Adafactor is also the oracle of `spt_jax.optim.adafactor` on its own.
 """
 
 import dataclasses
@@ -29,14 +29,14 @@ from t5x import train_state as train_state_lib
 from t5x import trainer as t5x_trainer
 import seqio
 
-from spt_jax import adafactor  # pylint: disable=g-import-not-at-top
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
-from spt_jax import sparse_updates
-from spt_jax import t5x_models
-from spt_jax import t5x_sparse
-from spt_jax import trainer
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.optim import adafactor  # pylint: disable=g-import-not-at-top
+from spt_jax.optim import sparse_updates
+from spt_jax.t5x_ext import models as t5x_models
+from spt_jax.t5x_ext import sparse as t5x_sparse
 
 VOCAB = seqio.SentencePieceVocabulary(t5x_test_utils.SEQIO_TEST_VOCAB)
 PROMPT_LENGTH = 3

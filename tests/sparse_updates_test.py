@@ -6,12 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import sparse_updates
-from spt_jax import trainer
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.model import partitioning
+from spt_jax.optim import sparse_updates
 from tests import params_test_utils
 
 BATCH = 8
@@ -183,7 +183,7 @@ def test_lazy_adam_differs_from_dense_adam_only_where_documented(
 def test_local_gin_mix_in_builds_the_sparse_optimizer():
   import gin  # pylint: disable=g-import-not-at-top
   from spt_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  from spt_jax import train  # pylint: disable=g-import-not-at-top
+  from spt_jax.local import train  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
     gin_utils.parse_gin(

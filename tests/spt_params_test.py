@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from spt_jax import config
-from spt_jax import network
-from spt_jax import spt_params
+from spt_jax.checkpoints import spt_params
+from spt_jax.model import config
+from spt_jax.model import network
 from tests import params_test_utils as utils
 
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import config
-from spt_jax import network
-from spt_jax import prompts
+from spt_jax.model import config
+from spt_jax.model import network
+from spt_jax.model import prompts
 
 VOCAB = 64
 T5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)

@@ -6,7 +6,7 @@ requirements-test.txt, and tests that need them skip when they are absent.
 
 import numpy as np
 
-from spt_jax import hf_checkpoints
+from spt_jax.checkpoints import hf_checkpoints
 
 TINY_HF_CONFIG = dict(
     vocab_size=96,

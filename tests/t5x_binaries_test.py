@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_accumulator
 
-from spt_jax import t5x_checkpoints
+from spt_jax.checkpoints import t5x_checkpoints
 from tasks import synthetic
 from tasks import vocab
 from tests import t5x_test_utils
@@ -211,7 +211,7 @@ def stage_setup(tmp_path_factory):
   """Offline GLUE/SuperGLUE RTE, and a converted tiny T5 with a bank."""
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
-  from spt_jax import convert_checkpoint  # pylint: disable=g-import-not-at-top
+  from spt_jax.checkpoints import convert_checkpoint  # pylint: disable=g-import-not-at-top
   from tests import t5_reference  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('t5x_stages')
   rng = np.random.default_rng(0)

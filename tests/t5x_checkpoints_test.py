@@ -11,9 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
-from spt_jax import config
-from spt_jax import network
-from spt_jax import t5x_checkpoints
+from spt_jax.checkpoints import t5x_checkpoints
+from spt_jax.model import config
+from spt_jax.model import network
 from tests import params_test_utils as utils
 
 

@@ -24,11 +24,11 @@ from t5x import partitioning as t5x_partitioning
 from t5x import train_state as train_state_lib
 import seqio  # pylint: disable=g-import-not-at-top
 
-from spt_jax import config  # pylint: disable=g-import-not-at-top
-from spt_jax import models
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import t5x_models
+from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+from spt_jax.model import models
+from spt_jax.model import network
+from spt_jax.model import partitioning
+from spt_jax.t5x_ext import models as t5x_models
 from tests import params_test_utils
 
 PROMPT_LENGTH = 3

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from spt_jax import t5x_checkpoints
+from spt_jax.checkpoints import t5x_checkpoints
 from tasks import synthetic
 from tests import processes
 from tests import t5x_test_utils

@@ -22,12 +22,12 @@ from t5x import train_state as train_state_lib
 from t5x import trainer as t5x_trainer
 import seqio
 
-from spt_jax import config  # pylint: disable=g-import-not-at-top
-from spt_jax import network
-from spt_jax import partitioning
-from spt_jax import sparse_updates
-from spt_jax import t5x_models
-from spt_jax import t5x_sparse
+from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+from spt_jax.model import network
+from spt_jax.model import partitioning
+from spt_jax.optim import sparse_updates
+from spt_jax.t5x_ext import models as t5x_models
+from spt_jax.t5x_ext import sparse as t5x_sparse
 
 BATCH = 8
 SHAPES = {

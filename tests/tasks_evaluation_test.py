@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import seqio
 
+from spt_jax.model import feature_converters
 from tasks import evaluation
-from tasks import feature_converters
 from tasks import synthetic
 
 

@@ -6,11 +6,11 @@ import seqio
 import tensorflow_datasets as tfds
 
 import tasks  # pylint: disable=unused-import
-from tasks import feature_converters
+from spt_jax import eval_protocol
+from spt_jax.model import feature_converters
+from spt_jax.model import vocabularies
 from tasks import glue
-from tasks import registry
 from tasks import sources
-from tasks import vocab
 from tests import tasks_test_utils as tu
 
 
@@ -18,7 +18,7 @@ from tests import tasks_test_utils as tu
 def test_glue_task(dataset):
   template = dataset.template_collection.templates[-1]
   task = tu.offline_task(
-      registry.task_name(glue.COLLECTION, dataset.name, template.name))
+      eval_protocol.task_name(glue.COLLECTION, dataset.name, template.name))
 
   examples = tu.preprocess(
       task, tu.mocked_source_dataset(task, 'validation', num_examples=4))
@@ -48,7 +48,7 @@ def test_glue_mixture(monkeypatch):
   glue.register()  # Fresh rate functions: sizes are read once, then kept.
   mixture = seqio.get_mixture_or_task(glue.MIXTURE)
   assert len(mixture.tasks) == 27
-  rates = {registry.template_info(t.name)[0]: mixture.get_rate(t)
+  rates = {eval_protocol.template_info(t.name)[0]: mixture.get_rate(t)
            for t in mixture.tasks}
   assert rates['glue_qqp'] == 363_846  # T0: N <= 500,000 keeps N.
   assert rates['glue_mnli'] == 500_000 // 3  # Larger: capped per template.
@@ -57,12 +57,12 @@ def test_glue_mixture(monkeypatch):
   assert [rte.get_rate(t) for t in rte.tasks] == [1.0] * 3
   glue.register()  # Forget the stand-in sizes.
   mnli = seqio.get_mixture_or_task(
-      registry.task_name(glue.COLLECTION, 'glue_mnli', 'premise_entails'))
+      eval_protocol.task_name(glue.COLLECTION, 'glue_mnli', 'premise_entails'))
   assert set(mnli.splits) == {'train', 'validation', 'validation_mismatched'}
 
 
 def test_glue_mixture_batches_for_the_model(monkeypatch):
-  monkeypatch.setenv(vocab.VOCAB_PATH_ENV, tu.TEST_VOCAB_PATH)
+  monkeypatch.setenv(vocabularies.VOCAB_PATH_ENV, tu.TEST_VOCAB_PATH)
   # Mocked TFDS data has no recorded size: say the mock's.
   monkeypatch.setattr(sources.TfdsSource, 'num_input_examples',
                       lambda self, split: 16)
@@ -78,7 +78,7 @@ def test_glue_mixture_batches_for_the_model(monkeypatch):
               prompt_length=tu.LENGTHS['prompt']))
       batches = list(ds.as_numpy_iterator())
   finally:
-    monkeypatch.delenv(vocab.VOCAB_PATH_ENV)
+    monkeypatch.delenv(vocabularies.VOCAB_PATH_ENV)
     importlib.reload(glue)
 
   assert batches

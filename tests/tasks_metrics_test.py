@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import seqio
 
+from spt_jax import eval_protocol
 from tasks import metrics
 from tasks import registry
 
@@ -22,17 +23,17 @@ def test_rank_classification_postprocessor_and_accuracy():
 
   # Example 0 picks choice 1 (correct); example 1 picks choice 2 (wrong).
   scores = [-3.0, -1.0, -2.0, -4.0, -0.5]
-  assert metrics.rank_classification_accuracy(targets, scores) == {
+  assert eval_protocol.rank_classification_accuracy(targets, scores) == {
       'accuracy': 50.0}
-  assert metrics.rank_classification_accuracy(
+  assert eval_protocol.rank_classification_accuracy(
       targets, [-3.0, -1.0, -0.1, -4.0, -0.5]) == {'accuracy': 100.0}
   with pytest.raises(ValueError):
-    metrics.rank_classification_accuracy(targets, scores[:2])
+    eval_protocol.rank_classification_accuracy(targets, scores[:2])
 
 
 def test_rank_classification_metric_is_a_seqio_score_metric():
   metric = seqio.metrics.LegacyMetric.empty(
-      metrics.rank_classification_accuracy,
+      eval_protocol.rank_classification_accuracy,
       metrics.rank_classification_postprocessor)
   assert metric.model_output_type == seqio.metrics.ModelOutputType.SCORE
 
@@ -73,16 +74,16 @@ def test_multirc_and_squad():
 
 
 def test_template_info_reads_task_names():
-  name = registry.task_name('spt_t0', 'anli_r1', 'claim_true_false', True)
+  name = eval_protocol.task_name('spt_t0', 'anli_r1', 'claim_true_false', True)
   assert name == 'spt_t0__anli_r1__claim_true_false__score'
-  assert registry.template_info(name) == ('anli_r1', 'claim_true_false')
-  assert registry.template_info('spt_glue__glue_rte__then_correct') == (
+  assert eval_protocol.template_info(name) == ('anli_r1', 'claim_true_false')
+  assert eval_protocol.template_info('spt_glue__glue_rte__then_correct') == (
       'glue_rte', 'then_correct')
-  assert registry.is_score_task(name)
+  assert eval_protocol.is_score_task(name)
   with pytest.raises(ValueError):
-    registry.template_info('spt_t0_train')
+    eval_protocol.template_info('spt_t0_train')
   with pytest.raises(ValueError):
-    registry.task_name('spt', 'a__b', 'c')
+    eval_protocol.task_name('spt', 'a__b', 'c')
 
 
 def test_aggregate_over_templates():
@@ -94,7 +95,7 @@ def test_aggregate_over_templates():
       'spt_t0__anli_r1__b__score': {'other': 1.0},
   }
 
-  summary = metrics.aggregate_over_templates(results)
+  summary = eval_protocol.aggregate_over_templates(results)
 
   assert list(summary) == ['anli_r1', 'super_glue_cb']
   assert summary['super_glue_cb']['mean'] == pytest.approx(60.0)

@@ -15,12 +15,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import feature_converters
-from tasks import metrics
+from spt_jax import eval_protocol
+from spt_jax.model import feature_converters
 from tasks import p3
 from tasks import prompt_templates
 from tasks import prompted
-from tasks import registry
 from tasks import sources
 from tasks import vocab
 
@@ -127,7 +126,7 @@ def _examples(folder, split, num):
   examples = []
   for e in range(num):
     text = f'{folder} {split} example {e} about a red cat'
-    if not folder.endswith(p3.SCORE_EVAL_SUFFIX):
+    if not folder.endswith(p3.datasets.SCORE_EVAL_SUFFIX):
       target = f'answer {e}'
       examples.append({
           'inputs': _VOCAB.encode(text), 'targets': _VOCAB.encode(target) + [
@@ -148,7 +147,7 @@ def _examples(folder, split, num):
 def _write_folder(path, splits, num_shards=1):
   os.makedirs(path)
   name = os.path.basename(path)
-  features = (_SCORE_FEATURES if name.endswith(p3.SCORE_EVAL_SUFFIX)
+  features = (_SCORE_FEATURES if name.endswith(p3.datasets.SCORE_EVAL_SUFFIX)
               else _FEATURES)
   for split, (num, claimed) in splits.items():
     examples = _examples(name, split, num)
@@ -194,14 +193,14 @@ def _write_promptsource(root):
 @pytest.fixture(name='p3_dir')
 def _p3_dir(tmp_path, monkeypatch):
   """The P3 fixture as Hugging Face lays it out (`<root>/data/<folder>`)."""
-  monkeypatch.delenv(p3.P3_DIR_ENV, raising=False)
-  monkeypatch.delenv(p3.PROMPTSOURCE_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.P3_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.PROMPTSOURCE_DIR_ENV, raising=False)
   root = tmp_path / 'P3'
   for folder, splits in _FOLDERS.items():
     _write_folder(str(root / 'data' / folder), splits,
                   num_shards=2 if folder == _TWO_SHARDS else 1)
   yield str(root)
-  p3.unregister()
+  p3.mixtures.unregister()
 
 
 @pytest.fixture(name='promptsource_dir')
@@ -212,7 +211,7 @@ def _promptsource_dir(tmp_path):
 
 
 def _register(p3_dir, promptsource_dir=None):
-  return p3.register(p3_dir, promptsource_dir, vocabulary=_VOCAB)
+  return p3.mixtures.register(p3_dir, promptsource_dir, vocabulary=_VOCAB)
 
 
 def _records(task, split, **kwargs):
@@ -236,38 +235,38 @@ def test_a_task_per_folder(p3_dir, caplog):
   for folder, name in registered.tasks.items():
     task = seqio.get_mixture_or_task(name)
     assert set(task.splits) == set(_FOLDERS[folder])
-    assert registry.is_score_task(name) == folder.endswith('_score_eval')
-    registry.template_info(name)  # The evaluation's grouping reads it.
+    assert eval_protocol.is_score_task(name) == folder.endswith('_score_eval')
+    eval_protocol.template_info(name)  # The evaluation's grouping reads it.
     assert set(task.output_features) == {'inputs', 'targets'}
   assert not registered.with_prompt
   assert 'no promptsource checkout' in caplog.text
 
 
 def test_folder_names():
-  prefixes = [d.prefix for d in p3.T0_DATASETS]
-  assert p3.parse_folder_name('anli_GPT_3_style_r2_score_eval', prefixes) == (
+  prefixes = [d.prefix for d in p3.datasets.T0_DATASETS]
+  assert p3.folders.parse_folder_name('anli_GPT_3_style_r2_score_eval', prefixes) == (
       'anli', 'anli_r2', 'GPT_3_style', True)
-  assert p3.parse_folder_name(
+  assert p3.folders.parse_folder_name(
       'super_glue_wsc.fixed_GPT_3_Style', prefixes) == (
           'super_glue_wsc.fixed', 'super_glue_wsc.fixed', 'GPT_3_Style', False)
-  assert p3.parse_folder_name('my_data_my_prompt', prefixes) == (
+  assert p3.folders.parse_folder_name('my_data_my_prompt', prefixes) == (
       'my_data_my_prompt', 'my_data_my_prompt', '', False)
-  assert p3.p3_name('ai2_arc', 'ARC-Challenge', 'pick the most "correct"') == (
+  assert p3.datasets.p3_name('ai2_arc', 'ARC-Challenge', 'pick the most "correct"') == (
       'ai2_arc_ARC_Challenge_pick_the_most_correct_')
-  folder = p3.P3Folder('/p3/dbpedia_14_given_a_list__score_eval', 'dbpedia_14',
+  folder = p3.folders.P3Folder('/p3/dbpedia_14_given_a_list__score_eval', 'dbpedia_14',
                        'dbpedia_14', 'given_a_list_', True, ('validation',))
   assert folder.task_name == 'spt_p3__dbpedia_14__given_a_list__score'
-  unknown = p3.P3Folder('/p3/my_data', 'my_data', 'my_data', '', False,
+  unknown = p3.folders.P3Folder('/p3/my_data', 'my_data', 'my_data', '', False,
                         ('train',))
   assert unknown.task_name == 'spt_p3__my_data__default'
 
 
 def test_environment_variables_register_at_import(p3_dir, promptsource_dir,
                                                   monkeypatch):
-  assert p3.register_from_environment() is None
-  monkeypatch.setenv(p3.P3_DIR_ENV, os.path.join(p3_dir, 'data'))
-  monkeypatch.setenv(p3.PROMPTSOURCE_DIR_ENV, promptsource_dir)
-  registered = p3.register_from_environment()
+  assert p3.mixtures.register_from_environment() is None
+  monkeypatch.setenv(p3.datasets.P3_DIR_ENV, os.path.join(p3_dir, 'data'))
+  monkeypatch.setenv(p3.datasets.PROMPTSOURCE_DIR_ENV, promptsource_dir)
+  registered = p3.mixtures.register_from_environment()
   assert len(registered.tasks) == len(_FOLDERS) and registered.with_prompt
   task = seqio.get_mixture_or_task('spt_p3__imdb__Movie_Expressed_Sentiment')
   assert vocab.PROMPT in task.output_features
@@ -330,7 +329,7 @@ def test_instructions_from_promptsource(p3_dir, promptsource_dir, caplog):
   np.testing.assert_array_equal(
       examples[0]['targets'], _VOCAB.encode('True') + [_EOS])
   assert examples[0]['inputs'][-1] != _EOS
-  templates = p3.Promptsource(promptsource_dir).templates('super_glue_cb')
+  templates = p3.promptsource.Promptsource(promptsource_dir).templates('super_glue_cb')
   assert templates['can_we_infer'].instruction == 'Given, may we conclude?'
   assert not templates['can_we_infer'].original_task
 
@@ -377,25 +376,25 @@ def test_t0_training_mixtures_and_rates(p3_dir, promptsource_dir):
   # examples gives each template 500,000 // templates, else its size.
   # amazon_polarity: 3.6M examples, 3 templates in P3 -> 166,666 each.
   # imdb: 25,000 -> 25,000. gigaword_summarize_ is excluded, as in T0.
-  assert _rates(p3.T0_TRAIN_MIXTURE) == {
+  assert _rates(p3.datasets.T0_TRAIN_MIXTURE) == {
       'amazon_polarity/Is_this_review': 166_666,
       'amazon_polarity/flattering_or_not': 166_666,
       'amazon_polarity/would_you_buy': 166_666,
       'imdb/Movie_Expressed_Sentiment': 25_000,
   }
   # T0+ adds HellaSwag (39,905), T0++ adds COPA (400).
-  assert _rates(p3.T0_PLUS_TRAIN_MIXTURE) == {
-      **_rates(p3.T0_TRAIN_MIXTURE),
+  assert _rates(p3.datasets.T0_PLUS_TRAIN_MIXTURE) == {
+      **_rates(p3.datasets.T0_TRAIN_MIXTURE),
       'hellaswag/complete_first_then': 39_905}
-  assert _rates(p3.T0_PLUS_PLUS_TRAIN_MIXTURE) == {
-      **_rates(p3.T0_PLUS_TRAIN_MIXTURE), 'super_glue_copa/best_option': 400}
+  assert _rates(p3.datasets.T0_PLUS_PLUS_TRAIN_MIXTURE) == {
+      **_rates(p3.datasets.T0_PLUS_TRAIN_MIXTURE), 'super_glue_copa/best_option': 400}
   assert set(registered.mixtures) == {
-      p3.T0_TRAIN_MIXTURE, p3.T0_PLUS_TRAIN_MIXTURE,
-      p3.T0_PLUS_PLUS_TRAIN_MIXTURE, p3.HELDOUT_MIXTURE}
+      p3.datasets.T0_TRAIN_MIXTURE, p3.datasets.T0_PLUS_TRAIN_MIXTURE,
+      p3.datasets.T0_PLUS_PLUS_TRAIN_MIXTURE, p3.datasets.HELDOUT_MIXTURE}
 
   # With promptsource, T counts its 4 amazon_polarity templates, as T0 did.
   _register(p3_dir, promptsource_dir)
-  rates = _rates(p3.T0_TRAIN_MIXTURE)
+  rates = _rates(p3.datasets.T0_TRAIN_MIXTURE)
   assert rates['amazon_polarity/Is_this_review'] == 125_000
   assert rates['imdb/Movie_Expressed_Sentiment'] == 25_000
 
@@ -405,7 +404,7 @@ def test_rates_are_read_lazily(p3_dir):
                        'stats.train.json')
   os.remove(stats)
   _register(p3_dir)  # Registration reads no data.
-  mixture = seqio.get_mixture_or_task(p3.T0_TRAIN_MIXTURE)
+  mixture = seqio.get_mixture_or_task(p3.datasets.T0_TRAIN_MIXTURE)
   task = seqio.get_mixture_or_task('spt_p3__imdb__Movie_Expressed_Sentiment')
   with pytest.raises(sources.DataNotFoundError,
                      match='imdb_Movie_Expressed_Sentiment has no stats'):
@@ -415,7 +414,7 @@ def test_rates_are_read_lazily(p3_dir):
 def test_heldout_mixture_rank_classification(p3_dir, promptsource_dir):
   registered = _register(p3_dir)
   # Without promptsource: every score folder of the held-out datasets.
-  assert sorted(registered.mixtures[p3.HELDOUT_MIXTURE]) == [
+  assert sorted(registered.mixtures[p3.datasets.HELDOUT_MIXTURE]) == [
       'spt_p3__anli_r1__GPT_3_style__score',
       'spt_p3__super_glue_cb__GPT_3_style__score',
       'spt_p3__super_glue_cb__can_we_infer__score',
@@ -423,7 +422,7 @@ def test_heldout_mixture_rank_classification(p3_dir, promptsource_dir):
   ]
   registered = _register(p3_dir, promptsource_dir)
   # With it: T0's original-task templates only.
-  assert sorted(registered.mixtures[p3.HELDOUT_MIXTURE]) == [
+  assert sorted(registered.mixtures[p3.datasets.HELDOUT_MIXTURE]) == [
       'spt_p3__anli_r1__GPT_3_style__score',
       'spt_p3__super_glue_cb__GPT_3_style__score',
       'spt_p3__super_glue_copa__best_option__score',
@@ -451,7 +450,7 @@ def test_heldout_mixture_rank_classification(p3_dir, promptsource_dir):
       'accuracy': 100.0}
   assert results['spt_p3__super_glue_cb__can_we_infer__score'] == {
       'accuracy': 50.0}
-  summary = metrics.aggregate_over_templates(results)
+  summary = eval_protocol.aggregate_over_templates(results)
   assert summary['super_glue_cb']['mean'] == 75.0
   assert summary['super_glue_cb']['median'] == 75.0
   assert summary['super_glue_cb']['per_template'] == {
@@ -460,16 +459,16 @@ def test_heldout_mixture_rank_classification(p3_dir, promptsource_dir):
 
 
 def test_missing_p3_dir(tmp_path, monkeypatch):
-  monkeypatch.delenv(p3.P3_DIR_ENV, raising=False)
-  with pytest.raises(p3.P3ConfigError, match=r'\$SPT_P3_DIR is not set'):
-    p3.register(vocabulary=_VOCAB)
+  monkeypatch.delenv(p3.datasets.P3_DIR_ENV, raising=False)
+  with pytest.raises(p3.datasets.P3ConfigError, match=r'\$SPT_P3_DIR is not set'):
+    p3.mixtures.register(vocabulary=_VOCAB)
   missing = str(tmp_path / 'nowhere')
-  with pytest.raises(p3.P3ConfigError, match=f'{missing}.*does not exist'):
-    p3.register(missing, vocabulary=_VOCAB)
-  with pytest.raises(p3.P3ConfigError, match='No P3 folder under'):
-    p3.register(str(tmp_path), vocabulary=_VOCAB)
-  with pytest.raises(p3.P3ConfigError, match='No promptsource template'):
-    p3.register(str(tmp_path), str(tmp_path), vocabulary=_VOCAB)
+  with pytest.raises(p3.datasets.P3ConfigError, match=f'{missing}.*does not exist'):
+    p3.mixtures.register(missing, vocabulary=_VOCAB)
+  with pytest.raises(p3.datasets.P3ConfigError, match='No P3 folder under'):
+    p3.mixtures.register(str(tmp_path), vocabulary=_VOCAB)
+  with pytest.raises(p3.datasets.P3ConfigError, match='No promptsource template'):
+    p3.mixtures.register(str(tmp_path), str(tmp_path), vocabulary=_VOCAB)
 
 
 def test_folder_without_info_file(p3_dir):
@@ -552,34 +551,34 @@ _STYLE_TEMPLATES = {
     'zip pairs': (
         '{% for w, n in zip(["one", "two"], ["1", "2"]) %}{{ w }}={{ n }} '
         '{% endfor %}Pair {{ left }} with {{ right }}. ||| {{ target }}',
-        None, 'one=1 two=2 Pair with.', p3.DERIVED),
+        None, 'one=1 two=2 Pair with.', p3.promptsource.DERIVED),
     'choice of verb': (
         '{{ ["Summarize", "Shorten", "Condense"] | choice }} the note: '
         '{{ note }} ||| {{ summary }}',
-        None, 'Summarize the note:', p3.DERIVED),
+        None, 'Summarize the note:', p3.promptsource.DERIVED),
     'most frequent tag': (
         'Usual tag: {{ ["red", "blue", "blue"] | most_frequent | join }}. '
         'Tag {{ text }} as the voters did. ||| '
         '{{ votes | most_frequent | first }}',
-        None, 'Usual tag: blue. Tag as the voters did.', p3.DERIVED),
+        None, 'Usual tag: blue. Tag as the voters did.', p3.promptsource.DERIVED),
     'separator inside if': (
         '{% if label == 1 %}Ask something that {{ sentence }} answers. '
         '|||\n{{ question }}\n{% endif %}',
-        None, 'Ask something that answers.', p3.DERIVED),
+        None, 'Ask something that answers.', p3.promptsource.DERIVED),
     'comparison on a field': (
         '{% if stars > 3 %}Why did the reviewer like it?{% else %}Why did '
         'the reviewer dislike it?{% endif %} {{ review }} ||| {{ reason }}',
-        None, 'Why did the reviewer like it?', p3.DERIVED),
+        None, 'Why did the reviewer like it?', p3.promptsource.DERIVED),
     'last choice': (
         'Answer {{ answer_choices[0] }} or {{ answer_choices[-1] }}: is '
         '"{{ claim }}" true? ||| {{ answer_choices[label] }}',
-        'no ||| yes', 'Answer no or yes: is true?', p3.DERIVED),
+        'no ||| yes', 'Answer no or yes: is true?', p3.promptsource.DERIVED),
     # Looks up a choice it does not have: raises in both halves, so the
     # literal text outside Jinja blocks is used.
     'no answer': (
         'Reply {{ answer_choices.index("maybe") }} about {{ claim }} now. '
         '||| {{ answer_choices[label] }}',
-        'no ||| yes', 'Reply about now.', p3.LITERAL),
+        'no ||| yes', 'Reply about now.', p3.promptsource.LITERAL),
     # Its text is guarded by a list the template builds from its fields,
     # empty when they are blank: also the literal text.
     'built list': (
@@ -587,10 +586,10 @@ _STYLE_TEMPLATES = {
         '{{ kept.append(item) | default("", True) }}{% endif %}{% endfor %}'
         '{% if kept %}List what is kept: {{ kept | join(", ") }} ||| '
         '{{ kept | first }}{% endif %}',
-        None, 'List what is kept:', p3.LITERAL),
+        None, 'List what is kept:', p3.promptsource.LITERAL),
     # Nothing but fields: no instruction.
     'just the question': ('{{ question }} ||| {{ answer }}', None, '',
-                          p3.DERIVED),
+                          p3.promptsource.DERIVED),
 }
 _STYLE_DATASET = 'my_style_qa'
 
@@ -622,7 +621,7 @@ def test_reads_promptsource_jinja_as_promptsource_writes_it(tmp_path, caplog):
   caplog.set_level(logging.WARNING)
   path = _write_style_templates(str(tmp_path))
 
-  templates = p3.read_promptsource_yaml(path)
+  templates = p3.promptsource.read_promptsource_yaml(path)
 
   assert [t.name for t in templates] == list(_STYLE_TEMPLATES)
   for template in templates:
@@ -653,9 +652,9 @@ def test_an_error_while_rendering_is_a_logged_fallback(tmp_path, monkeypatch,
   monkeypatch.setattr(prompt_templates._BlankChoices, '__getitem__',
                       no_answer)
   # pylint: enable=protected-access
-  template = {t.name: t for t in p3.read_promptsource_yaml(path)}['last choice']
+  template = {t.name: t for t in p3.promptsource.read_promptsource_yaml(path)}['last choice']
 
-  assert template.derivation == ('Answer or: is true?', p3.LITERAL)
+  assert template.derivation == ('Answer or: is true?', p3.promptsource.LITERAL)
   assert f"{path}, template 'last choice'" in caplog.text
   assert '_NoAnswer' in caplog.text
 
@@ -663,7 +662,7 @@ def test_an_error_while_rendering_is_a_logged_fallback(tmp_path, monkeypatch,
 def test_a_template_without_instruction_pools_over_its_input(tmp_path,
                                                              monkeypatch,
                                                              caplog):
-  monkeypatch.delenv(p3.P3_DIR_ENV, raising=False)
+  monkeypatch.delenv(p3.datasets.P3_DIR_ENV, raising=False)
   caplog.set_level(logging.INFO)
   checkout = tmp_path / 'checkout'
   _write_style_templates(str(checkout))
@@ -676,9 +675,9 @@ def test_a_template_without_instruction_pools_over_its_input(tmp_path,
 
     question = f'spt_p3__{_STYLE_DATASET}__just_the_question'
     assert registered.instruction_sources == {
-        f'spt_p3__{_STYLE_DATASET}__choice_of_verb': p3.DERIVED,
-        question: p3.INPUTS,
-        f'spt_p3__{_STYLE_DATASET}__no_answer': p3.LITERAL,
+        f'spt_p3__{_STYLE_DATASET}__choice_of_verb': p3.promptsource.DERIVED,
+        question: p3.promptsource.INPUTS,
+        f'spt_p3__{_STYLE_DATASET}__no_answer': p3.promptsource.LITERAL,
     }
     assert registered.prompt_from_inputs == (question,)
     assert 'have no instruction' in caplog.text
@@ -698,7 +697,7 @@ def test_a_template_without_instruction_pools_over_its_input(tmp_path,
             lengths, split='train', shuffle=False).as_numpy_iterator())
     assert verb['prompt_pretokenized'].decode() == 'Summarize the note:'
   finally:
-    p3.unregister()
+    p3.mixtures.unregister()
 
 
 def test_mixing_rate_follows_t0_code():

@@ -3,22 +3,23 @@
 import pytest
 import seqio
 
+from spt_jax import eval_protocol
 from tasks import registry
 
 
 def test_task_names_round_trip():
-  name = registry.task_name('spt_t0', 'anli_r1', 'guaranteed')
+  name = eval_protocol.task_name('spt_t0', 'anli_r1', 'guaranteed')
   assert name == 'spt_t0__anli_r1__guaranteed'
-  score = registry.task_name('spt_t0', 'anli_r1', 'guaranteed', score=True)
+  score = eval_protocol.task_name('spt_t0', 'anli_r1', 'guaranteed', score=True)
   assert score == name + '__score'
   for n in (name, score):
-    assert registry.template_info(n) == ('anli_r1', 'guaranteed')
-  assert registry.is_score_task(score) and not registry.is_score_task(name)
+    assert eval_protocol.template_info(n) == ('anli_r1', 'guaranteed')
+  assert eval_protocol.is_score_task(score) and not eval_protocol.is_score_task(name)
   with pytest.raises(ValueError, match='must not contain'):
-    registry.task_name('spt', 'a__b', 'c')
+    eval_protocol.task_name('spt', 'a__b', 'c')
   for bad in ('spt__anli', 'spt__anli____score', 'a__b__c__d'):
     with pytest.raises(ValueError, match='not a prompted task name'):
-      registry.template_info(bad)
+      eval_protocol.template_info(bad)
 
 
 def test_adding_twice_replaces_the_task_and_the_mixture():

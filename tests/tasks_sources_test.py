@@ -6,10 +6,10 @@ import pytest
 import seqio
 
 import tasks  # pylint: disable=unused-import
-from tasks import registry
+from spt_jax import eval_protocol
+from tasks import show
 from tasks import sources
 from tasks import t0
-from tasks import show
 
 _FIELDS = {'question': 'string', 'choices.text': 'string_list',
            'choices.score': 'float_list', 'label': 'int', 'hard': 'bool'}
@@ -106,7 +106,7 @@ def test_missing_local_export_names_the_dataset_and_the_fix(
     tmp_path, monkeypatch):
   monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
   task = seqio.get_mixture_or_task(
-      registry.task_name(t0.COLLECTION, 'dream', 'read_conversation'))
+      eval_protocol.task_name(t0.COLLECTION, 'dream', 'read_conversation'))
 
   with pytest.raises(sources.DataNotFoundError) as error:
     task.get_dataset(None, split='train')
@@ -146,7 +146,7 @@ def test_manual_download_datasets_say_so(tmp_path):
 
 def test_show_reports_missing_data_without_a_traceback(capsys, monkeypatch):
   monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
-  name = registry.task_name(t0.COLLECTION, 'sciq', 'quiz')
+  name = eval_protocol.task_name(t0.COLLECTION, 'sciq', 'quiz')
 
   assert show.main([name]) == 1
 

@@ -3,7 +3,7 @@ import pytest
 import seqio
 
 import tasks  # pylint: disable=unused-import
-from tasks import registry
+from spt_jax import eval_protocol
 from tasks import super_glue
 from tests import tasks_test_utils as tu
 
@@ -12,7 +12,7 @@ from tests import tasks_test_utils as tu
 def test_super_glue_task(dataset):
   template = dataset.template_collection.templates[0]
   task = tu.offline_task(
-      registry.task_name(super_glue.COLLECTION, dataset.name, template.name))
+      eval_protocol.task_name(super_glue.COLLECTION, dataset.name, template.name))
 
   examples = tu.preprocess(
       task, tu.mocked_source_dataset(task, 'train', num_examples=3))
@@ -34,7 +34,7 @@ def test_super_glue_task(dataset):
 
 def test_super_glue_mixtures():
   everything = seqio.get_mixture_or_task(super_glue.MIXTURE)
-  assert {registry.template_info(t.name)[0] for t in everything.tasks} == {
+  assert {eval_protocol.template_info(t.name)[0] for t in everything.tasks} == {
       d.name for d in super_glue.DATASETS}
   for dataset in super_glue.DATASETS:
     config = dataset.name[len('super_glue_'):]

@@ -6,7 +6,7 @@ import seqio
 import sentencepiece as spm
 
 import tasks  # pylint: disable=unused-import
-from tasks import registry
+from spt_jax import eval_protocol
 from tasks import synthetic
 from tasks import vocab
 
@@ -84,16 +84,16 @@ def test_mixtures_hold_out_templates_and_families():
   assert len(train) == 28
   assert sum(seqio.get_mixture_or_task(n).num_input_examples('train')
              for n in train) == 28 * synthetic.TRAIN_EXAMPLES_PER_TASK
-  trained_families = {registry.template_info(n)[0] for n in train}
+  trained_families = {eval_protocol.template_info(n)[0] for n in train}
   assert trained_families == {f.name for f in _TRAINED}
   heldout_templates = tasks_of(synthetic.HELDOUT_TEMPLATES_MIXTURE)
   heldout_tasks = tasks_of(synthetic.HELDOUT_TASKS_MIXTURE)
   assert len(heldout_templates) == 7 and len(heldout_tasks) == 8
   for name in heldout_templates:
-    family, template = registry.template_info(name)
+    family, template = eval_protocol.template_info(name)
     assert template in synthetic.FAMILIES_BY_NAME[family].templates.heldout
     assert name.replace('__score', '') not in train
-  assert {registry.template_info(n)[0] for n in heldout_tasks} == {
+  assert {eval_protocol.template_info(n)[0] for n in heldout_tasks} == {
       f.name for f in _HELDOUT}
   assert sorted(tasks_of(synthetic.HELDOUT_MIXTURE)) == sorted(
       heldout_templates + heldout_tasks)
@@ -127,7 +127,7 @@ def test_feature_lengths_fit_every_template(sentencepiece):
 
 
 def test_training_task_output(sentencepiece):
-  name = registry.task_name(synthetic.COLLECTION, 'reverse', 'backwards')
+  name = eval_protocol.task_name(synthetic.COLLECTION, 'reverse', 'backwards')
   task = seqio.get_mixture_or_task(name)
   ds = task.get_dataset(synthetic.SYNTHETIC_FEATURE_LENGTHS, split='train',
                         shuffle=False)
@@ -152,7 +152,7 @@ def test_training_task_output(sentencepiece):
 
 
 def test_rank_classification_task_output():
-  name = registry.task_name(
+  name = eval_protocol.task_name(
       synthetic.COLLECTION, 'category_last', 'is_last_a', score=True)
   task = seqio.get_mixture_or_task(name)
   rows = list(task.get_dataset(synthetic.SYNTHETIC_FEATURE_LENGTHS,
@@ -174,7 +174,7 @@ def _tasks_of(mixture):
 
 
 def _templates_of(mixture):
-  return {registry.template_info(n) for n in _tasks_of(mixture)}
+  return {eval_protocol.template_info(n) for n in _tasks_of(mixture)}
 
 
 def test_study_splits_keep_dev_and_test_apart_from_training():

@@ -14,9 +14,10 @@ import seqio
 import tensorflow as tf
 
 import tasks  # pylint: disable=unused-import
+from spt_jax import eval_protocol
+from spt_jax.model import vocabularies
 from tasks import preprocessors
 from tasks import prompted
-from tasks import registry
 from tasks import sources
 from tasks import t0
 from tests import tasks_test_utils as tu
@@ -53,7 +54,7 @@ def _check_all_templates(dataset: prompted.PromptedDataset,
 def test_tfds_training_task(dataset):
   template = dataset.template_collection.templates[0]
   task = tu.offline_task(
-      registry.task_name(t0.COLLECTION, dataset.name, template.name))
+      eval_protocol.task_name(t0.COLLECTION, dataset.name, template.name))
   raw = tu.fix_up(tu.mocked_source_dataset(task, 'train'),
                   _MOCK_FIXUPS.get(dataset.name))
   raw_examples = _raw_examples(raw)
@@ -71,7 +72,7 @@ def test_tfds_training_task(dataset):
 @pytest.mark.parametrize('dataset', t0.HELDOUT_DATASETS, ids=lambda d: d.name)
 def test_heldout_rank_classification_task(dataset):
   template = dataset.template_collection.templates[0]
-  task = tu.offline_task(registry.task_name(
+  task = tu.offline_task(eval_protocol.task_name(
       t0.COLLECTION, dataset.name, template.name, score=True))
   raw = tu.mocked_source_dataset(task, 'validation')
   raw_examples = _raw_examples(raw)
@@ -135,7 +136,7 @@ def test_local_training_task(dataset, tmp_path, monkeypatch):
   monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
   template = dataset.template_collection.templates[0]
   task = tu.offline_task(
-      registry.task_name(t0.COLLECTION, dataset.name, template.name))
+      eval_protocol.task_name(t0.COLLECTION, dataset.name, template.name))
 
   raw_examples = _raw_examples(task.source.get_dataset('train', shuffle=False))
   _check_all_templates(dataset, raw_examples)
@@ -151,7 +152,7 @@ def test_local_training_task(dataset, tmp_path, monkeypatch):
 def _train_task(dataset_name):
   dataset = next(d for d in t0.TRAIN_DATASETS if d.name == dataset_name)
   return [seqio.get_mixture_or_task(
-      registry.task_name(t0.COLLECTION, dataset_name, template))
+      eval_protocol.task_name(t0.COLLECTION, dataset_name, template))
           for template in dataset.template_collection.names]
 
 
@@ -211,12 +212,12 @@ def test_rates_are_not_read_at_registration(monkeypatch):
 def test_heldout_mixture_is_disjoint_from_training():
   heldout = seqio.get_mixture_or_task(t0.HELDOUT_MIXTURE)
   train = seqio.get_mixture_or_task(t0.TRAIN_MIXTURE)
-  heldout_datasets = {registry.template_info(t.name)[0] for t in heldout.tasks}
-  train_datasets = {registry.template_info(t.name)[0] for t in train.tasks}
+  heldout_datasets = {eval_protocol.template_info(t.name)[0] for t in heldout.tasks}
+  train_datasets = {eval_protocol.template_info(t.name)[0] for t in train.tasks}
   assert heldout_datasets == {d.name for d in t0.HELDOUT_DATASETS}
   assert len(heldout_datasets) == 11
   assert not heldout_datasets & train_datasets
-  assert all(registry.is_score_task(t.name) for t in heldout.tasks)
+  assert all(eval_protocol.is_score_task(t.name) for t in heldout.tasks)
   assert all(len(t.splits) == 1 and t.splits[0] == 'validation'
              for t in heldout.tasks)
   # 3-5 templates per dataset, as in P3.
@@ -235,15 +236,15 @@ def test_registration_is_idempotent():
 
 def test_vocabulary_path_comes_from_the_environment(monkeypatch):
   task = seqio.get_mixture_or_task(
-      registry.task_name(t0.COLLECTION, 'imdb', 'liked_movie'))
+      eval_protocol.task_name(t0.COLLECTION, 'imdb', 'liked_movie'))
   vocabulary = task.output_features['inputs'].vocabulary
   assert vocabulary.sentencepiece_model_file == tasks.vocab.t5_vocab_path()
-  monkeypatch.setenv(tasks.vocab.VOCAB_PATH_ENV, tu.TEST_VOCAB_PATH)
+  monkeypatch.setenv(vocabularies.VOCAB_PATH_ENV, tu.TEST_VOCAB_PATH)
   importlib.reload(t0)
   task = seqio.get_mixture_or_task(
-      registry.task_name(t0.COLLECTION, 'imdb', 'liked_movie'))
+      eval_protocol.task_name(t0.COLLECTION, 'imdb', 'liked_movie'))
   assert (task.output_features['inputs'].vocabulary.sentencepiece_model_file
           == tu.TEST_VOCAB_PATH)
   assert os.path.exists(tu.TEST_VOCAB_PATH)
-  monkeypatch.delenv(tasks.vocab.VOCAB_PATH_ENV)
+  monkeypatch.delenv(vocabularies.VOCAB_PATH_ENV)
   importlib.reload(t0)

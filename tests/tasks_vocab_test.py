@@ -3,27 +3,28 @@
 import pytest
 import seqio
 
+from spt_jax.model import vocabularies
 from tasks import vocab
 
 
 def test_t5_vocab_path_follows_the_environment(monkeypatch):
-  monkeypatch.delenv(vocab.VOCAB_PATH_ENV, raising=False)
+  monkeypatch.delenv(vocabularies.VOCAB_PATH_ENV, raising=False)
   assert vocab.t5_vocab_path() == vocab.DEFAULT_T5_VOCAB_PATH
-  monkeypatch.setenv(vocab.VOCAB_PATH_ENV, '/data/spiece.model')
+  monkeypatch.setenv(vocabularies.VOCAB_PATH_ENV, '/data/spiece.model')
   assert vocab.t5_vocab_path() == '/data/spiece.model'
   assert vocab.t5_vocabulary().extra_ids == vocab.T5_EXTRA_IDS
 
 
 def test_a_missing_vocabulary_is_named(tmp_path):
   missing = seqio.SentencePieceVocabulary(str(tmp_path / 'none.model'))
-  with pytest.raises(vocab.VocabularyNotFoundError,
+  with pytest.raises(vocabularies.VocabularyNotFoundError,
                      match=r'none\.model.*SPT_VOCAB_PATH'):
-    vocab.vocabulary_size(missing)
+    vocabularies.vocabulary_size(missing)
 
 
 def test_synthetic_vocabulary_and_output_features():
   vocabulary = vocab.synthetic_vocabulary()
-  size = vocab.vocabulary_size(vocabulary)
+  size = vocabularies.vocabulary_size(vocabulary)
   assert size > 3
   ids = vocabulary.encode('the cat')
   assert vocabulary.decode(ids) == 'the cat'

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from spt_jax import tpu_pod
+from spt_jax.launch import tpu_pod
 from tests import tasks_test_utils
 from tests import xla_flags
 
@@ -127,7 +127,7 @@ def test_simulated_pod_setup_train_logs_stop_and_resume(tmp_path):
     assert calls[0] == f'venv --python 3.11 {home}/spt/venv'
     assert calls[1].startswith(f'pip install --python {home}/spt/venv/bin/python '
                                f'jax[tpu]=={tpu_pod.jax_version()} -r ')
-    assert (home / 'spt' / 'code' / 'spt_jax' / 'train.py').exists()
+    assert (home / 'spt' / 'code' / 'spt_jax' / 'local' / 'train.py').exists()
 
   model_dir = tmp_path / 'model'
   launch = ['train', *WHERE, '--runner=local', '--',

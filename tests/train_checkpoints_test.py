@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spt_jax.checkpoints import spt_params
+from spt_jax.checkpoints import t5x_checkpoints
 from spt_jax import gin_utils
-from spt_jax import spt_params
-from spt_jax import t5x_checkpoints
-from spt_jax import train_checkpoints
+from spt_jax.local import train_checkpoints
+from spt_jax.local import run_settings
 from tests import params_test_utils as utils
 
 
@@ -123,9 +124,9 @@ def test_check_resumable_names_model_changes_and_allows_the_rest(tmp_path):
   settings = {'SptConfig.num_memories': 8, 'T5Config.dropout_rate': 0.0,
               'T5Config.mlp_activations': ('gelu', 'linear'),
               'TRAINABLE': 'all'}
-  check = train_checkpoints.check_resumable
+  check = run_settings.check_resumable
   check(model_dir, settings, state)  # No record: an earlier run, not checked.
-  train_checkpoints.write_run_settings(model_dir, settings, state)
+  run_settings.write_run_settings(model_dir, settings, state)
   check(model_dir, settings, state)
   check(model_dir, {**settings, 'T5Config.dropout_rate': 0.1,
                     'SptConfig.added_by_an_update': 1}, state)

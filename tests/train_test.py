@@ -15,8 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from spt_jax import gin_utils
-from spt_jax import train as train_lib
-from spt_jax import train_checkpoints
+from spt_jax.local import train as train_lib
+from spt_jax.local import train_checkpoints
 from tests import tasks_test_utils
 from tests import xla_flags
 
@@ -42,8 +42,8 @@ def _train(model_dir, *bindings, files=('gin_configs/local/synthetic.gin',)):
 
 
 def _cli(model_dir, *bindings, env_devices=None):
-  """`python -m spt_jax.train` as a subprocess (argv, env)."""
-  argv = [sys.executable, '-m', 'spt_jax.train',
+  """`python -m spt_jax.local.train` as a subprocess (argv, env)."""
+  argv = [sys.executable, '-m', 'spt_jax.local.train',
           '--gin_file=gin_configs/local/synthetic.gin',
           f'--gin.MODEL_DIR="{model_dir}"']
   argv += [f'--gin.{b.replace(" = ", "=")}' for b in SMALL_RUN + list(bindings)]
@@ -190,9 +190,9 @@ def test_unknown_task_fails_at_start_with_its_name(tmp_path):
 
 def test_retrieval_analysis_of_a_trained_run(trained, tmp_path):
   """The analysis command's work on an offline-mixture model: table and PNG."""
-  from spt_jax import analysis  # pylint: disable=g-import-not-at-top
-  from spt_jax import models  # pylint: disable=g-import-not-at-top
-  from spt_jax import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.study import analysis  # pylint: disable=g-import-not-at-top
   model_dir, _ = trained
   gin.clear_config()
   try:

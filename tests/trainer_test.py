@@ -6,11 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from spt_jax import config
-from spt_jax import models
-from spt_jax import network
-from spt_jax import spt_params
-from spt_jax import trainer
+from spt_jax.checkpoints import spt_params
+from spt_jax.local import trainer
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
 from tests import params_test_utils
 
 SHAPES = {

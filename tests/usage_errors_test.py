@@ -2,7 +2,7 @@
 
 Settings and data are checked before any model work (in-process: the error,
 its one-line message, and that no checkpoint was written); two runs of
-`spt_jax.train` check what the user sees: one line, exit 2, no traceback.
+`spt_jax.local.train` check what the user sees: one line, exit 2, no traceback.
 Evaluation's checks run on a checkpoint saved here (no training).
 """
 import json
@@ -14,13 +14,13 @@ import gin
 import pytest
 import tensorflow as tf
 
-from spt_jax import config
-from spt_jax import eval as eval_lib
 from spt_jax import gin_utils
-from spt_jax import models
-from spt_jax import network
-from spt_jax import train as train_lib
-from spt_jax import train_checkpoints
+from spt_jax.local import eval as eval_lib
+from spt_jax.local import train as train_lib
+from spt_jax.local import train_checkpoints
+from spt_jax.model import config
+from spt_jax.model import models
+from spt_jax.model import network
 from tasks import preprocessors
 from tasks import prompt_templates
 from tasks import prompted
@@ -274,7 +274,7 @@ def test_the_runner_prints_one_line_and_exits_2(tmp_path, case):
     expected = "error: Template 't' ('{{ q }}') has no target"
   env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}')
   out = subprocess.run(
-      [sys.executable, '-m', 'spt_jax.train',
+      [sys.executable, '-m', 'spt_jax.local.train',
        '--gin_file=gin_configs/local/synthetic.gin',
        *[f'--gin.{b}' for b in bindings]],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,1 @@
+"""Launch code: tpu_pod.py runs T5X on every worker of a Cloud TPU VM (standard library only)."""

@@ -1,0 +1,1 @@
+"""Optimizers: Adafactor (adafactor.py) and row-sparse bank updates (sparse_updates.py)."""

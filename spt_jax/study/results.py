@@ -1,0 +1,167 @@
+"""The study results: a run's `result.json`, the table and plot of mean +- SE over seeds."""
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+
+# Rows of the table after the accuracies: (label, RunResult field, key).
+RETRIEVAL_ROWS = (
+    ('retrieval: same-family overlap', 'same_family_jaccard'),
+    ('retrieval: other-family overlap', 'other_family_jaccard'),
+    ('retrieval: held-out tpl -> own family %', 'heldout_own_family'),
+    ('  (chance %)', 'heldout_chance'),
+)
+
+
+AVERAGE = 'average'
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one (variant, seed) run measured; stored as `result.json`.
+
+  Attributes:
+    variant: the variant's name.
+    seed: RANDOM_SEED of the run.
+    step: the last training step.
+    train_loss: the token cross entropy over the last logged period.
+    datasets: accuracy (%) per dataset, the mean over its templates.
+    tasks: accuracy (%) per evaluated task.
+    retrieval: `retrieval_stats.retrieval_consistency` (runs with a memory bank).
+    seconds: wall time of training and evaluation.
+  """
+
+  variant: str
+  seed: int
+  step: int
+  train_loss: float
+  datasets: Dict[str, float]
+  tasks: Dict[str, float]
+  retrieval: Dict[str, float] = dataclasses.field(default_factory=dict)
+  seconds: float = 0.0
+
+  @property
+  def average(self) -> float:
+    """The mean accuracy over datasets (each dataset counts once)."""
+    return float(np.mean(list(self.datasets.values())))
+
+  def save(self, path: str) -> None:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+  @classmethod
+  def load(cls, path: str) -> 'RunResult':
+    with open(path) as f:
+      return cls(**json.load(f))
+
+
+def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
+  """Mean and standard error (sample sd / sqrt(n); nan for one value)."""
+  values = [v for v in values if not math.isnan(v)]
+  if not values:
+    return float('nan'), float('nan')
+  if len(values) == 1:
+    return float(values[0]), float('nan')
+  return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _cell(values: Sequence[float], digits: int = 1) -> str:
+  mean, se = mean_and_se(values)
+  if math.isnan(mean):
+    return '-'
+  if math.isnan(se):
+    return f'{mean:.{digits}f}'
+  return f'{mean:.{digits}f} ± {se:.{digits}f}'
+
+
+def _groups(
+    runs: Mapping[str, Sequence[RunResult]]
+) -> List[Tuple[Tuple[str, ...], List[str]]]:
+  """Variants grouped by the datasets they are evaluated on, in order."""
+  groups: Dict[Tuple[str, ...], List[str]] = {}
+  for name, results in runs.items():
+    if results:
+      datasets = tuple(sorted(results[0].datasets))
+      groups.setdefault(datasets, []).append(name)
+  return list(groups.items())
+
+
+def _format_table(header: List[str], rows: List[List[str]]) -> str:
+  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+  def fmt(row):
+    return ' | '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+
+  return '\n'.join([fmt(header), '-+-'.join('-' * w for w in widths)]
+                   + [fmt(r) for r in rows])
+
+
+def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
+  """Mean ± standard error over seeds per dataset, on average and of retrieval.
+
+  One table per set of evaluated datasets (the frozen-backbone variants are
+  evaluated on fewer families). The average is taken per seed over the
+  datasets, then over seeds.
+  """
+  tables = []
+  for datasets, names in _groups(runs):
+    seeds = sorted({len(runs[n]) for n in names})
+    header = ['dataset'] + names
+    rows = [
+        [d] + [_cell([r.datasets[d] for r in runs[n]]) for n in names]
+        for d in datasets
+    ]
+    rows.append([AVERAGE] + [_cell([r.average for r in runs[n]]) for n in names])
+    rows.append(['train loss (last)'] + [
+        _cell([r.train_loss for r in runs[n]], 3) for n in names])
+    if any(runs[n][0].retrieval for n in names):
+      for label, key in RETRIEVAL_ROWS:
+        digits = 2 if 'overlap' in label else 1
+        rows.append([label] + [
+            _cell([r.retrieval[key] for r in runs[n] if r.retrieval], digits)
+            for n in names])
+    tables.append(
+        f'seeds per variant: {"/".join(map(str, seeds))}\n'
+        + _format_table(header, rows))
+  return '\n\n'.join(tables)
+
+
+def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
+  """A PNG of accuracy per dataset and on average, bars ± SE over seeds."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  groups = _groups(runs)
+  figure = Figure(figsize=(11, 3.6 * len(groups)))
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
+  for ax, (datasets, names) in zip(axes, groups):
+    labels = list(datasets) + [AVERAGE]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+      stats = [mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets]
+      stats.append(mean_and_se([r.average for r in runs[name]]))
+      means = [m for m, _ in stats]
+      errors = [0.0 if math.isnan(se) else se for _, se in stats]
+      x = np.arange(len(labels)) + (i - (len(names) - 1) / 2) * width
+      ax.bar(x, means, width, yerr=errors, capsize=2, label=name)
+    ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
+    ax.set_ylabel('accuracy (%)')
+    ax.set_ylim(0, 100)
+    ax.axvline(len(datasets) - 0.5, color='gray', linewidth=0.5)
+    # Four choices for most tasks of the synthetic mixture.
+    ax.axhline(25, color='gray', linewidth=0.5, linestyle=':')
+    seeds = '/'.join(str(s) for s in sorted({len(runs[n]) for n in names}))
+    ax.set_title(
+        f'zero-shot accuracy on the held-out templates of {len(datasets)} '
+        f'families, mean ± SE over {seeds} seed(s); dotted: 1 in 4',
+        fontsize=10)
+    ax.legend(fontsize=8, ncol=len(names), loc='upper left')
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  return path
