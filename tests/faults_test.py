@@ -248,7 +248,7 @@ def test_a_live_model_dir_is_refused_and_a_killed_holder_leaves_no_lock(
   run = _copy(short_run, tmp_path)
   config = (run / 'config.gin').read_text()
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from spt_jax import run_lock; '
+      [sys.executable, '-c', 'import sys, time; from spt_jax.local import run_lock; '
        'run_lock.RunLock(sys.argv[1]).acquire(); print("held", flush=True); '
        'time.sleep(600)', str(run)],
       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
