@@ -119,18 +119,14 @@ def worker(num_memories: int, memory_length: int, variant: str,
     abstract = jax.eval_shape(
         lambda r: model.get_initial_variables(r, input_shapes),
         jax.random.PRNGKey(0))
-    params_shardings = partitioning.params_shardings(
-        abstract['params_axes'], mesh, rules)
     optimizer = adafactor.with_param_axes(optimizer, abstract['params_axes'])
+    state_shardings = trainer.state_shardings(
+        abstract['params'], abstract['params_axes'], optimizer, mesh, rules)
     init_params = jax.jit(
         lambda r: model.get_initial_variables(r, input_shapes)['params'],
-        out_shardings=params_shardings)
-    abstract_params = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract['params'], params_shardings)
-    create = jax.jit(lambda p: trainer.TrainState.create(p, optimizer))
-    create = create.lower(abstract_params).compile()
-    state_shardings = create.output_shardings
+        out_shardings=state_shardings.params)
+    create = jax.jit(lambda p: trainer.TrainState.create(p, optimizer),
+                     out_shardings=state_shardings)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         jax.eval_shape(lambda p: trainer.TrainState.create(p, optimizer),

@@ -64,6 +64,31 @@ def test_parse_rule_batches_factors_or_falls_back_to_the_heuristic():
     adafactor.parse_rule(('row', 'column'), (M, P, H), 128)
 
 
+def test_state_axes_follow_the_statistics_shapes():
+  spec = jax.sharding.PartitionSpec
+  params = {**_bank(np.random.default_rng(0)),
+            'wi': jnp.zeros((128, 256), jnp.float32)}
+  axes = {'memory_bank': {'values': spec('memory', 'memory_length', 'embed'),
+                          'keys': spec('memory', 'memory_embed')},
+          'wi': spec('embed', 'mlp')}
+  optimizer = adafactor.Adafactor().with_param_axes(
+      {**BANK_AXES, **_axes(wi=('embed', 'mlp'))})
+  state_axes = adafactor.state_axes(optimizer, params, axes)
+  state = optimizer.init(params)
+  bank = state_axes.moments['memory_bank']
+  # values [M, P, H] factored per memory: v_row [M, H], v_col [M, P].
+  assert bank['values'] == {'v_row': spec('memory', 'embed'),
+                            'v_col': spec('memory', 'memory_length')}
+  assert bank['keys'] == {'v': spec('memory', 'memory_embed')}
+  assert state_axes.moments['wi'] == {'v_row': spec('embed'),
+                                      'v_col': spec('mlp')}
+  assert state_axes.count == spec()
+  # Each spec has its statistic's rank.
+  specs = jax.tree.leaves(
+      state_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert [len(s) for s in specs] == [x.ndim for x in jax.tree.leaves(state)]
+
+
 def test_each_memory_steps_independently_of_the_others():
   """Statistics, parameter scale and clipping are per memory: memory 0's
   update does not change when the other memories' gradients and values do."""

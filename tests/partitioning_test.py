@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax.linen import partitioning as nn_partitioning
 
@@ -72,6 +73,37 @@ def test_memory_bank_is_split_over_the_memory_axis(runs):
   # Model-parallel axes of the backbone are split over `model`.
   wi = state.params['encoder']['layers_0']['mlp']['wi_0']['kernel']
   assert wi.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
+
+
+def test_optimizer_slots_are_split_like_their_parameters(runs):
+  _, state, _ = runs['sharded']
+  moments = state.opt_state.moments
+  bank = moments['memory_bank']
+  # Keys [16, 64] are not factored; values [16, 2, 64] are, per memory:
+  # v_row [16, 64] and v_col [16, 2], each 2 memories a device like the bank.
+  for slot, shard_shape in [(bank['keys']['v'], (2, 64)),
+                            (bank['values']['v_row'], (2, 64)),
+                            (bank['values']['v_col'], (2, 2))]:
+    assert {s.data.shape for s in slot.addressable_shards} == {shard_shape}
+  # wi [embed, mlp] (too small to factor) keeps the kernel's `model` split.
+  wi = moments['encoder']['layers_0']['mlp']['wi_0']['kernel']
+  assert wi['v'].sharding.spec == jax.sharding.PartitionSpec(None, 'model')
+
+
+def test_optax_slots_under_their_parameter_take_its_sharding():
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  t = _trainer(jax.devices()[:8], 2)
+  params = jax.eval_shape(
+      lambda r: t.model.get_initial_variables(r, SHAPES)['params'],
+      jax.random.PRNGKey(0))
+  shardings = trainer.state_shardings(
+      params, t.params_axes, optax.adam(1e-3), t.mesh, t.rules)
+  adam = shardings.opt_state[0]
+  keys = shardings.params['memory_bank']['keys']
+  assert adam.mu['memory_bank']['keys'] == keys
+  assert adam.nu['memory_bank']['keys'] == keys
+  assert adam.count.spec == jax.sharding.PartitionSpec()
 
 
 def test_sharded_training_matches_single_device(runs):

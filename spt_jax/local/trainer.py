@@ -13,6 +13,8 @@ the memory bank's values are differentiated and updated row-sparse.
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
 import jax
 import jax.numpy as jnp
 import optax
@@ -165,6 +167,38 @@ def params_axes(model: models.SptModel) -> Any:
   return abstract['params_axes']
 
 
+def state_shardings(
+    params: Params,
+    params_axes: Any,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+    trainable: str = 'all',
+) -> TrainState:
+  """The `NamedSharding` of every leaf of `TrainState.create(params, ...)`.
+
+  Parameters follow their logical axes, optimizer slots their parameters'
+  (`adafactor.state_axes`), as T5X's partitioner lays them out.
+
+  Args:
+    params: the parameters, or their `jax.ShapeDtypeStruct`s.
+    params_axes: their `params_axes` collection.
+    optimizer: the transformation `TrainState.create` initialises.
+    mesh: ('data', 'model') mesh.
+    rules: logical axis rules.
+    trainable: which parameters have optimizer slots (`split_trained`).
+  """
+  axes = flax.core.unfreeze(nn_partitioning.get_axis_names(params_axes))
+  trained, _ = split_trained(flax.core.unfreeze(params), trainable)
+  trained_axes, _ = split_trained(axes, trainable)
+  logical = TrainState(
+      step=jax.sharding.PartitionSpec(),
+      params=axes,
+      opt_state=spt_adafactor.state_axes(optimizer, trained, trained_axes),
+  )
+  return nn.logical_to_mesh_sharding(logical, mesh, rules)
+
+
 class ShardedTrainer:
   """Initialises and steps a `TrainState` laid out over a device mesh.
 
@@ -204,21 +238,18 @@ class ShardedTrainer:
   def init_state(
       self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]
   ) -> TrainState:
-    """A sharded initial state; parameters are created in place on the mesh.
-
-    Optimizer slots take the shardings XLA propagates from their parameters
-    (factored Adafactor statistics have shapes of their own).
-    """
+    """A sharded initial state, created in place on the mesh."""
     def init_params(rng):
       return self.model.get_initial_variables(rng, input_shapes)['params']
 
-    shardings = partitioning.params_shardings(
-        self.params_axes, self.mesh, self.rules)
+    self.state_shardings = state_shardings(
+        jax.eval_shape(init_params, rng), self.params_axes, self.optimizer,
+        self.mesh, self.rules, self.trainable)
     with self._context():
-      params = jax.jit(init_params, out_shardings=shardings)(rng)
-      state = jax.jit(self._create_state)(params)
-    self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    return state
+      params = jax.jit(
+          init_params, out_shardings=self.state_shardings.params)(rng)
+      return jax.jit(
+          self._create_state, out_shardings=self.state_shardings)(params)
 
   def state_from_params(self, params: Params) -> TrainState:
     """A fresh state (step 0, new optimizer slots) around given parameters."""

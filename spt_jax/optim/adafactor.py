@@ -216,6 +216,31 @@ class Adafactor:
         count=jnp.zeros((), jnp.int32),
         moments=jax.tree.unflatten(treedef, moments))
 
+  def state_axes(self, params: Params, param_axes: Params) -> AdafactorState:
+    """The logical axes of `init(params)`: each statistic keeps its
+    parameter's axes, less the dimensions it averages over.
+
+    Args:
+      params: the parameters (arrays or `jax.ShapeDtypeStruct`s).
+      param_axes: a tree like `params` of logical `PartitionSpec`s.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    axes = treedef.flatten_up_to(param_axes)
+    moments = []
+    for leaf, spec, (_, factored) in zip(leaves, axes, self._dims(params)):
+      spec = tuple(spec) + (None,) * (len(leaf.shape) - len(spec))
+      if factored is None:
+        moments.append({'v': jax.sharding.PartitionSpec(*spec)})
+      else:
+        rows, columns = factored
+        moments.append({
+            'v_row': _drop_dims(spec, columns),
+            'v_col': _drop_dims(spec, rows),
+        })
+    return AdafactorState(
+        count=jax.sharding.PartitionSpec(),
+        moments=jax.tree.unflatten(treedef, moments))
+
   def update(
       self, grads: Params, state: AdafactorState, params: Params
   ) -> Tuple[Params, AdafactorState]:
@@ -266,6 +291,13 @@ class Adafactor:
     return -step_size * scaled, new_moment
 
 
+def _drop_dims(
+    spec: Sequence[Any], dims: Tuple[int, ...]
+) -> jax.sharding.PartitionSpec:
+  return jax.sharding.PartitionSpec(
+      *(axis for i, axis in enumerate(spec) if i not in dims))
+
+
 def _key(entry) -> str:
   """A path entry of `tree_flatten_with_path` as a dict key."""
   return getattr(entry, 'key', getattr(entry, 'name', str(entry)))
@@ -279,3 +311,42 @@ def with_param_axes(optimizer: Any, params_axes: Mapping[str, Any]) -> Any:
   bind = getattr(optimizer, 'with_param_axes', None)
   return optimizer if bind is None else bind(params_axes)
 
+
+
+def state_axes(optimizer: Any, params: Params, param_axes: Params) -> Any:
+  """The logical axes of `optimizer.init(params)`, a tree like the state.
+
+  Optimizers of this package say where their statistics live
+  (`state_axes` methods). For any other optax transformation, a slot shaped
+  like a parameter and found under that parameter's path (Adam's `mu`,
+  `nu`) takes the parameter's axes; every other leaf (step counts) is
+  replicated. The state's shardings must be given to `jax.jit` explicitly:
+  slots made by `jnp.zeros` depend on no parameter, so XLA would otherwise
+  replicate every one of them on every device.
+
+  Args:
+    optimizer: an optax-style transformation (`init`, `update`).
+    params: the parameters it is initialised with (arrays or shapes).
+    param_axes: a tree like `params` of logical `PartitionSpec`s.
+  """
+  derive = getattr(optimizer, 'state_axes', None)
+  if derive is not None:
+    return derive(params, param_axes)
+  by_path = {}
+  flat_axes = jax.tree.leaves(
+      param_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, leaf), spec in zip(flat_params, flat_axes):
+    by_path[tuple(_key(k) for k in path)] = (tuple(leaf.shape), spec)
+
+  def slot_axes(path, leaf):
+    keys = tuple(_key(k) for k in path)
+    for start in range(len(keys)):
+      for stop in range(len(keys), start, -1):
+        shape_and_spec = by_path.get(keys[start:stop])
+        if shape_and_spec and shape_and_spec[0] == tuple(leaf.shape):
+          return shape_and_spec[1]
+    return jax.sharding.PartitionSpec()
+
+  return jax.tree_util.tree_map_with_path(
+      slot_axes, jax.eval_shape(optimizer.init, params))

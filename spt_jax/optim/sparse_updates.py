@@ -41,7 +41,6 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence,
 
 import flax
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -123,8 +122,9 @@ def _put_rows(table: Array, rows: Array, new_rows: Array) -> Array:
 
 
 class RowOptimizer(NamedTuple):
-  """A lazy optimizer of the values: `init(values) -> state` and
-  `update(values, state, grad, learning_rate) -> (values, state)`.
+  """A lazy optimizer of the values: `init(values) -> state`,
+  `update(values, state, grad, learning_rate) -> (values, state)` and
+  `state_axes(values_axes) -> the state's logical axes`.
 
   `learning_rate` may be a traced scalar (a schedule's value); `state` has
   leaves [M, P, H] laid out like the values, or none.
@@ -132,6 +132,7 @@ class RowOptimizer(NamedTuple):
 
   init: Callable[[Array], Any]
   update: Callable[[Array, Any, RowSparse, Any], Tuple[Array, Any]]
+  state_axes: Callable[[jax.sharding.PartitionSpec], Any]
 
 
 def lazy_sgd_update(
@@ -148,6 +149,7 @@ def lazy_sgd() -> RowOptimizer:
       init=lambda values: (),
       update=lambda values, state, grad, lr: (
           lazy_sgd_update(values, grad, lr), state),
+      state_axes=lambda values_axes: (),
   )
 
 
@@ -167,9 +169,7 @@ class LazyAdamState:
 
 
 def lazy_adam_init(values: Array) -> LazyAdamState:
-  # Zeros derived from the values, not a constant: XLA then lays the slots
-  # out like the (memory-sharded) values instead of replicating them.
-  zeros = jnp.zeros_like(values) * lax.stop_gradient(values)
+  zeros = jnp.zeros_like(values)
   return LazyAdamState(jnp.zeros((), jnp.int32), zeros, zeros)
 
 
@@ -210,6 +210,8 @@ def lazy_adam(
       init=lazy_adam_init,
       update=lambda values, state, grad, lr: lazy_adam_update(
           values, state, grad, lr, b1, b2, eps),
+      state_axes=lambda values_axes: LazyAdamState(
+          jax.sharding.PartitionSpec(), values_axes, values_axes),
   )
 
 
@@ -369,6 +371,14 @@ class SparseBankOptimizer(NamedTuple):
     return SparseBankState(
         self.dense.init(rest),
         {name: self.rows.init(table) for name, table in rows.items()})
+
+  def state_axes(self, params: Params, param_axes: Params) -> SparseBankState:
+    """The logical axes of `init(params)` (see `adafactor.state_axes`)."""
+    rest, _ = split_rows(params, self.row_names)
+    rest_axes, row_axes = split_rows(param_axes, self.row_names)
+    return SparseBankState(
+        spt_adafactor.state_axes(self.dense, rest, rest_axes),
+        {name: self.rows.state_axes(axes) for name, axes in row_axes.items()})
 
   def apply(
       self, grads: Params, state: SparseBankState, params: Params

@@ -122,16 +122,10 @@ class LazyRowOptimizer(optimizers.OptimizerDef):
 
   def derive_logical_axes(self, optimizer, param_logical_axes):
     """Slots [M, P, H] take the values' axes; scalars are replicated."""
-    def slot_axes(axes, slots):
-      return jax.tree.map(
-          lambda x: axes if getattr(x, 'ndim', 0) == len(axes) else None, slots)
-
     flat_axes = traverse_util.flatten_dict(
         flax.core.unfreeze(param_logical_axes))
-    flat_states = traverse_util.flatten_dict(
-        flax.core.unfreeze(optimizer.state.param_states))
     states = traverse_util.unflatten_dict(
-        {k: slot_axes(flat_axes[k], flat_states[k]) for k in flat_axes})
+        {k: self.rows.state_axes(axes) for k, axes in flat_axes.items()})
     return optimizers.Optimizer(
         optimizer.optimizer_def,
         optimizers.OptimizerState(None, states),
