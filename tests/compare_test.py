@@ -46,6 +46,37 @@ def test_mean_and_standard_error():
   assert mean == 42.0 and math.isnan(se)
 
 
+def test_paired_difference_against_a_hand_computed_t_interval():
+  # d = (10, 8, 5): mean 23/3, sd sqrt(19/3), t(0.975, 2 df) = 4.302653.
+  mean, low, high = results.paired_difference([60, 70, 65], [50, 62, 60])
+  half = 4.302653 * math.sqrt(19 / 3) / math.sqrt(3)
+  assert mean == pytest.approx(23 / 3)
+  assert (low, high) == pytest.approx((23 / 3 - half, 23 / 3 + half), abs=1e-5)
+  mean, low, high = results.paired_difference([60], [50])
+  assert mean == 10 and math.isnan(low) and math.isnan(high)
+  with pytest.raises(ValueError, match='equal'):
+    results.paired_difference([1, 2], [1])
+
+
+def test_differences_table_pairs_runs_by_seed():
+  runs = {
+      'spt': [_result('spt', s, {'a': a, 'b': b})
+              for s, a, b in [(0, 60, 70), (1, 70, 80), (2, 65, 75)]],
+      # Seed 2 of the baseline is missing: two pairs.
+      'no_memory': [_result('no_memory', s, {'a': a, 'b': b})
+                    for s, a, b in [(1, 62, 80), (0, 50, 70)]],
+      'prompt_tuning': [_result('prompt_tuning', 0, {'a': 40, 'b': 30})],
+  }
+  body = _rows(results.differences_table(runs))
+  assert body['dataset'] == ['spt - no_memory (2 seeds)',
+                             'spt - prompt_tuning (1 seeds)']
+  # a: d = (10, 8), mean 9, t(0.975, 1) * sd / sqrt(2) = 12.706 * 1 = 12.7.
+  assert body['a'] == ['+9.0 [-3.7, +21.7]', '+20.0']
+  assert body['b'][0] == '+0.0 [+0.0, +0.0]'
+  assert body['average'] == ['+4.5 [-1.9, +10.9]', '+30.0']
+  assert results.differences_table({'spt': runs['spt']}) == ''
+
+
 def _rows(table):
   return {
       row[0]: row[1:] for row in

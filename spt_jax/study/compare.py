@@ -26,8 +26,10 @@ B. Every run is evaluated zero-shot by rank classification on the held-out
 test split (`spt_study_test`, `spt_study_test_b`), and runs with a memory bank
 report how consistently each family's templates retrieve the same memories
 (`retrieval_stats.retrieval_consistency`). `results.txt` holds accuracy per family
-and on average as mean +- standard error over seeds, and `results.png` the
-same as bars with error bars.
+and on average as mean +- standard error over seeds, then each comparison's
+paired difference over seeds with its 95% t interval
+(`results.differences_table`); `results.png` the accuracies as bars with
+error bars.
 """
 
 import dataclasses
@@ -357,8 +359,13 @@ def run_study(
 
 
 def write_results(runs: Mapping[str, Sequence[results.RunResult]], model_dir: str) -> str:
-  """Writes results.txt and results.png into model_dir; returns the table."""
+  """Writes results.txt and results.png into model_dir; returns the tables:
+  accuracies, then paired differences (when the variants allow one)."""
   table = results.results_table(runs)
+  differences = results.differences_table(runs)
+  if differences:
+    table += ('\n\nPaired differences (accuracy points, variant - baseline, '
+              'same seeds), mean [95% t interval over seeds]:\n' + differences)
   with open(os.path.join(model_dir, RESULTS_TABLE), 'w') as f:
     f.write(table + '\n')
   results.plot_results(runs, os.path.join(model_dir, RESULTS_PLOT))

@@ -1,4 +1,5 @@
-"""The study results: a run's `result.json`, the table and plot of mean +- SE over seeds."""
+"""The study results: a run's `result.json`, the table and plot of mean +- SE
+over seeds, and the paired differences between variants with t intervals."""
 import dataclasses
 import json
 import math
@@ -6,6 +7,7 @@ import os
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+from scipy import stats
 
 
 # Rows of the table after the accuracies: (label, RunResult field, key).
@@ -18,6 +20,13 @@ RETRIEVAL_ROWS = (
 
 
 AVERAGE = 'average'
+
+# (variant, baseline) pairs whose per-seed differences the study reports.
+COMPARISONS = (
+    ('spt', 'no_memory'),
+    ('spt', 'prompt_tuning'),
+    ('frozen_spt', 'frozen_prompt_tuning'),
+)
 
 
 @dataclasses.dataclass
@@ -68,6 +77,67 @@ def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
   if len(values) == 1:
     return float(values[0]), float('nan')
   return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> Tuple[float, float, float]:
+  """Mean of a - b over paired seeds and its Student t interval.
+
+  Args:
+    a: one value per seed of the variant.
+    b: the baseline's values for the same seeds, in the same order.
+    confidence: the interval's coverage.
+
+  Returns:
+    (mean difference, low, high); the bounds are nan with one pair.
+  """
+  if len(a) != len(b) or not a:
+    raise ValueError(f'Paired differences need equal, non-empty seed lists; '
+                     f'got {len(a)} and {len(b)} values.')
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  mean = float(d.mean())
+  if len(d) < 2:
+    return mean, float('nan'), float('nan')
+  half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+  return mean, mean - float(half), mean + float(half)
+
+
+def _difference_cell(a: Sequence[float], b: Sequence[float]) -> str:
+  mean, low, high = paired_difference(a, b)
+  if math.isnan(low):
+    return f'{mean:+.1f}'
+  return f'{mean:+.1f} [{low:+.1f}, {high:+.1f}]'
+
+
+def _paired(
+    runs: Mapping[str, Sequence[RunResult]], variant: str, baseline: str
+) -> Tuple[List[RunResult], List[RunResult]]:
+  """The two variants' runs of the seeds both have, in seed order."""
+  by_seed = {r.seed: r for r in runs[baseline]}
+  pairs = [(r, by_seed[r.seed]) for r in sorted(runs[variant], key=lambda r: r.seed)
+           if r.seed in by_seed]
+  return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def differences_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
+  """Per dataset and on average, variant - baseline in accuracy points over
+  paired seeds, with a 95% Student t interval over seeds (n - 1 degrees of
+  freedom), for each of `COMPARISONS` whose two variants have runs."""
+  comparisons = [(v, b) for v, b in COMPARISONS if runs.get(v) and runs.get(b)]
+  if not comparisons:
+    return ''
+  columns = [(v, b, *_paired(runs, v, b)) for v, b in comparisons]
+  header = ['dataset'] + [f'{v} - {b} ({len(a)} seeds)' for v, b, a, _ in columns]
+  datasets = sorted({d for _, _, a, _ in columns for d in a[0].datasets})
+  rows = [[d] + [_difference_cell([r.datasets[d] for r in a],
+                                  [r.datasets[d] for r in b])
+                 if d in a[0].datasets else '' for _, _, a, b in columns]
+          for d in datasets]
+  rows.append([AVERAGE] + [
+      _difference_cell([r.average for r in a], [r.average for r in b])
+      for _, _, a, b in columns])
+  return _format_table(header, rows)
 
 
 def _cell(values: Sequence[float], digits: int = 1) -> str:
