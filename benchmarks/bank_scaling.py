@@ -76,44 +76,35 @@ def _bank_name(bank):
   return f'{bank[0]}:{bank[1]}'
 
 
-def worker(num_memories: int, memory_length: int, variant: str,
-           repeats: int, size: str, max_bytes: float, dtype: str = 'float32',
-           platform: str = 'cpu', batch_size: int = BATCH,
-           inputs: int = INPUTS, targets: int = TARGETS,
-           model_partitions: int = MODEL_PARTITIONS) -> dict:
-  """One (bank, variant) in this process; returns its row."""
+def _memory(step, processes_devices: int) -> dict:
+  """XLA's per-device memory of a compiled step, and the process's total."""
+  stats = step.memory_analysis()
+  per_device = {
+      'argument_bytes': int(stats.argument_size_in_bytes),
+      'temp_bytes': int(stats.temp_size_in_bytes),
+      'output_bytes': int(stats.output_size_in_bytes),
+      'alias_bytes': int(stats.alias_size_in_bytes),
+  }
+  per_device['total_bytes'] = (
+      per_device['argument_bytes'] + per_device['output_bytes']
+      + per_device['temp_bytes'] - per_device['alias_bytes'])
+  return {
+      **{f'xla_per_device_{k}': v for k, v in per_device.items()},
+      'process_total_bytes': per_device['total_bytes'] * processes_devices,
+  }
+
+
+def _compiled_step(model, optimizer, batch, mesh, rules):
+  """(compiled step, state creation, parameter init, compile seconds).
+
+  The state is laid out as the local runner lays it out
+  (`trainer.state_shardings`); nothing is allocated.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from benchmarks import step_time  # pylint: disable=g-import-not-at-top
   from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import config  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import models  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
   from spt_jax.optim import adafactor  # pylint: disable=g-import-not-at-top
-  from spt_jax.optim import sparse_updates  # pylint: disable=g-import-not-at-top
-  del optax
-
-  t5 = config.t5_1_1_config(size, dropout_rate=0.0, dtype=dtype)
-  devices = jax.device_count()
-  partitions = model_partitions if platform == 'cpu' else 1
-  spt = config.SptConfig(
-      num_memories=num_memories, memory_length=memory_length, top_k=TOP_K,
-      key_dim=KEY_DIM, top_k_chunks=DEVICES if platform == 'cpu' else 1,
-      key_gradient='sampled' if variant == 'sampled' else 'dense')
-  model = models.SptModel(network.SptTransformer(t5, spt))
-  optimizer = trainer.adafactor()
-  if variant in ('sparse', 'sampled'):
-    optimizer = sparse_updates.sparse_bank_optimizer(
-        optimizer, 'adam', 1e-3, keys=variant == 'sampled')
-  shapes = common.Shapes(size, batch_size, inputs, targets)
-  batch = step_time.random_batch(shapes, t5.vocab_size)
   input_shapes = {k: v.shape for k, v in batch.items()}
-
-  # Eight data-parallel replicas of T5-base do not fit in 24 GB: the model
-  # is split over `model` (4: T5-base's 12 heads); the bank over all devices.
-  mesh = partitioning.create_mesh(num_partitions=partitions)
-  rules = partitioning.default_rules()
   data = partitioning.data_sharding(mesh)
   with partitioning.mesh_and_rules(mesh, rules):
     abstract = jax.eval_shape(
@@ -143,30 +134,59 @@ def worker(num_memories: int, memory_length: int, variant: str,
         donate_argnums=(0,),
     ).lower(abstract_state, abstract_batch, jax.random.PRNGKey(0)).compile()
     compile_s = time.perf_counter() - started
-  stats = step.memory_analysis()
-  per_device = {
-      'argument_bytes': int(stats.argument_size_in_bytes),
-      'temp_bytes': int(stats.temp_size_in_bytes),
-      'output_bytes': int(stats.output_size_in_bytes),
-      'alias_bytes': int(stats.alias_size_in_bytes),
-  }
-  per_device['total_bytes'] = (
-      per_device['argument_bytes'] + per_device['output_bytes']
-      + per_device['temp_bytes'] - per_device['alias_bytes'])
-  values_bytes = num_memories * memory_length * t5.emb_dim * 4
+  return step, create, init_params, compile_s
+
+
+def worker(num_memories: int, memory_length: int, variant: str,
+           repeats: int, size: str, max_bytes: float, dtype: str = 'float32',
+           platform: str = 'cpu', batch_size: int = BATCH,
+           inputs: int = INPUTS, targets: int = TARGETS,
+           model_partitions: int = MODEL_PARTITIONS) -> dict:
+  """One (bank, variant) in this process; returns its row."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_time  # pylint: disable=g-import-not-at-top
+  from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
+  from spt_jax.optim import sparse_updates  # pylint: disable=g-import-not-at-top
+  del optax
+
+  t5 = config.t5_1_1_config(size, dropout_rate=0.0, dtype=dtype)
+  devices = jax.device_count()
+  partitions = model_partitions if platform == 'cpu' else 1
+  spt = config.SptConfig(
+      num_memories=num_memories, memory_length=memory_length, top_k=TOP_K,
+      key_dim=KEY_DIM, top_k_chunks=DEVICES if platform == 'cpu' else 1,
+      key_gradient='sampled' if variant == 'sampled' else 'dense')
+  model = models.SptModel(network.SptTransformer(t5, spt))
+  optimizer = trainer.adafactor()
+  if variant in ('sparse', 'sampled'):
+    optimizer = sparse_updates.sparse_bank_optimizer(
+        optimizer, 'adam', 1e-3, keys=variant == 'sampled')
+  shapes = common.Shapes(size, batch_size, inputs, targets)
+  batch = step_time.random_batch(shapes, t5.vocab_size)
+
+  # Eight data-parallel replicas of T5-base do not fit in 24 GB: the model
+  # is split over `model` (4: T5-base's 12 heads); the bank over all devices.
+  mesh = partitioning.create_mesh(num_partitions=partitions)
+  rules = partitioning.default_rules()
+  data = partitioning.data_sharding(mesh)
+  step, create, init_params, compile_s = _compiled_step(
+      model, optimizer, batch, mesh, rules)
   row = {
       'num_memories': num_memories, 'memory_length': memory_length,
       'variant': variant, 'compile_s': compile_s,
-      'values_bytes': values_bytes,
-      **{f'xla_per_device_{k}': v for k, v in per_device.items()},
-      'process_total_bytes': per_device['total_bytes'] * (
-          devices if platform == 'cpu' else 1),
+      'values_bytes': num_memories * memory_length * t5.emb_dim * 4,
+      **_memory(step, devices if platform == 'cpu' else 1),
       'dtype': dtype, 'platform': platform,
   }
   if row['process_total_bytes'] > max_bytes:
     row['skipped'] = (
         f'needs {row["process_total_bytes"] / 1e9:.1f} GB, more than '
-        f'--max_gb={max_bytes / 1e9:.0f}')
+        f'--max_gb={max_bytes / 1e9:g}')
     return row
 
   with partitioning.mesh_and_rules(mesh, rules):
@@ -222,6 +242,32 @@ def run_in_process(bank, variant, args) -> dict:
             'variant': variant, 'failed': f'{type(e).__name__}: {e}'[:2000]}
 
 
+def _add_ratios(rows) -> None:
+  """Each row's step time over the 256-memory step of its P and variant."""
+  baseline = {
+      (r['memory_length'], r['variant']): r['median_s'] for r in rows
+      if r['num_memories'] == 256 and 'median_s' in r}
+  for r in rows:
+    base = baseline.get((r['memory_length'], r['variant']))
+    if base and 'median_s' in r:
+      r['ratio_to_256'] = r['median_s'] / base
+    r['xla_per_device_mb'] = r.get('xla_per_device_total_bytes', 0) / 2**20
+
+
+def _result_name(args) -> str:
+  """bank_scaling[_<size>_<banks>][_b<batch>x<in>x<out>][_<variants>]..."""
+  name = 'bank_scaling'
+  if args.banks != ','.join(_bank_name(b) for b in BANKS) or args.size != 'base':
+    name += '_' + args.size + '_' + args.banks.replace(':', 'x').replace(',', '_')
+  if (args.batch, args.inputs, args.targets) != (BATCH, INPUTS, TARGETS):
+    name += f'_b{args.batch}x{args.inputs}x{args.targets}'
+  if args.variants != ','.join(VARIANTS):
+    name += '_' + args.variants.replace(',', '_')
+  if args.platform != 'cpu' or args.dtype != 'float32':
+    name += f'_{args.platform}_{args.dtype}'
+  return name
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=3)
@@ -272,28 +318,12 @@ def main() -> None:
                   else run_worker(bank, variant, args))
       # Each row as it comes, so that an interrupted run keeps its rows.
       common.log('ROW_JSON ' + json.dumps(rows[-1], default=str))
-  baseline = {
-      (r['memory_length'], r['variant']): r['median_s'] for r in rows
-      if r['num_memories'] == 256 and 'median_s' in r}
-  for r in rows:
-    base = baseline.get((r['memory_length'], r['variant']))
-    if base and 'median_s' in r:
-      r['ratio_to_256'] = r['median_s'] / base
-    r['xla_per_device_mb'] = r.get('xla_per_device_total_bytes', 0) / 2**20
+  _add_ratios(rows)
   common.print_table(rows, [
       'num_memories', 'memory_length', 'variant', 'median_s', 'min_s',
       'cpu_median_s', 'ratio_to_256', 'xla_per_device_mb', 'skipped',
       'failed'])
-  name = 'bank_scaling'
-  if args.banks != ','.join(_bank_name(b) for b in BANKS) or args.size != 'base':
-    name += '_' + args.size + '_' + args.banks.replace(':', 'x').replace(',', '_')
-  if (args.batch, args.inputs, args.targets) != (BATCH, INPUTS, TARGETS):
-    name += f'_b{args.batch}x{args.inputs}x{args.targets}'
-  if args.variants != ','.join(VARIANTS):
-    name += '_' + args.variants.replace(',', '_')
-  if args.platform != 'cpu' or args.dtype != 'float32':
-    name += f'_{args.platform}_{args.dtype}'
-
+  name = _result_name(args)
   path = common.write_results(name, {
       'machine': common.machine(),
       'size': args.size, 'batch': args.batch, 'inputs': args.inputs,

@@ -56,7 +56,7 @@ def peak_flops(device_kind: str, override_tflops=None) -> float:
   )
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
       '--size', choices=sorted(config.T5_1_1_SIZES), default='base'
@@ -72,10 +72,15 @@ def main() -> None:
       help='Comma-separated subset of the variants (one compile each: on a '
            'short lease, --variants=spt).')
   args = parser.parse_args()
-  variants = args.variants.split(',')
-  unknown = sorted(set(variants) - set(step_time.VARIANTS))
+  unknown = sorted(set(args.variants.split(',')) - set(step_time.VARIANTS))
   if unknown:
     parser.error(f'unknown variants {unknown}; choose from {list(step_time.VARIANTS)}')
+  return args
+
+
+def main() -> None:
+  args = _parse_args()
+  variants = args.variants.split(',')
 
   try:
     devices = jax.devices('gpu')

@@ -100,7 +100,26 @@ def compiled_step(model, optimizer, params, batch, trainable='all'):
   return compiled, state
 
 
-def main() -> None:
+def _compiled_info(compiled, cfg, spt, shapes, trainable) -> dict:
+  """Positions, FLOPs (XLA's and analytic) and XLA memory of one variant."""
+  cost = common.xla_cost(compiled)
+  memory = compiled.memory_analysis()
+  return {
+      'prefix_positions': spt.prefix_length,
+      'encoder_positions': shapes.inputs + spt.prefix_length,
+      'xla_flops': float(cost.get('flops', float('nan'))),
+      'analytic_flops': common.t5_train_flops(
+          cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
+          cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size,
+          shapes.batch, shapes.inputs + spt.prefix_length, shapes.targets,
+          weight_gradients=trainable == 'all',
+      ),
+      'xla_temp_bytes': int(memory.temp_size_in_bytes),
+      'xla_argument_bytes': int(memory.argument_size_in_bytes),
+  }
+
+
+def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--size', choices=sorted(common.SHAPES), default='base')
   parser.add_argument('--repeats', type=int, default=5)
@@ -111,7 +130,11 @@ def main() -> None:
   parser.add_argument('--batch', type=int, help='Overrides the size\'s batch.')
   parser.add_argument('--inputs', type=int, help='Overrides the input length.')
   parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def main() -> None:
+  args = _parse_args()
 
   shapes = common.SHAPES[args.size]
   overrides = {
@@ -145,21 +168,7 @@ def main() -> None:
         model, optimizer, params, batch, args.trainable
     )
     steps[name] = common.stepper(compiled, state, batch)
-    cost = common.xla_cost(compiled)
-    memory = compiled.memory_analysis()
-    info[name] = {
-        'prefix_positions': spt.prefix_length,
-        'encoder_positions': shapes.inputs + spt.prefix_length,
-        'xla_flops': float(cost.get('flops', float('nan'))),
-        'analytic_flops': common.t5_train_flops(
-            cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
-            cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size,
-            shapes.batch, shapes.inputs + spt.prefix_length, shapes.targets,
-            weight_gradients=args.trainable == 'all',
-        ),
-        'xla_temp_bytes': int(memory.temp_size_in_bytes),
-        'xla_argument_bytes': int(memory.argument_size_in_bytes),
-    }
+    info[name] = _compiled_info(compiled, cfg, spt, shapes, args.trainable)
 
   times = common.time_interleaved(steps, args.repeats, jax.block_until_ready)
   tokens = shapes.batch * (shapes.inputs + shapes.targets)

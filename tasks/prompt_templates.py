@@ -19,11 +19,7 @@ list. Field names that are not Python identifiers (TREC's `label-coarse`) are
 exposed with `_` in place of the other characters (`label_coarse`).
 
 Templates are Jinja with promptsource's helpers, so that promptsource's own
-files (`tasks.p3`) render here as they do there: the global `zip` and the
-filters `choice` (a random element, as promptsource picks it),
-`most_frequent` (the items that occur most often, in order of first
-occurrence; None for an empty input) and `highlight` (the text in an HTML
-span).
+files (`tasks.p3`) render here as they do there (`tasks.template_jinja`).
 
 The *instruction* of a template is its input text with every data field
 removed: the template rendered with each field blank, fixed answer choices
@@ -33,13 +29,7 @@ which SPT forms its retrieval query, so it is constant per template. As
 promptsource applies a template, the *whole* `jinja` is rendered and the text
 split at its first `|||` (so a `|||` inside an `{% if %}` block splits where
 the rendered text does); if that fails, the input half of the source alone.
-A blank field renders as nothing whatever is done to it (attributes, items,
-calls, filters, arithmetic are blank; it iterates as empty), and a condition
-on it holds (it is true and every comparison with it is True, `is defined`
-too), so the text a guard such as `{% if label == 1 %}` keeps is kept, and an
-`if`/`elif` chain on a field takes its first branch. `choice` takes the first
-element, so that the instruction is stable; `answer_choices` is a plain list
-(`answer_choices[-1]` is the last choice). A template that still cannot be
+How a blank field renders is `tasks.template_jinja`'s. A template that still cannot be
 rendered (any error, a label-indexed "no answer" included) makes
 `Template.instruction` raise ValueError naming it.
 
@@ -48,12 +38,10 @@ rendered (any error, a label-indexed "no answer" included) makes
 (`tasks.preprocessors.apply_template` calls it when the dataset is built, so
 the error comes before any example is read).
 """
-import collections
 import dataclasses
 import functools
 import json
 import os
-import random
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -61,6 +49,7 @@ import jinja2
 from jinja2 import meta
 
 from spt_jax import gin_utils
+from tasks import template_jinja
 
 TEMPLATES_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), 'templates')
@@ -68,156 +57,6 @@ SEPARATOR = '|||'
 
 class TemplateError(gin_utils.InputError, ValueError):
   """A template file or template that cannot be used; the message names it."""
-
-
-class _NoAnswer(Exception):
-  """Raised when a label indexes outside the answer choices."""
-
-
-class _Choices(list):
-  """Answer choices; an index outside them (label -1) means "no answer"."""
-
-  def __getitem__(self, index):
-    if isinstance(index, int) and not 0 <= index < len(self):
-      raise _NoAnswer(index)
-    return super().__getitem__(index)
-
-
-def _blank_result(self, *args, **kwargs):
-  del args, kwargs  # Whatever the operands, the result is blank.
-  return self
-
-
-def _holds(self, *args):
-  del self, args  # A condition on a field holds.
-  return True
-
-
-class _Blank(jinja2.ChainableUndefined):
-  """A field value that renders as nothing, whatever is done to it.
-
-  Its attributes, items, calls, filters (`tasks.prompt_templates` passes
-  blanks through every filter) and arithmetic are blank; it iterates as
-  empty and contains nothing. A condition on it holds: it is true, and
-  every comparison with it (`==`, `!=`, `<`, ...) is True, so that a
-  template guarded by `{% if label == 1 %}` or `{% if answers | length > 0
-  %}` renders its text as for the examples it keeps.
-  """
-  __slots__ = ()
-
-  __call__ = _blank_result
-  __bool__ = _holds
-  __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _holds
-  __hash__ = jinja2.ChainableUndefined.__hash__
-  __add__ = __radd__ = __sub__ = __rsub__ = _blank_result
-  __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _blank_result
-  __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _blank_result
-  __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _blank_result
-
-  def __iter__(self):
-    return iter(())
-
-  def __contains__(self, item):
-    return False
-
-
-class _BlankChoices(list):
-  """Fixed answer choices while deriving an instruction.
-
-  A plain list (`answer_choices[-1]` is the last choice, as in promptsource)
-  whose item at a blank index (`answer_choices[label]`) is blank.
-  """
-
-  def __getitem__(self, index):
-    if isinstance(index, jinja2.Undefined):
-      return _Blank()
-    return super().__getitem__(index)
-
-
-# promptsource's Jinja helpers (see the module docstring).
-
-
-def _choice(items):
-  """A random element, as promptsource's `choice` filter picks it."""
-  return random.choice(items)
-
-
-def _most_frequent(items):
-  """The items that occur most often, in order of first occurrence."""
-  if not items:
-    return None
-  counts = collections.Counter(items)
-  top = max(counts.values())
-  return [item for item, count in counts.items() if count == top]
-
-
-def _highlight(text):
-  """Wraps the text in an HTML span, as promptsource's viewer shows fields."""
-  return f"<span style='color: #F08080'>{text}</span>"
-
-
-def _first(items):
-  """`choice` while deriving an instruction: the first element (stable)."""
-  return next(iter(items), _Blank())
-
-
-def _passes_blanks(function):
-  """A filter that returns a blank value as it is (and otherwise filters)."""
-  # Filters marked to receive the context or environment take it first.
-  position = 1 if getattr(function, 'jinja_pass_arg', None) else 0
-
-  @functools.wraps(function)
-  def wrapped(*args, **kwargs):
-    if len(args) > position and isinstance(args[position], jinja2.Undefined):
-      return args[position]
-    return function(*args, **kwargs)
-
-  return wrapped
-
-
-def _blank_range(*args):
-  """`range`, empty when a bound is blank."""
-  if any(isinstance(a, jinja2.Undefined) for a in args):
-    return range(0)
-  return range(*args)
-
-
-# The filters and globals of every template environment.
-FILTERS = {
-    'choice': _choice,
-    'most_frequent': _most_frequent,
-    'highlight': _highlight,
-}
-GLOBALS = {'zip': zip}
-
-
-def _environment(undefined, filters) -> jinja2.Environment:
-  env = jinja2.Environment(
-      undefined=undefined, autoescape=False, keep_trailing_newline=False)
-  env.filters.update(filters)
-  env.globals.update(GLOBALS)
-  return env
-
-
-_ENV = _environment(jinja2.StrictUndefined, FILTERS)
-
-
-def _blank_environment() -> jinja2.Environment:
-  """The environment of instruction derivation (see the module docstring)."""
-  env = _environment(_Blank, {**FILTERS, 'choice': _first})
-  env.filters = {name: _passes_blanks(f) for name, f in env.filters.items()}
-  # A field is there, even if blank.
-  env.tests.update(defined=lambda value: True, undefined=lambda value: False)
-  env.globals['range'] = _blank_range
-  return env
-
-
-_BLANK_ENV = _blank_environment()
-
-
-@functools.lru_cache(maxsize=None)
-def _compile(source: str, blank: bool = False) -> jinja2.Template:
-  return (_BLANK_ENV if blank else _ENV).from_string(source)
 
 
 def _split_choices(text: str) -> list[str]:
@@ -256,9 +95,9 @@ class Template:
     """The answer choices when they do not depend on the example, else None."""
     if self.answer_choices is None:
       return None
-    if meta.find_undeclared_variables(_ENV.parse(self.answer_choices)):
+    if meta.find_undeclared_variables(template_jinja.ENV.parse(self.answer_choices)):
       return None
-    return tuple(_split_choices(_compile(self.answer_choices).render()))
+    return tuple(_split_choices(template_jinja.compile_source(self.answer_choices).render()))
 
   @functools.cached_property
   def instruction(self) -> str:
@@ -278,7 +117,7 @@ class Template:
     for source, split in ((self.jinja, True),
                           (split_source(self.jinja)[0], False)):
       try:
-        text = _compile(source, blank=True).render(**self._blank_context())
+        text = template_jinja.compile_source(source, blank=True).render(**self._blank_context())
       except Exception as e:  # pylint: disable=broad-except
         # Any error of the template's own code (a label-indexed "no answer",
         # a filter given a blank, a syntax error) fails the derivation.
@@ -296,8 +135,8 @@ class Template:
     """The variables of instruction derivation: the fixed answer choices."""
     if self.fixed_answer_choices is None:
       return {}
-    return {'answer_choices': _BlankChoices(_split_choices(
-        _compile(self.answer_choices, blank=True).render()))}
+    return {'answer_choices': template_jinja.BlankChoices(_split_choices(
+        template_jinja.compile_source(self.answer_choices, blank=True).render()))}
 
   @property
   def sources(self) -> dict[str, str]:
@@ -312,7 +151,7 @@ class Template:
     """Raises TemplateError at the first Jinja syntax error."""
     for part, source in self.sources.items():
       try:
-        _ENV.parse(source)
+        template_jinja.ENV.parse(source)
       except jinja2.TemplateSyntaxError as e:
         raise TemplateError(
             f'Template {self.name!r}: Jinja syntax error in its {part} (line '
@@ -330,9 +169,9 @@ class Template:
         undefined attribute, and the dataset's fields.
     """
     fields = {_identifier(k) for k in example}
-    known = fields | {'answer_choices'} | set(_ENV.globals)
+    known = fields | {'answer_choices'} | set(template_jinja.ENV.globals)
     for part, source in self.sources.items():
-      unknown = sorted(meta.find_undeclared_variables(_ENV.parse(source)) -
+      unknown = sorted(meta.find_undeclared_variables(template_jinja.ENV.parse(source)) -
                        known)
       if unknown:
         raise TemplateError(
@@ -363,17 +202,17 @@ class Template:
       cannot be answered (an unlabelled example, an empty target).
     """
     context = {_identifier(k): v for k, v in example.items()}
-    choices = _Choices()
+    choices = template_jinja.Choices()
     if self.answer_choices is not None:
-      choices = _Choices(
-          _split_choices(_compile(self.answer_choices).render(**context)))
+      choices = template_jinja.Choices(
+          _split_choices(template_jinja.compile_source(self.answer_choices).render(**context)))
     # The halves render separately, so data containing `|||` is harmless.
     input_source, target_source = split_source(self.jinja)
     try:
       inputs, targets = (
-          _compile(source).render(**context, answer_choices=choices).strip()
+          template_jinja.compile_source(source).render(**context, answer_choices=choices).strip()
           for source in (input_source, target_source))
-    except _NoAnswer:
+    except template_jinja.NoAnswer:
       return None
     if not targets:
       return None

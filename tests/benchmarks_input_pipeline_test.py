@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import seqio
 
+from benchmarks import input_copies
+from benchmarks import input_fixture
 from benchmarks import input_pipeline as ip
 from spt_jax import eval_protocol
 from spt_jax.local import train_data
@@ -36,7 +38,7 @@ def _prepared(tmp_path_factory):
   # Shuffle buffers of 64, not SeqIO's 1000: each pipeline's first batch
   # then renders 3 x 64 examples, not 3 x 1000. The batches compared are
   # read through the same tasks either way.
-  for mixture in (ip.MIXTURE, ip.PRERENDERED_MIXTURE):
+  for mixture in (input_fixture.MIXTURE, input_fixture.PRERENDERED_MIXTURE):
     for task in seqio.get_mixture_or_task(mixture).tasks:
       task._shuffle_buffer_size = 64  # pylint: disable=protected-access
   yield prepared
@@ -48,9 +50,9 @@ def _prepared(tmp_path_factory):
   seqio.set_global_cache_dirs(cache_dirs)
   p3.mixtures.unregister()
   for name in list(seqio.TaskRegistry.names()):
-    if name.startswith(ip.PRERENDERED_COLLECTION):
+    if name.startswith(input_fixture.PRERENDERED_COLLECTION):
       seqio.TaskRegistry.remove(name)
-  for name in (ip.MIXTURE, ip.PRERENDERED_MIXTURE):
+  for name in (input_fixture.MIXTURE, input_fixture.PRERENDERED_MIXTURE):
     seqio.MixtureRegistry.remove(name)
   t0.register()  # Back to the environment's vocabulary.
 
@@ -73,9 +75,9 @@ def _assert_same(batches, expected):
 
 def test_variants_read_the_training_pipelines_batches(prepared):
   direct = _batches(train_data.get_train_dataset(
-      ip.MIXTURE, ip.T0_LENGTHS, BATCH,
+      input_fixture.MIXTURE, input_fixture.T0_LENGTHS, BATCH,
       functools.partial(feature_converters.SptEncDecFeatureConverter,
-                        prompt_length=ip.T0_LENGTHS['prompt']),
+                        prompt_length=input_fixture.T0_LENGTHS['prompt']),
       seed=0, shard_info=seqio.ShardInfo(0, 1)))
   assert direct[0]['encoder_input_tokens'].shape == (BATCH, 1024 + 64)
   assert direct[0]['decoder_target_tokens'].shape == (BATCH, 256)
@@ -89,9 +91,9 @@ def test_variants_read_the_training_pipelines_batches(prepared):
   rows = set()
   for name in prepared.task_names:
     epoch = _batches(train_data.get_train_dataset(
-        name, ip.T0_LENGTHS, BATCH,
+        name, input_fixture.T0_LENGTHS, BATCH,
         functools.partial(feature_converters.SptEncDecFeatureConverter,
-                          prompt_length=ip.T0_LENGTHS['prompt']),
+                          prompt_length=input_fixture.T0_LENGTHS['prompt']),
         seed=0, shard_info=seqio.ShardInfo(0, 1), num_epochs=1), n=-1)
     rows |= {_row(batch, i) for batch in epoch for i in range(BATCH)}
   assert len(rows) == 3 * 24
@@ -169,9 +171,9 @@ def _cached_examples(name, cache_dir):
 def test_cache_tasks_main_and_in_process_cache_the_same_examples(
     prepared, tmp_path):
   in_process_dir = str(tmp_path / 'in_process')
-  ip.write_cache_in_process(
+  input_copies.write_cache_in_process(
       in_process_dir, prepared.task_names,
-      {n: ip.precache_examples(n) for n in prepared.task_names})
+      {n: input_copies.precache_examples(n) for n in prepared.task_names})
   key = lambda ex: (ex['inputs_pretokenized'], ex['targets_pretokenized'])
   for name in prepared.task_names:
     fresh = sorted(_task_examples(name), key=key)

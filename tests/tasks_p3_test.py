@@ -18,8 +18,8 @@ import tensorflow as tf
 from spt_jax import eval_protocol
 from spt_jax.model import feature_converters
 from tasks import p3
-from tasks import prompt_templates
 from tasks import prompted
+from tasks import template_jinja
 from tasks import sources
 from tasks import vocab
 
@@ -644,19 +644,17 @@ def test_an_error_while_rendering_is_a_logged_fallback(tmp_path, monkeypatch,
   caplog.set_level(logging.WARNING)
   path = _write_style_templates(str(tmp_path))
 
-  # pylint: disable=protected-access
   def no_answer(self, index):
-    raise prompt_templates._NoAnswer(index)
+    raise template_jinja.NoAnswer(index)
 
   # Fixed answer choices that say "no answer" whatever the index.
-  monkeypatch.setattr(prompt_templates._BlankChoices, '__getitem__',
+  monkeypatch.setattr(template_jinja.BlankChoices, '__getitem__',
                       no_answer)
-  # pylint: enable=protected-access
   template = {t.name: t for t in p3.promptsource.read_promptsource_yaml(path)}['last choice']
 
   assert template.derivation == ('Answer or: is true?', p3.promptsource.LITERAL)
   assert f"{path}, template 'last choice'" in caplog.text
-  assert '_NoAnswer' in caplog.text
+  assert 'NoAnswer' in caplog.text
 
 
 def test_a_template_without_instruction_pools_over_its_input(tmp_path,

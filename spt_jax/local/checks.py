@@ -6,11 +6,10 @@ tasks and a vocabulary's size: what train and eval check first.
 """
 import importlib
 import os
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from etils import epath
 from flax import traverse_util
-import gin
 import jax
 import orbax.checkpoint as ocp
 import seqio
@@ -315,3 +314,41 @@ def check_initial_checkpoint(path: Optional[str]) -> None:
         'checkpoint or a Hugging Face T5 folder, or None to start from '
         'scratch.'
     )
+
+
+def check_run(
+    model: models.SptModel,
+    mesh: Any,
+    model_dir: str,
+    mixture_or_task_name: str,
+    mixture_or_task_module: Optional[str],
+    task_feature_lengths: Mapping[str, int],
+    eval_mixture_or_task_name: Optional[str],
+    initial_checkpoint_path: Optional[str],
+    **settings: int,
+) -> None:
+  """Every check of a training run, before any model work.
+
+  Args:
+    model: the model to train.
+    mesh: its ('data', 'model') mesh.
+    model_dir: MODEL_DIR (checked on process 0 only).
+    mixture_or_task_name: the training data.
+    mixture_or_task_module: the module registering it.
+    task_feature_lengths: TASK_FEATURE_LENGTHS.
+    eval_mixture_or_task_name: evaluated after training, if given.
+    initial_checkpoint_path: INITIAL_CHECKPOINT_PATH, if given.
+    **settings: `check_settings`'s step counts and batch sizes.
+  """
+  check_settings(data_parallelism=mesh.shape['data'], **settings)
+  if jax.process_index() == 0:
+    check_model_dir(model_dir)
+  check_feature_lengths(task_feature_lengths)
+  check_initial_checkpoint(initial_checkpoint_path)
+  check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
+  check_data(mixture_or_task_name, 'train')
+  check_vocabulary_size(model, mixture_or_task_name)
+  if eval_mixture_or_task_name:
+    check_mixture_or_task(eval_mixture_or_task_name)
+    check_data(eval_mixture_or_task_name, 'validation')
+    check_metrics(eval_mixture_or_task_name)

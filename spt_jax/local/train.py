@@ -19,22 +19,15 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import signal
 import threading
-import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
-from clu import metric_writers
-import tqdm
 
-from absl import flags
 from absl import logging
 import gin
 import jax
-import numpy as np
 import optax
-import seqio
 
 from spt_jax import gin_utils
 from spt_jax.local import checks
@@ -44,17 +37,14 @@ from spt_jax.local import run_lock
 from spt_jax.local import run_settings
 from spt_jax.local import train_checkpoints
 from spt_jax.local import train_data
+from spt_jax.local import train_loop
 from spt_jax.local import trainer
 from spt_jax.model import models
 from spt_jax.model import partitioning
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-  """SIGINT or SIGTERM stopped training after the current step was saved."""
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite; nothing after the last good step is saved."""
+TrainingInterrupted = train_loop.TrainingInterrupted
+TrainingDiverged = train_loop.TrainingDiverged
 
 
 @dataclasses.dataclass
@@ -65,84 +55,6 @@ class TrainResult:
   metrics: Dict[str, float]
   history: list[tuple[int, Dict[str, float]]]
   eval_results: Optional[eval_lib.EvalResults] = None
-
-
-# A loss that is not finite this soon after a restore suspects the restored
-# checkpoint: the first step's loss reads its parameters, the second's the
-# first update made with its optimizer state.
-_SUSPECT_STEPS = 2
-
-
-def _check_finite(pending, first_step: int, last_step: int, saved_step: int,
-                  restored: Optional[tuple[int, str]] = None):
-  """Raises TrainingDiverged when a step's loss is not finite.
-
-  Args:
-    pending: the metrics of steps `first_step`..`last_step`.
-    first_step: the step of `pending[0]`.
-    last_step: the step of `pending[-1]`.
-    saved_step: the last checkpoint written.
-    restored: (step, what to do) of the checkpoint this run resumed from, if
-      it resumed from a trained one.
-  """
-  for offset, metrics in enumerate(jax.device_get(pending)):
-    loss = float(metrics['loss'])
-    if not math.isfinite(loss):
-      step = first_step + offset
-      not_saved = f'steps {first_step}..{last_step} not saved'
-      if restored is not None and step <= restored[0] + _SUSPECT_STEPS:
-        raise TrainingDiverged(
-            f'The loss is {loss} at step {step}, {step - restored[0]} '
-            f'step(s) after restoring checkpoint step {restored[0]} '
-            f'({not_saved}): that checkpoint is suspect. {restored[1]}'
-        )
-      raise TrainingDiverged(
-          f'The loss is {loss} at step {step} ({not_saved}; the last '
-          f'checkpoint is step {saved_step}). Lower LEARNING_RATE, or check '
-          'that VOCAB_SIZE covers the vocabulary.'
-      )
-
-
-def _suspect_hint(store: train_checkpoints.TrainCheckpoints, step: int) -> str:
-  """What to do when the loss diverges right after restoring `step`."""
-  earlier = [s for s in store.all_steps() if s < step]
-  if not earlier:
-    return ('It is the only checkpoint: train into a new MODEL_DIR, or lower '
-            'LEARNING_RATE.')
-  return (
-      f'Move {store.step_dir(step)} out of {store.directory} to resume from '
-      f'step {earlier[-1]}, the checkpoint before it; if that diverges too, '
-      'lower LEARNING_RATE.'
-  )
-
-
-def _host_metrics(pending) -> list[Dict[str, float]]:
-  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
-
-
-class _StopRequest:
-  """Turns SIGINT / SIGTERM into a flag the training loop checks every step."""
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None:  # A second Ctrl-C: stop at once.
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    logging.warning('%s: saving the current step and stopping.', self.signal_name)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -169,9 +81,10 @@ def _interrupts_raise(message: Callable[[str], str]):
       signal.signal(sig, handler)
 
 
-def _model_input_shapes(dataset) -> Dict[str, tuple]:
+def _model_input_shapes(dataset, batch_size: int) -> Dict[str, tuple]:
+  """{feature: [batch_size, length]} of the training batches."""
   return {
-      k: (None,) + tuple(spec.shape[1:])
+      k: (batch_size,) + tuple(spec.shape[1:])
       for k, spec in dataset.element_spec.items()
   }
 
@@ -220,205 +133,126 @@ def train(
 ) -> TrainResult:
   """Trains to `train_steps`, resuming from MODEL_DIR; evaluates at the end.
 
-  Args:
+  Args (the gin macros of gin_configs/local/train.gin):
     model: network and loss (`models.SptModel`).
     model_dir: checkpoints, TensorBoard logs and eval results go here.
-    mixture_or_task_name: the training mixture or task.
+    mixture_or_task_name, mixture_or_task_module: the data; its module.
     task_feature_lengths: e.g. {'inputs': 512, 'targets': 64, 'prompt': 32}.
-    train_steps: total steps, counting those of a resumed run.
-    batch_size: global batch size.
-    optimizer: optax optimizer of the trained parameters (default: Adafactor).
-    trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone: only
-      the memory bank and soft prompt train).
-    mixture_or_task_module: module to import to register the tasks.
+    train_steps, batch_size: total steps (a resumed run's count) and the
+      global batch size.
+    optimizer: of the trained parameters (default: T5X's Adafactor).
+    trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone).
     num_partitions: devices per model replica (the `model` mesh axis).
     logical_axis_rules: logical -> mesh axis rules.
-    checkpoint_period: steps between checkpoints (one is always written at
-      the end).
+    checkpoint_period, log_period: steps between checkpoints (one is always
+      written at the end) and between metric summaries.
     keep_checkpoints: how many checkpoints to keep (None: all).
-    log_period: steps between metric summaries.
     random_seed: seeds parameters, dropout and data order.
-    initial_checkpoint_path: parameters to start from when MODEL_DIR has no
-      checkpoint: a `spt_jax.checkpoints.convert_checkpoint` output or another run's
-      MODEL_DIR. Parameters it lacks (e.g. the memory bank) keep their
-      initial values.
-    eval_mixture_or_task_name: evaluated after training if given.
-    eval_batch_size: batch size of that evaluation.
-    use_cached_tasks: train from the SeqIO cache of the training tasks
-      (written by `./run_t5x.sh cache`), as T5X's `USE_CACHED_TASKS`.
-    seqio_cache_dirs: folders searched for those caches (T5X's
-      `--seqio_additional_cache_dirs`).
+    initial_checkpoint_path: parameters for a MODEL_DIR without checkpoint (a
+      `convert_checkpoint` output or a MODEL_DIR); others keep their init.
+    eval_mixture_or_task_name, eval_batch_size: evaluated after training.
+    use_cached_tasks, seqio_cache_dirs: read `./run_t5x.sh cache`'s caches.
     progress_bar: show a tqdm progress bar.
-
-  Returns:
-    The final step, the last logged metrics and the evaluation results.
 
   Raises:
     run_lock.ModelDirInUse: another live run trains into MODEL_DIR.
-    gin_utils.ConfigError: a setting is unusable, or MODEL_DIR holds a run of
-      another model (nothing in it is changed).
-    TrainingDiverged: the loss is not finite.
+    gin_utils.ConfigError: a setting is unusable, or MODEL_DIR is another
+      model's run (nothing in it is changed).
+    train_loop.TrainingDiverged: the loss is not finite.
   """
-  is_chief = jax.process_index() == 0
-  seqio.add_global_cache_dirs(list(seqio_cache_dirs))
   mesh = partitioning.create_mesh(num_partitions)
-  checks.check_settings(
-      train_steps=train_steps, batch_size=batch_size,
-      checkpoint_period=checkpoint_period, log_period=log_period,
-      eval_batch_size=eval_batch_size,
-      data_parallelism=mesh.shape['data'],
-  )
-  if is_chief:
-    checks.check_model_dir(model_dir)
-  checks.check_feature_lengths(task_feature_lengths)
-  checks.check_initial_checkpoint(initial_checkpoint_path)
-  checks.check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
-  checks.check_data(mixture_or_task_name, 'train')
-  checks.check_vocabulary_size(model, mixture_or_task_name)
-  if eval_mixture_or_task_name:
-    checks.check_mixture_or_task(eval_mixture_or_task_name)
-    checks.check_data(eval_mixture_or_task_name, 'validation')
-    checks.check_metrics(eval_mixture_or_task_name)
-  sharded = trainer.ShardedTrainer(
-      model, optimizer or trainer.adafactor(), mesh, logical_axis_rules, trainable
-  )
+  checks.check_run(
+      model, mesh, model_dir, mixture_or_task_name, mixture_or_task_module,
+      task_feature_lengths, eval_mixture_or_task_name, initial_checkpoint_path,
+      train_steps=train_steps, batch_size=batch_size, log_period=log_period,
+      checkpoint_period=checkpoint_period, eval_batch_size=eval_batch_size)
+  sharded = trainer.ShardedTrainer(model, optimizer or trainer.adafactor(),
+                                   mesh, logical_axis_rules, trainable)
   dataset = train_data.get_train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size,
       model.FEATURE_CONVERTER_CLS, random_seed, use_cached=use_cached_tasks,
-  )
-  input_shapes = {
-      k: (batch_size,) + shape[1:]
-      for k, shape in _model_input_shapes(dataset).items()
-  }
+      cache_dirs=seqio_cache_dirs)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(random_seed))
+  store = train_checkpoints.TrainCheckpoints(model_dir, keep_checkpoints)
+  state = sharded.init_state(init_rng, _model_input_shapes(dataset, batch_size))
+  progress = _start_or_resume(
+      sharded, store, state, model_dir, initial_checkpoint_path)
+  train_loop.run_steps(
+      progress, sharded, store, dataset, dropout_rng,
+      train_loop.Periods(train_steps, log_period, checkpoint_period),
+      mixture_or_task_name, progress_bar)
+  eval_results = eval_mixture_or_task_name and _final_evaluation(
+      progress, model, eval_batch_size, mesh, logical_axis_rules,
+      eval_mixture_or_task_name, task_feature_lengths, store, model_dir)
+  store.close()
+  return TrainResult(progress.step, progress.metrics, progress.history,
+                     eval_results)
 
-  rng = jax.random.PRNGKey(random_seed)
-  init_rng, dropout_rng = jax.random.split(rng)
-  state = sharded.init_state(init_rng, input_shapes)
-  store = train_checkpoints.TrainCheckpoints(model_dir, max_to_keep=keep_checkpoints)
+
+def _start_or_resume(
+    sharded: trainer.ShardedTrainer,
+    store: train_checkpoints.TrainCheckpoints,
+    state: trainer.TrainState,
+    model_dir: str,
+    initial_checkpoint_path: Optional[str],
+) -> train_loop.Progress:
+  """The latest checkpoint of MODEL_DIR, or `state` (with the initial
+  parameters) saved as step 0; MODEL_DIR's config and settings written.
+
+  A changed model is refused before anything in MODEL_DIR is rewritten.
+  """
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      state,
-  )
-  # A changed model is refused before anything in MODEL_DIR is rewritten.
-  settings = run_settings.run_settings(model, trainable)
+      state)
+  settings = run_settings.run_settings(sharded.model, sharded.trainable)
   if store.all_steps():
     run_settings.check_resumable(model_dir, settings, abstract)
   restored = store.restore_latest(abstract)
-  if is_chief:
+  if jax.process_index() == 0:
     if gin.config_is_locked():
       gin_utils.write_config(model_dir)
     run_settings.write_run_settings(model_dir, settings, abstract)
-  # The metrics summary resumes where the saved step left it: the last logged
-  # metrics, and the steps of the log window not yet logged.
-  metrics_host: Dict[str, float] = {}
-  pending = []
-  restored_hint = None
-  if restored is not None:
-    start_step, state = restored
-    logging.info('Resumed from step %d in %s.', start_step, store.directory)
-    saved = store.metadata(start_step)
-    metrics_host = dict(saved.get('metrics', {}))
-    pending = list(saved.get('window', []))
-    if start_step > 0:
-      restored_hint = (start_step, _suspect_hint(store, start_step))
-  else:
-    start_step = 0
+  if restored is None:
     if initial_checkpoint_path:
       state = _with_initial_params(sharded, state, initial_checkpoint_path)
     store.save(0, state)
-  carried = len(pending)  # Steps of `pending` run before this process.
+    return train_loop.Progress(step=0, state=state)
+  step, state = restored
+  logging.info('Resumed from step %d in %s.', step, store.directory)
+  # The metrics summary resumes where the saved step left it: the last logged
+  # metrics, and the steps of the log window not yet logged.
+  saved = store.metadata(step)
+  pending = list(saved.get('window', []))
+  return train_loop.Progress(
+      step=step, state=state, metrics=dict(saved.get('metrics', {})),
+      pending=pending, carried=len(pending),
+      restored_hint=(step, train_loop.suspect_hint(store, step)) if step
+      else None)
 
-  writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, 'train'), just_logging=not is_chief
-  )
-  batches = dataset.skip(start_step).as_numpy_iterator()
-  tokens_per_batch = batch_size * (
-      input_shapes['encoder_input_tokens'][1]
-      + input_shapes['decoder_target_tokens'][1]
-  )
-  history = []
-  bar = tqdm.tqdm(
-      total=train_steps, initial=start_step, desc='train', unit='step',
-      disable=not (progress_bar and is_chief), dynamic_ncols=True,
-  )
-  period_start = time.time()
-  step = saved_step = start_step
-  stop = _StopRequest()
-  with stop:
-    for step in range(start_step + 1, train_steps + 1):
-      try:
-        batch = sharded.shard_batch(next(batches))
-      except StopIteration:  # The data repeats: it gave no example at all.
-        raise gin_utils.ConfigError(
-            f'The training data of {mixture_or_task_name} holds no example '
-            f'(at step {step}): its files are empty, or its templates drop '
-            'every record. `python -m tasks.show NAME` shows what a task '
-            'yields.'
-        ) from None
-      state, step_metrics = sharded.train_step(state, batch, dropout_rng)
-      pending.append(step_metrics)
-      bar.update(1)
-      stopping = stop.signal_name is not None
-      if step % log_period == 0 or step == train_steps or stopping:
-        _check_finite(pending, step - len(pending) + 1, step, saved_step,
-                      restored_hint)
-        values = jax.device_get(pending)
-        metrics_host = {
-            k: float(np.mean([m[k] for m in values if k in m]))
-            for k in values[-1]
-        }
-        elapsed = time.time() - period_start
-        run_here = len(pending) - carried
-        metrics_host['steps_per_second'] = run_here / elapsed
-        metrics_host['tokens_per_second'] = run_here * tokens_per_batch / elapsed
-        writer.write_scalars(step, metrics_host)
-        history.append((step, metrics_host))
-        bar.set_postfix(
-            loss=f'{metrics_host["loss"]:.3f}',
-            tok_s=f'{metrics_host["tokens_per_second"]:.0f}',
-        )
-        pending, period_start, carried = [], time.time(), 0
-      if step % checkpoint_period == 0 or step == train_steps or stopping:
-        if pending:
-          _check_finite(pending, step - len(pending) + 1, step, saved_step,
-                        restored_hint)
-        store.save(step, state, metadata={
-            'metrics': metrics_host, 'window': _host_metrics(pending)})
-        saved_step = step
-      if stopping:
-        break
-  bar.close()
-  if stop.signal_name is not None and step < train_steps:
-    writer.flush()
-    store.close()
-    raise TrainingInterrupted(
-        f'{stop.signal_name} at step {step}: saved checkpoint step {step} in '
-        f'{store.directory}; run the same command again to resume.'
+
+def _final_evaluation(progress, model, eval_batch_size, mesh, rules,
+                      mixture_or_task_name, task_feature_lengths, store,
+                      model_dir):
+  """`eval_lib.evaluate` of the trained parameters into MODEL_DIR/eval."""
+
+  def interrupted(signal_name):
+    return (
+        f'{signal_name} during the final evaluation: training finished at '
+        f'step {progress.step}, saved in {store.directory}; evaluate it with '
+        f'python -m spt_jax.local.eval '
+        f'--gin_file={os.path.join(model_dir, "config.gin")}'
     )
-  writer.flush()
 
-  eval_results = None
-  if eval_mixture_or_task_name:
-    def interrupted(signal_name):
-      return (
-          f'{signal_name} during the final evaluation: training finished at '
-          f'step {step}, saved in {store.directory}; evaluate it with python '
-          f'-m spt_jax.local.eval --gin_file={os.path.join(model_dir, "config.gin")}'
-      )
-
-    with _interrupts_raise(interrupted):
-      eval_results = eval_lib.evaluate(
-          model_fns=eval_lib.ModelFns(
-              model, state.params, eval_batch_size, mesh, logical_axis_rules),
-          mixture_or_task_name=eval_mixture_or_task_name,
-          task_feature_lengths=task_feature_lengths,
-          output_dir=os.path.join(model_dir, 'eval') if is_chief else None,
-          step=step,
-      )
-  store.close()
-  return TrainResult(
-      step=step, metrics=metrics_host, history=history, eval_results=eval_results
-  )
+  with _interrupts_raise(interrupted):
+    return eval_lib.evaluate(
+        model_fns=eval_lib.ModelFns(
+            model, progress.state.params, eval_batch_size, mesh, rules),
+        mixture_or_task_name=mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths,
+        output_dir=(os.path.join(model_dir, 'eval')
+                    if jax.process_index() == 0 else None),
+        step=progress.step,
+    )
 
 
 def _with_initial_params(sharded, state, path):

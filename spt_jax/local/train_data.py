@@ -1,5 +1,5 @@
 """The local runner's training data: this host's shard of a mixture's examples, batched."""
-from typing import Mapping, Optional, Type
+from typing import Mapping, Optional, Sequence, Type
 
 import jax
 import seqio
@@ -21,6 +21,7 @@ def get_train_dataset(
     shard_info: Optional[seqio.ShardInfo] = None,
     num_epochs: Optional[int] = None,
     use_cached: bool = False,
+    cache_dirs: Sequence[str] = (),
 ):
   """One host's shard of the shuffled, repeated training batches.
 
@@ -40,10 +41,13 @@ def get_train_dataset(
     num_epochs: passes over the data (None: repeat for ever).
     use_cached: read the tasks from a SeqIO cache
       (`./run_t5x.sh cache`; T5X's `USE_CACHED_TASKS`).
+    cache_dirs: more folders to look for caches in (seqio's global list,
+      as T5X's `--seqio_additional_cache_dirs`).
 
   Returns:
     Batches of `batch_size // num_shards` rows.
   """
+  seqio.add_global_cache_dirs(list(cache_dirs))
   shard_info = shard_info or host_shard()
   if batch_size % shard_info.num_shards:
     raise gin_utils.ConfigError(

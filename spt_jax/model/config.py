@@ -200,6 +200,16 @@ class SptConfig:
       gin_utils.ConfigError: naming the first unusable field, its value and
         what it may be (a ValueError; the local runner prints it alone).
     """
+    self._check_choices_and_types()
+    if self.num_memories:
+      self._check_bank()
+    self._check_scales()
+    if self.key_gradient == 'sampled':
+      self._check_sampled_keys()
+    self._check_prompt()
+
+  def _check_choices_and_types(self):
+    """Choices, types and counts that may not be negative."""
     for name, allowed in _CHOICES.items():
       if getattr(self, name) not in allowed:
         _invalid(
@@ -213,32 +223,37 @@ class SptConfig:
         _invalid(
             f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.'
         )
-    if self.num_memories:
-      if not 0 < self.top_k <= self.num_memories:
-        _invalid(
-            f'SptConfig.top_k must be in [1, num_memories={self.num_memories}], '
-            f'got {self.top_k}: it is the number of memories each example '
-            'retrieves.'
-        )
-      if self.memory_length < 1:
-        _invalid(
-            f'SptConfig.memory_length must be >= 1, got {self.memory_length}.'
-        )
-      if self.top_k_chunks < 1 or self.num_memories % self.top_k_chunks or (
-          self.num_memories // self.top_k_chunks < self.top_k
-      ):
-        _invalid(
-            f'SptConfig.top_k_chunks={self.top_k_chunks} must divide '
-            f'num_memories={self.num_memories} into chunks of at least '
-            f'top_k={self.top_k} memories (1: a single top-k).'
-        )
-      if self.top_k == 1 and self.retrieval in _CONSTANT_WEIGHT_STRATEGIES:
-        logging.warning(
-            'SptConfig: top_k=1 with retrieval=%r weights the one retrieved '
-            'memory by a softmax over a single score, which is constant: the '
-            'keys get no gradient from the task loss, only from the pull '
-            "loss. Use top_k >= 2 or retrieval='perturbed_topk' to train "
-            'them through the task.', self.retrieval)
+
+  def _check_bank(self):
+    """top_k, memory_length and top_k_chunks of a bank with memories."""
+    if not 0 < self.top_k <= self.num_memories:
+      _invalid(
+          f'SptConfig.top_k must be in [1, num_memories={self.num_memories}], '
+          f'got {self.top_k}: it is the number of memories each example '
+          'retrieves.'
+      )
+    if self.memory_length < 1:
+      _invalid(
+          f'SptConfig.memory_length must be >= 1, got {self.memory_length}.'
+      )
+    if self.top_k_chunks < 1 or self.num_memories % self.top_k_chunks or (
+        self.num_memories // self.top_k_chunks < self.top_k
+    ):
+      _invalid(
+          f'SptConfig.top_k_chunks={self.top_k_chunks} must divide '
+          f'num_memories={self.num_memories} into chunks of at least '
+          f'top_k={self.top_k} memories (1: a single top-k).'
+      )
+    if self.top_k == 1 and self.retrieval in _CONSTANT_WEIGHT_STRATEGIES:
+      logging.warning(
+          'SptConfig: top_k=1 with retrieval=%r weights the one retrieved '
+          'memory by a softmax over a single score, which is constant: the '
+          'keys get no gradient from the task loss, only from the pull '
+          "loss. Use top_k >= 2 or retrieval='perturbed_topk' to train "
+          'them through the task.', self.retrieval)
+
+  def _check_scales(self):
+    """Widths, scales and sample counts."""
     if self.key_dim is not None and self.key_dim < 1:
       _invalid(
           f'SptConfig.key_dim must be >= 1 or None (the model width), got '
@@ -264,16 +279,21 @@ class SptConfig:
           'SptConfig.perturbed_samples must be >= 1, got '
           f'{self.perturbed_samples}.'
       )
-    if self.key_gradient == 'sampled':
-      if self.retrieval not in _SELECTED_SCORE_STRATEGIES:
-        _invalid(
-            f"SptConfig.key_gradient='sampled' needs retrieval in "
-            f'{_SELECTED_SCORE_STRATEGIES} (weights of the selected scores '
-            f'alone), got {self.retrieval!r}.')
-      if self.key_samples < 1:
-        _invalid(
-            f'SptConfig.key_samples must be >= 1 (keys drawn per step for the '
-            f"balance loss of key_gradient='sampled'), got {self.key_samples}.")
+
+  def _check_sampled_keys(self):
+    """The settings `key_gradient='sampled'` needs."""
+    if self.retrieval not in _SELECTED_SCORE_STRATEGIES:
+      _invalid(
+          f"SptConfig.key_gradient='sampled' needs retrieval in "
+          f'{_SELECTED_SCORE_STRATEGIES} (weights of the selected scores '
+          f'alone), got {self.retrieval!r}.')
+    if self.key_samples < 1:
+      _invalid(
+          f'SptConfig.key_samples must be >= 1 (keys drawn per step for the '
+          f"balance loss of key_gradient='sampled'), got {self.key_samples}.")
+
+  def _check_prompt(self):
+    """Perturbed top-k's noise and the discrete prompt's span."""
     # Perturbed top-k averages top-k over noise of this scale: with none it
     # is a hard top-k whose gradient is 0 / 0.
     if not self.perturbed_sigma > 0:

@@ -78,22 +78,7 @@ class MemoryBank(nn.Module):
           f'Expected a query of shape [B, {self.features}], got {query.shape}.'
       )
     key_dim = cfg.key_dim or self.features
-    keys = layers.param_with_axes(
-        'keys',
-        prompts.symmetric_uniform(1.0),
-        (cfg.num_memories, key_dim),
-        jnp.float32,
-        axes=('memory', 'memory_embed'),
-    )
-    values = layers.param_with_axes(
-        'values',
-        prompts.prompt_initializer(
-            cfg.memory_init, cfg.memory_init_scale, embedding_table
-        ),
-        (cfg.num_memories, cfg.memory_length, self.features),
-        jnp.float32,
-        axes=('memory', 'memory_length', 'embed'),
-    )
+    keys, values = self._keys_and_values(key_dim, embedding_table)
     if key_dim != self.features:
       query = layers.DenseGeneral(
           key_dim,
@@ -106,24 +91,7 @@ class MemoryBank(nn.Module):
     if sampled:
       # Selection only: the keys' gradient comes from the gathered rows.
       scores = jax.lax.stop_gradient(scores)
-    rng = None
-    if cfg.retrieval == 'perturbed_topk':
-      rng = jax.random.PRNGKey(0) if deterministic else self.make_rng('dropout')
-    retrieved = retrieval.retrieve(
-        scores,
-        cfg.top_k,
-        strategy=cfg.retrieval,
-        combine=cfg.combine,
-        rng=rng,
-        approx=cfg.approx_top_k,
-        recall_target=cfg.approx_recall_target,
-        num_chunks=cfg.top_k_chunks,
-        **(
-            dict(num_samples=cfg.perturbed_samples, sigma=cfg.perturbed_sigma)
-            if cfg.retrieval == 'perturbed_topk'
-            else {}
-        ),
-    )
+    retrieved = self._retrieve(scores, deterministic)
     rows = self._perturb(
         sparse_updates.RETRIEVED_VALUES,
         jnp.take(values, retrieved.indices, axis=0))  # [B, k, P, H]
@@ -140,6 +108,51 @@ class MemoryBank(nn.Module):
     )
     prompt = layers.with_sharding_constraint(prompt, ('batch', 'length', 'embed'))
     return prompt, retrieved, aux_losses
+
+  def _keys_and_values(
+      self, key_dim: int, embedding_table: Optional[Array]
+  ) -> Tuple[Array, Array]:
+    """The bank's parameters: keys [M, D] and values [M, P, H]."""
+    cfg = self.config
+    keys = layers.param_with_axes(
+        'keys',
+        prompts.symmetric_uniform(1.0),
+        (cfg.num_memories, key_dim),
+        jnp.float32,
+        axes=('memory', 'memory_embed'),
+    )
+    values = layers.param_with_axes(
+        'values',
+        prompts.prompt_initializer(
+            cfg.memory_init, cfg.memory_init_scale, embedding_table
+        ),
+        (cfg.num_memories, cfg.memory_length, self.features),
+        jnp.float32,
+        axes=('memory', 'memory_length', 'embed'),
+    )
+    return keys, values
+
+  def _retrieve(self, scores: Array, deterministic: bool) -> retrieval.Retrieved:
+    """Top-k of `scores` [B, M] by the configured strategy."""
+    cfg = self.config
+    rng = None
+    if cfg.retrieval == 'perturbed_topk':
+      rng = jax.random.PRNGKey(0) if deterministic else self.make_rng('dropout')
+    return retrieval.retrieve(
+        scores,
+        cfg.top_k,
+        strategy=cfg.retrieval,
+        combine=cfg.combine,
+        rng=rng,
+        approx=cfg.approx_top_k,
+        recall_target=cfg.approx_recall_target,
+        num_chunks=cfg.top_k_chunks,
+        **(
+            dict(num_samples=cfg.perturbed_samples, sigma=cfg.perturbed_sigma)
+            if cfg.retrieval == 'perturbed_topk'
+            else {}
+        ),
+    )
 
   def _perturb(self, name: str, rows: Array) -> Array:
     """Gathered rows through the row-sparse path's hook (`perturbations`).

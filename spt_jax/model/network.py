@@ -86,16 +86,25 @@ class EncoderLayer(nn.Module):
     )(x, x, mask, bias, deterministic=deterministic)
     x = _dropout(cfg)(x, deterministic=deterministic) + inputs
 
-    y = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(
-        intermediate_dim=cfg.mlp_dim,
-        activations=cfg.mlp_activations,
-        intermediate_dropout_rate=cfg.dropout_rate,
-        dtype=cfg.dtype,
-        name='mlp',
-    )(y, deterministic=deterministic)
-    y = _dropout(cfg)(y, deterministic=deterministic) + x
-    return layers.with_sharding_constraint(y, ('batch', 'length', 'embed'))
+    return _mlp_sublayer(cfg, x, deterministic)
+
+
+def _mlp_sublayer(cfg: T5Config, x: Array, deterministic: bool) -> Array:
+  """Pre-norm gated MLP with its residual, [B, L, H] -> [B, L, H].
+
+  The last sublayer of both layer kinds; called inside their compact
+  `__call__`, so its modules (`pre_mlp_layer_norm`, `mlp`) are theirs.
+  """
+  y = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
+  y = layers.MlpBlock(
+      intermediate_dim=cfg.mlp_dim,
+      activations=cfg.mlp_activations,
+      intermediate_dropout_rate=cfg.dropout_rate,
+      dtype=cfg.dtype,
+      name='mlp',
+  )(y, deterministic=deterministic)
+  y = _dropout(cfg)(y, deterministic=deterministic) + x
+  return layers.with_sharding_constraint(y, ('batch', 'length', 'embed'))
 
 
 class DecoderLayer(nn.Module):
@@ -138,16 +147,7 @@ class DecoderLayer(nn.Module):
     )
     y = _dropout(cfg)(y, deterministic=deterministic) + x
 
-    z = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
-    z = layers.MlpBlock(
-        intermediate_dim=cfg.mlp_dim,
-        activations=cfg.mlp_activations,
-        intermediate_dropout_rate=cfg.dropout_rate,
-        dtype=cfg.dtype,
-        name='mlp',
-    )(z, deterministic=deterministic)
-    z = _dropout(cfg)(z, deterministic=deterministic) + y
-    return layers.with_sharding_constraint(z, ('batch', 'length', 'embed'))
+    return _mlp_sublayer(cfg, y, deterministic)
 
 
 def _relative_position_biases(cfg: T5Config) -> layers.RelativePositionBiases:

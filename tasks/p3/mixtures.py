@@ -94,6 +94,74 @@ def unregister() -> None:
     seqio.MixtureRegistry.remove(name)
 
 
+def _prompt_preprocessors(
+    folder: p3_folders.P3Folder,
+    promptsource: p3_promptsource.Promptsource,
+    unknown_templates: list,
+) -> tuple[list, str]:
+  """(preprocessors adding the `prompt` feature and EOS, how its instruction
+  was found); a folder promptsource lacks joins `unknown_templates`."""
+  template = promptsource.templates(folder.prefix).get(folder.template)
+  if template is None:
+    unknown_templates.append(folder.name)
+    instruction = prompt_templates.clean_instruction(
+        folder.template.replace('_', ' ')) or folder.prefix
+    how = p3_promptsource.TEMPLATE_NAME
+  else:
+    instruction, how = template.derivation
+  if instruction:
+    add = functools.partial(p3_preprocessing.add_prompt, instruction=instruction)
+  else:
+    add, how = p3_preprocessing.add_prompt_from_inputs, p3_promptsource.INPUTS
+  return [add, seqio.preprocessors.append_eos_after_trim], how
+
+
+def _log_instructions(
+    num_tasks: int,
+    p3_dir: str,
+    promptsource: Optional[p3_promptsource.Promptsource],
+    unknown_templates: Sequence[str],
+    instruction_sources: Mapping[str, str],
+) -> None:
+  """Says where each task's retrieval query comes from, and what is missing."""
+  if promptsource:
+    logging.info(
+        'P3: %d tasks from %s; SPT retrieval query: each template\'s '
+        'instruction from promptsource (%s), as the `prompt` feature.',
+        num_tasks, p3_dir, promptsource.templates_dir)
+    if unknown_templates:
+      logging.warning(
+          'P3: promptsource (%s) has no template for %d folders; their '
+          'instruction is their template name: %s', promptsource.templates_dir,
+          len(unknown_templates), unknown_templates)
+    counts = {how: sum(h == how for h in instruction_sources.values())
+              for how in (p3_promptsource.DERIVED, p3_promptsource.LITERAL, p3_promptsource.TEMPLATE_NAME, p3_promptsource.INPUTS)}
+    logging.info(
+        'P3: instructions of %d tasks: %d derived, %d from their template\'s '
+        'literal text (logged above), %d from their template name, %d none.',
+        len(instruction_sources), *counts.values())
+    literal = [n for n, h in instruction_sources.items() if h == p3_promptsource.LITERAL]
+    if literal:
+      logging.warning(
+          'P3: %d tasks use their template\'s literal input text as their '
+          'instruction (it could not be derived): %s', len(literal), literal)
+    no_instruction = [n for n, h in instruction_sources.items() if h == p3_promptsource.INPUTS]
+    if no_instruction:
+      logging.warning(
+          'P3: the templates of %d tasks have no instruction (their input is '
+          'nothing but fields); so that no empty query reaches the model, '
+          'their `prompt` is their input, over whose start SPT pools its '
+          'retrieval query: %s', len(no_instruction), no_instruction)
+  else:
+    logging.warning(
+        'P3: %d tasks from %s; no promptsource checkout ($%s unset): the '
+        'tasks have no `prompt` feature, and SPT pools its retrieval query '
+        'over the encoder input (SptConfig.prompt_length = 0, prompt_span = '
+        "'all_tokens'). Held-out evaluation counts every template, not only "
+        "T0's original-task ones.", num_tasks, p3_dir, p3_datasets.PROMPTSOURCE_DIR_ENV)
+
+
+
 def register(p3_dir: Optional[str] = None,
              promptsource_dir: Optional[str] = None,
              vocabulary: Optional[seqio.Vocabulary] = None) -> Registered:
@@ -147,20 +215,8 @@ def register(p3_dir: Optional[str] = None,
     source = p3_source.P3Source(folder.path, folder.splits)
     preprocessors = []
     if promptsource:
-      template = promptsource.templates(folder.prefix).get(folder.template)
-      if template is None:
-        unknown_templates.append(folder.name)
-        instruction = prompt_templates.clean_instruction(
-            folder.template.replace('_', ' ')) or folder.prefix
-        how = p3_promptsource.TEMPLATE_NAME
-      else:
-        instruction, how = template.derivation
-      if instruction:
-        add = functools.partial(p3_preprocessing.add_prompt, instruction=instruction)
-      else:
-        add, how = p3_preprocessing.add_prompt_from_inputs, p3_promptsource.INPUTS
-      instruction_sources[name] = how
-      preprocessors = [add, seqio.preprocessors.append_eos_after_trim]
+      preprocessors, instruction_sources[name] = _prompt_preprocessors(
+          folder, promptsource, unknown_templates)
     registry.add_task(
         name,
         source=source,
@@ -173,42 +229,8 @@ def register(p3_dir: Optional[str] = None,
     tasks[folder.name] = name
     sources_by_folder[folder.name] = source
 
-  if promptsource:
-    logging.info(
-        'P3: %d tasks from %s; SPT retrieval query: each template\'s '
-        'instruction from promptsource (%s), as the `prompt` feature.',
-        len(tasks), p3_dir, promptsource.templates_dir)
-    if unknown_templates:
-      logging.warning(
-          'P3: promptsource (%s) has no template for %d folders; their '
-          'instruction is their template name: %s', promptsource.templates_dir,
-          len(unknown_templates), unknown_templates)
-    counts = {how: sum(h == how for h in instruction_sources.values())
-              for how in (p3_promptsource.DERIVED, p3_promptsource.LITERAL, p3_promptsource.TEMPLATE_NAME, p3_promptsource.INPUTS)}
-    logging.info(
-        'P3: instructions of %d tasks: %d derived, %d from their template\'s '
-        'literal text (logged above), %d from their template name, %d none.',
-        len(instruction_sources), *counts.values())
-    literal = [n for n, h in instruction_sources.items() if h == p3_promptsource.LITERAL]
-    if literal:
-      logging.warning(
-          'P3: %d tasks use their template\'s literal input text as their '
-          'instruction (it could not be derived): %s', len(literal), literal)
-    no_instruction = [n for n, h in instruction_sources.items() if h == p3_promptsource.INPUTS]
-    if no_instruction:
-      logging.warning(
-          'P3: the templates of %d tasks have no instruction (their input is '
-          'nothing but fields); so that no empty query reaches the model, '
-          'their `prompt` is their input, over whose start SPT pools its '
-          'retrieval query: %s', len(no_instruction), no_instruction)
-  else:
-    logging.warning(
-        'P3: %d tasks from %s; no promptsource checkout ($%s unset): the '
-        'tasks have no `prompt` feature, and SPT pools its retrieval query '
-        'over the encoder input (SptConfig.prompt_length = 0, prompt_span = '
-        "'all_tokens'). Held-out evaluation counts every template, not only "
-        "T0's original-task ones.", len(tasks), p3_dir, p3_datasets.PROMPTSOURCE_DIR_ENV)
-
+  _log_instructions(len(tasks), p3_dir, promptsource, unknown_templates,
+                    instruction_sources)
   mixtures = _register_mixtures(folders, tasks, sources_by_folder,
                                 t0_prefixes, promptsource)
   return Registered(tuple(folders), tasks, mixtures, bool(promptsource),
