@@ -86,8 +86,11 @@ def _memory(step, processes_devices: int) -> dict:
       'alias_bytes': int(stats.alias_size_in_bytes),
   }
   per_device['total_bytes'] = (
-      per_device['argument_bytes'] + per_device['output_bytes']
-      + per_device['temp_bytes'] - per_device['alias_bytes'])
+      per_device['argument_bytes']
+      + per_device['output_bytes']
+      + per_device['temp_bytes']
+      - per_device['alias_bytes']
+  )
   return {
       **{f'xla_per_device_{k}': v for k, v in per_device.items()},
       'process_total_bytes': per_device['total_bytes'] * processes_devices,
@@ -104,44 +107,67 @@ def _compiled_step(model, optimizer, batch, mesh, rules):
   from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
   from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
   from spt_jax.optim import adafactor  # pylint: disable=g-import-not-at-top
+
   input_shapes = {k: v.shape for k, v in batch.items()}
   data = partitioning.data_sharding(mesh)
   with partitioning.mesh_and_rules(mesh, rules):
     abstract = jax.eval_shape(
         lambda r: model.get_initial_variables(r, input_shapes),
-        jax.random.PRNGKey(0))
+        jax.random.PRNGKey(0),
+    )
     optimizer = adafactor.with_param_axes(optimizer, abstract['params_axes'])
     state_shardings = trainer.state_shardings(
-        abstract['params'], abstract['params_axes'], optimizer, mesh, rules)
+        abstract['params'], abstract['params_axes'], optimizer, mesh, rules
+    )
     init_params = jax.jit(
         lambda r: model.get_initial_variables(r, input_shapes)['params'],
-        out_shardings=state_shardings.params)
-    create = jax.jit(lambda p: trainer.TrainState.create(p, optimizer),
-                     out_shardings=state_shardings)
+        out_shardings=state_shardings.params,
+    )
+    create = jax.jit(
+        lambda p: trainer.TrainState.create(p, optimizer),
+        out_shardings=state_shardings,
+    )
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        jax.eval_shape(lambda p: trainer.TrainState.create(p, optimizer),
-                       abstract['params']),
-        state_shardings)
+        jax.eval_shape(
+            lambda p: trainer.TrainState.create(p, optimizer),
+            abstract['params'],
+        ),
+        state_shardings,
+    )
     abstract_batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data)
-        for k, v in batch.items()}
+        for k, v in batch.items()
+    }
     started = time.perf_counter()
-    step = jax.jit(
-        trainer.make_train_step(model, optimizer),
-        in_shardings=(state_shardings, data, None),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    ).lower(abstract_state, abstract_batch, jax.random.PRNGKey(0)).compile()
+    step = (
+        jax.jit(
+            trainer.make_train_step(model, optimizer),
+            in_shardings=(state_shardings, data, None),
+            out_shardings=(state_shardings, None),
+            donate_argnums=(0,),
+        )
+        .lower(abstract_state, abstract_batch, jax.random.PRNGKey(0))
+        .compile()
+    )
     compile_s = time.perf_counter() - started
   return step, create, init_params, compile_s
 
 
-def worker(num_memories: int, memory_length: int, variant: str,
-           repeats: int, size: str, max_bytes: float, dtype: str = 'float32',
-           platform: str = 'cpu', batch_size: int = BATCH,
-           inputs: int = INPUTS, targets: int = TARGETS,
-           model_partitions: int = MODEL_PARTITIONS) -> dict:
+def worker(
+    num_memories: int,
+    memory_length: int,
+    variant: str,
+    repeats: int,
+    size: str,
+    max_bytes: float,
+    dtype: str = 'float32',
+    platform: str = 'cpu',
+    batch_size: int = BATCH,
+    inputs: int = INPUTS,
+    targets: int = TARGETS,
+    model_partitions: int = MODEL_PARTITIONS,
+) -> dict:
   """One (bank, variant) in this process; returns its row."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -152,20 +178,26 @@ def worker(num_memories: int, memory_length: int, variant: str,
   from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
   from spt_jax.optim import sparse_updates  # pylint: disable=g-import-not-at-top
+
   del optax
 
   t5 = config.t5_1_1_config(size, dropout_rate=0.0, dtype=dtype)
   devices = jax.device_count()
   partitions = model_partitions if platform == 'cpu' else 1
   spt = config.SptConfig(
-      num_memories=num_memories, memory_length=memory_length, top_k=TOP_K,
-      key_dim=KEY_DIM, top_k_chunks=DEVICES if platform == 'cpu' else 1,
-      key_gradient='sampled' if variant == 'sampled' else 'dense')
+      num_memories=num_memories,
+      memory_length=memory_length,
+      top_k=TOP_K,
+      key_dim=KEY_DIM,
+      top_k_chunks=DEVICES if platform == 'cpu' else 1,
+      key_gradient='sampled' if variant == 'sampled' else 'dense',
+  )
   model = models.SptModel(network.SptTransformer(t5, spt))
   optimizer = trainer.adafactor()
   if variant in ('sparse', 'sampled'):
     optimizer = sparse_updates.sparse_bank_optimizer(
-        optimizer, 'adam', 1e-3, keys=variant == 'sampled')
+        optimizer, 'adam', 1e-3, keys=variant == 'sampled'
+    )
   shapes = common.Shapes(size, batch_size, inputs, targets)
   batch = step_time.random_batch(shapes, t5.vocab_size)
 
@@ -175,30 +207,40 @@ def worker(num_memories: int, memory_length: int, variant: str,
   rules = partitioning.default_rules()
   data = partitioning.data_sharding(mesh)
   step, create, init_params, compile_s = _compiled_step(
-      model, optimizer, batch, mesh, rules)
+      model, optimizer, batch, mesh, rules
+  )
   row = {
-      'num_memories': num_memories, 'memory_length': memory_length,
-      'variant': variant, 'compile_s': compile_s,
+      'num_memories': num_memories,
+      'memory_length': memory_length,
+      'variant': variant,
+      'compile_s': compile_s,
       'values_bytes': num_memories * memory_length * t5.emb_dim * 4,
       **_memory(step, devices if platform == 'cpu' else 1),
-      'dtype': dtype, 'platform': platform,
+      'dtype': dtype,
+      'platform': platform,
   }
   if row['process_total_bytes'] > max_bytes:
     row['skipped'] = (
         f'needs {row["process_total_bytes"] / 1e9:.1f} GB, more than '
-        f'--max_gb={max_bytes / 1e9:g}')
+        f'--max_gb={max_bytes / 1e9:g}'
+    )
     return row
 
   with partitioning.mesh_and_rules(mesh, rules):
     state = create(init_params(jax.random.PRNGKey(0)))
   sharded_batch = jax.device_put(batch, data)
   state_bytes = sum(
-      shard.data.nbytes for leaf in jax.tree.leaves(state)
-      for shard in leaf.addressable_shards if shard.device == jax.devices()[0])
+      shard.data.nbytes
+      for leaf in jax.tree.leaves(state)
+      for shard in leaf.addressable_shards
+      if shard.device == jax.devices()[0]
+  )
   row['state_bytes_device0'] = state_bytes
   times = common.time_interleaved(
       {variant: common.stepper(step, state, sharded_batch)},
-      repeats, jax.block_until_ready)
+      repeats,
+      jax.block_until_ready,
+  )
   row.update(common.summarize(times[variant]))
   return row
 
@@ -208,45 +250,79 @@ def run_worker(bank, variant, args) -> dict:
   if args.platform == 'cpu':
     env.update(
         XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES}',
-        JAX_PLATFORMS='cpu')
+        JAX_PLATFORMS='cpu',
+    )
   command = [
-      sys.executable, '-m', 'benchmarks.bank_scaling', '--worker',
-      f'--banks={_bank_name(bank)}', f'--variants={variant}',
-      f'--repeats={args.repeats}', f'--size={args.size}',
-      f'--max_gb={args.max_gb}', f'--dtype={args.dtype}',
-      f'--platform={args.platform}', f'--batch={args.batch}',
-      f'--inputs={args.inputs}', f'--targets={args.targets}',
+      sys.executable,
+      '-m',
+      'benchmarks.bank_scaling',
+      '--worker',
+      f'--banks={_bank_name(bank)}',
+      f'--variants={variant}',
+      f'--repeats={args.repeats}',
+      f'--size={args.size}',
+      f'--max_gb={args.max_gb}',
+      f'--dtype={args.dtype}',
+      f'--platform={args.platform}',
+      f'--batch={args.batch}',
+      f'--inputs={args.inputs}',
+      f'--targets={args.targets}',
       f'--model_partitions={args.model_partitions}',
   ]
   common.log(f'{_bank_name(bank)} {variant}')
   done = subprocess.run(
-      command, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      env=env, capture_output=True, text=True, check=False)
+      command,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      env=env,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   rows = [l for l in done.stdout.splitlines() if l.startswith('ROW_JSON ')]
   if done.returncode or not rows:
-    return {'num_memories': bank[0], 'memory_length': bank[1],
-            'variant': variant,
-            'failed': f'exit {done.returncode}: {done.stderr[-2000:]}'}
-  return json.loads(rows[-1][len('ROW_JSON '):])
+    return {
+        'num_memories': bank[0],
+        'memory_length': bank[1],
+        'variant': variant,
+        'failed': f'exit {done.returncode}: {done.stderr[-2000:]}',
+    }
+  return json.loads(rows[-1][len('ROW_JSON ') :])
 
 
 def run_in_process(bank, variant, args) -> dict:
   """`worker` in this process; a failure becomes the row's `failed`."""
   common.log(f'{_bank_name(bank)} {variant} (in process)')
   try:
-    return worker(bank[0], bank[1], variant, args.repeats, args.size,
-                  args.max_gb * 1e9, args.dtype, args.platform, args.batch,
-                  args.inputs, args.targets, args.model_partitions)
+    return worker(
+        bank[0],
+        bank[1],
+        variant,
+        args.repeats,
+        args.size,
+        args.max_gb * 1e9,
+        args.dtype,
+        args.platform,
+        args.batch,
+        args.inputs,
+        args.targets,
+        args.model_partitions,
+    )
   except Exception as e:  # pylint: disable=broad-except
-    return {'num_memories': bank[0], 'memory_length': bank[1],
-            'variant': variant, 'failed': f'{type(e).__name__}: {e}'[:2000]}
+    return {
+        'num_memories': bank[0],
+        'memory_length': bank[1],
+        'variant': variant,
+        'failed': f'{type(e).__name__}: {e}'[:2000],
+    }
 
 
 def _add_ratios(rows) -> None:
   """Each row's step time over the 256-memory step of its P and variant."""
   baseline = {
-      (r['memory_length'], r['variant']): r['median_s'] for r in rows
-      if r['num_memories'] == 256 and 'median_s' in r}
+      (r['memory_length'], r['variant']): r['median_s']
+      for r in rows
+      if r['num_memories'] == 256 and 'median_s' in r
+  }
   for r in rows:
     base = baseline.get((r['memory_length'], r['variant']))
     if base and 'median_s' in r:
@@ -257,8 +333,13 @@ def _add_ratios(rows) -> None:
 def _result_name(args) -> str:
   """bank_scaling[_<size>_<banks>][_b<batch>x<in>x<out>][_<variants>]..."""
   name = 'bank_scaling'
-  if args.banks != ','.join(_bank_name(b) for b in BANKS) or args.size != 'base':
-    name += '_' + args.size + '_' + args.banks.replace(':', 'x').replace(',', '_')
+  if (
+      args.banks != ','.join(_bank_name(b) for b in BANKS)
+      or args.size != 'base'
+  ):
+    name += (
+        '_' + args.size + '_' + args.banks.replace(':', 'x').replace(',', '_')
+    )
   if (args.batch, args.inputs, args.targets) != (BATCH, INPUTS, TARGETS):
     name += f'_b{args.batch}x{args.inputs}x{args.targets}'
   if args.variants != ','.join(VARIANTS):
@@ -273,71 +354,127 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--size', default='base')
   parser.add_argument(
-      '--banks', default=','.join(_bank_name(b) for b in BANKS),
-      help='Comma-separated memories:length pairs.')
+      '--banks',
+      default=','.join(_bank_name(b) for b in BANKS),
+      help='Comma-separated memories:length pairs.',
+  )
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument(
-      '--max_gb', type=float, default=20.0,
-      help='Run a variant only if XLA says the process needs less (GB).')
-  parser.add_argument('--dtype', default='float32',
-                      help="Activation dtype ('bfloat16' on a GPU).")
+      '--max_gb',
+      type=float,
+      default=20.0,
+      help='Run a variant only if XLA says the process needs less (GB).',
+  )
   parser.add_argument(
-      '--platform', default='cpu', choices=('cpu', 'gpu'),
+      '--dtype',
+      default='float32',
+      help="Activation dtype ('bfloat16' on a GPU).",
+  )
+  parser.add_argument(
+      '--platform',
+      default='cpu',
+      choices=('cpu', 'gpu'),
       help='cpu: 8 fake devices (mesh 2 x 4); gpu: the visible devices, '
-           'data-parallel.')
-  parser.add_argument('--batch', type=int, default=BATCH,
-                      help='Global batch (split over the data axis).')
+      'data-parallel.',
+  )
+  parser.add_argument(
+      '--batch',
+      type=int,
+      default=BATCH,
+      help='Global batch (split over the data axis).',
+  )
   parser.add_argument('--inputs', type=int, default=INPUTS)
   parser.add_argument('--targets', type=int, default=TARGETS)
   parser.add_argument(
-      '--model_partitions', type=int, default=MODEL_PARTITIONS,
-      help="The mesh's model axis on CPU (it must divide the heads).")
+      '--model_partitions',
+      type=int,
+      default=MODEL_PARTITIONS,
+      help="The mesh's model axis on CPU (it must divide the heads).",
+  )
   parser.add_argument(
-      '--in_process', action='store_true',
+      '--in_process',
+      action='store_true',
       help='Every (bank, variant) in this process, one after another (a GPU '
-           'holds them all; saves a process start and jax import per row).')
+      'holds them all; saves a process start and jax import per row).',
+  )
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   banks = [tuple(int(x) for x in b.split(':')) for b in args.banks.split(',')]
   variants = args.variants.split(',')
   if args.worker:
     (bank,), (variant,) = banks, variants
-    row = worker(bank[0], bank[1], variant, args.repeats, args.size,
-                 args.max_gb * 1e9, args.dtype, args.platform, args.batch,
-                 args.inputs, args.targets, args.model_partitions)
+    row = worker(
+        bank[0],
+        bank[1],
+        variant,
+        args.repeats,
+        args.size,
+        args.max_gb * 1e9,
+        args.dtype,
+        args.platform,
+        args.batch,
+        args.inputs,
+        args.targets,
+        args.model_partitions,
+    )
     print('ROW_JSON ' + json.dumps(row, default=str), flush=True)
     return
 
   if args.in_process and args.platform == 'cpu':
     os.environ.setdefault(
-        'XLA_FLAGS', f'--xla_force_host_platform_device_count={DEVICES}')
+        'XLA_FLAGS', f'--xla_force_host_platform_device_count={DEVICES}'
+    )
   rows = []
   for bank in banks:
     for variant in variants:
-      rows.append(run_in_process(bank, variant, args) if args.in_process
-                  else run_worker(bank, variant, args))
+      rows.append(
+          run_in_process(bank, variant, args)
+          if args.in_process
+          else run_worker(bank, variant, args)
+      )
       # Each row as it comes, so that an interrupted run keeps its rows.
       common.log('ROW_JSON ' + json.dumps(rows[-1], default=str))
   _add_ratios(rows)
-  common.print_table(rows, [
-      'num_memories', 'memory_length', 'variant', 'median_s', 'min_s',
-      'cpu_median_s', 'ratio_to_256', 'xla_per_device_mb', 'skipped',
-      'failed'])
+  common.print_table(
+      rows,
+      [
+          'num_memories',
+          'memory_length',
+          'variant',
+          'median_s',
+          'min_s',
+          'cpu_median_s',
+          'ratio_to_256',
+          'xla_per_device_mb',
+          'skipped',
+          'failed',
+      ],
+  )
   name = _result_name(args)
-  path = common.write_results(name, {
-      'machine': common.machine(),
-      'size': args.size, 'batch': args.batch, 'inputs': args.inputs,
-      'targets': args.targets, 'top_k': TOP_K, 'key_dim': KEY_DIM,
-      'dtype': args.dtype, 'platform': args.platform,
-      'devices': DEVICES,
-      'mesh': {'data': DEVICES // args.model_partitions,
-               'model': args.model_partitions},
-      'bank_shards': DEVICES,
-      'memory': 'xla_per_device_*: compiled.memory_analysis() of the step on '
-                'one of the 8 devices; state_bytes_device0: the allocated '
-                'state on device 0',
-      'rows': rows,
-  })
+  path = common.write_results(
+      name,
+      {
+          'machine': common.machine(),
+          'size': args.size,
+          'batch': args.batch,
+          'inputs': args.inputs,
+          'targets': args.targets,
+          'top_k': TOP_K,
+          'key_dim': KEY_DIM,
+          'dtype': args.dtype,
+          'platform': args.platform,
+          'devices': DEVICES,
+          'mesh': {
+              'data': DEVICES // args.model_partitions,
+              'model': args.model_partitions,
+          },
+          'bank_shards': DEVICES,
+          'memory': 'xla_per_device_*: compiled.memory_analysis() of the step on '
+          'one of the 8 devices; state_bytes_device0: the allocated '
+          'state on device 0',
+          'rows': rows,
+      },
+  )
   print(f'\nWrote {path}')
 
 

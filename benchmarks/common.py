@@ -14,7 +14,14 @@ import statistics
 import sys
 import time
 from typing import (
-    Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
 )
 
 import jax
@@ -107,8 +114,10 @@ def time_interleaved(
       del result  # Outputs (gigabytes of gradients) must not outlive the call.
       times[name]['wall_s'].append(wall)
       times[name]['cpu_s'].append(cpu)
-    log(f'round {i + 1}/{repeats}: ' + ', '.join(
-        f'{n} {times[n]["wall_s"][-1]:.3g}s' for n in names))
+    log(
+        f'round {i + 1}/{repeats}: '
+        + ', '.join(f'{n} {times[n]["wall_s"][-1]:.3g}s' for n in names)
+    )
   return times
 
 
@@ -155,8 +164,11 @@ def ratios(rows, pairs) -> Dict[str, Dict[str, float]]:
     '<a>_over_<b>' -> {'wall_median', 'wall_min', 'cpu_median'}.
   """
   by_name = {r['variant']: r for r in rows}
-  fields = {'wall_median': 'median_s', 'wall_min': 'min_s',
-            'cpu_median': 'cpu_median_s'}
+  fields = {
+      'wall_median': 'median_s',
+      'wall_min': 'min_s',
+      'cpu_median': 'cpu_median_s',
+  }
   return {
       f'{a}_over_{b}': {
           k: by_name[a][f] / by_name[b][f] for k, f in fields.items()
@@ -212,7 +224,8 @@ def t5_train_flops(
   )
   logits = t_dec * 2 * emb_dim * vocab_size
   forward = batch * (
-      num_encoder_layers * encoder_layer + num_decoder_layers * decoder_layer
+      num_encoder_layers * encoder_layer
+      + num_decoder_layers * decoder_layer
       + logits
   )
   return forward * (3 if weight_gradients else 2)

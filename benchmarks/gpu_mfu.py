@@ -68,13 +68,17 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument('--peak_tflops', type=float, default=None)
   parser.add_argument('--allow_cpu', action='store_true')
   parser.add_argument(
-      '--variants', default=','.join(step_time.VARIANTS),
+      '--variants',
+      default=','.join(step_time.VARIANTS),
       help='Comma-separated subset of the variants (one compile each: on a '
-           'short lease, --variants=spt).')
+      'short lease, --variants=spt).',
+  )
   args = parser.parse_args()
   unknown = sorted(set(args.variants.split(',')) - set(step_time.VARIANTS))
   if unknown:
-    parser.error(f'unknown variants {unknown}; choose from {list(step_time.VARIANTS)}')
+    parser.error(
+        f'unknown variants {unknown}; choose from {list(step_time.VARIANTS)}'
+    )
   return args
 
 
@@ -116,9 +120,16 @@ def main() -> None:
     cost = common.xla_cost(compiled)
     flops[name] = {
         'analytic_flops': common.t5_train_flops(
-            cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
-            cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size,
-            shapes.batch, shapes.inputs + spt.prefix_length, shapes.targets,
+            cfg.emb_dim,
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.mlp_dim,
+            cfg.num_encoder_layers,
+            cfg.num_decoder_layers,
+            cfg.vocab_size,
+            shapes.batch,
+            shapes.inputs + spt.prefix_length,
+            shapes.targets,
         ),
         'xla_flops': float(cost.get('flops', float('nan'))),
     }
@@ -129,19 +140,30 @@ def main() -> None:
   rows = []
   for name, timing in times.items():
     summary = common.summarize(timing)
-    rows.append({
-        'variant': name,
-        **flops[name],
-        **summary,
-        'mfu': flops[name]['analytic_flops'] / summary['median_s'] / peak,
-        'xla_flops_utilisation': flops[name]['xla_flops']
-        / summary['median_s'] / peak,
-        'tokens_per_s': shapes.batch * (shapes.inputs + shapes.targets)
-        / summary['median_s'],
-    })
+    rows.append(
+        {
+            'variant': name,
+            **flops[name],
+            **summary,
+            'mfu': flops[name]['analytic_flops'] / summary['median_s'] / peak,
+            'xla_flops_utilisation': flops[name]['xla_flops']
+            / summary['median_s']
+            / peak,
+            'tokens_per_s': shapes.batch
+            * (shapes.inputs + shapes.targets)
+            / summary['median_s'],
+        }
+    )
   common.print_table(
-      rows, ['variant', 'median_s', 'tokens_per_s', 'analytic_flops', 'mfu',
-             'xla_flops_utilisation']
+      rows,
+      [
+          'variant',
+          'median_s',
+          'tokens_per_s',
+          'analytic_flops',
+          'mfu',
+          'xla_flops_utilisation',
+      ],
   )
   path = common.write_results(
       f'gpu_mfu_{args.size}' + ('_cpu_smoke' if not devices else ''),

@@ -20,12 +20,12 @@ from benchmarks import input_fixture
 from spt_jax import eval_protocol
 from tasks import registry
 
-
 # ------------------------- Pre-processed copies: SeqIO caches, P3 folders --
 
 
-def precache_examples(task_name: str, split: str = 'train'
-                      ) -> List[Dict[str, Any]]:
+def precache_examples(
+    task_name: str, split: str = 'train'
+) -> List[Dict[str, Any]]:
   """A task's examples where SeqIO caches them: rendered, tokenised, no EOS.
 
   In the source's order, as `seqio.scripts.cache_tasks_main` computes them
@@ -42,16 +42,24 @@ def _tf_example(example: Mapping[str, Any]) -> bytes:
   for key, value in example.items():
     flat = np.asarray(value).reshape(-1)
     if flat.dtype.kind in 'SUO':
-      feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[v if isinstance(v, bytes) else str(v).encode() for v in flat]))
+      feature[key] = tf.train.Feature(
+          bytes_list=tf.train.BytesList(
+              value=[
+                  v if isinstance(v, bytes) else str(v).encode() for v in flat
+              ]
+          )
+      )
     elif flat.dtype.kind == 'f':
       feature[key] = tf.train.Feature(
-          float_list=tf.train.FloatList(value=flat.tolist()))
+          float_list=tf.train.FloatList(value=flat.tolist())
+      )
     else:
       feature[key] = tf.train.Feature(
-          int64_list=tf.train.Int64List(value=flat.astype(np.int64).tolist()))
+          int64_list=tf.train.Int64List(value=flat.astype(np.int64).tolist())
+      )
   return tf.train.Example(
-      features=tf.train.Features(feature=feature)).SerializeToString()
+      features=tf.train.Features(feature=feature)
+  ).SerializeToString()
 
 
 def _feature_info(example: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -59,31 +67,51 @@ def _feature_info(example: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
   info = {}
   for key, value in example.items():
     value = np.asarray(value)
-    dtype = ('string' if value.dtype.kind in 'SUO' else
-             'bool' if value.dtype.kind == 'b' else value.dtype.name)
-    info[key] = {'dtype': dtype,
-                 'shape': [None] + list(value.shape[1:]) if value.ndim else []}
+    dtype = (
+        'string'
+        if value.dtype.kind in 'SUO'
+        else 'bool'
+        if value.dtype.kind == 'b'
+        else value.dtype.name
+    )
+    info[key] = {
+        'dtype': dtype,
+        'shape': [None] + list(value.shape[1:]) if value.ndim else [],
+    }
   return info
 
 
-def write_split(folder: str, split: str, examples: Sequence[Mapping[str, Any]],
-                stats: Mapping[str, Any]) -> None:
+def write_split(
+    folder: str,
+    split: str,
+    examples: Sequence[Mapping[str, Any]],
+    stats: Mapping[str, Any],
+) -> None:
   """One shard with `info.<split>.json` and `stats.<split>.json`."""
   os.makedirs(folder, exist_ok=True)
   with tf.io.TFRecordWriter(
-      os.path.join(folder, f'{split}.tfrecord-00000-of-00001')) as writer:
+      os.path.join(folder, f'{split}.tfrecord-00000-of-00001')
+  ) as writer:
     for example in examples:
       writer.write(_tf_example(example))
   with open(os.path.join(folder, f'info.{split}.json'), 'w') as f:
-    json.dump({'features': _feature_info(examples[0]), 'num_shards': 1,
-               'seqio_version': seqio.__version__}, f)
+    json.dump(
+        {
+            'features': _feature_info(examples[0]),
+            'num_shards': 1,
+            'seqio_version': seqio.__version__,
+        },
+        f,
+    )
   with open(os.path.join(folder, f'stats.{split}.json'), 'w') as f:
     json.dump(dict(stats), f)
 
 
-def write_cache_in_process(cache_dir: str, task_names: Sequence[str],
-                           examples: Mapping[str, Sequence[Mapping[str, Any]]]
-                           ) -> None:
+def write_cache_in_process(
+    cache_dir: str,
+    task_names: Sequence[str],
+    examples: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> None:
   """The SeqIO cache `cache_tasks_main` writes, of the `train` split, in-process.
 
   Beam's DirectRunner, the runner a single host has, needed more than 12 GB
@@ -118,9 +146,13 @@ def cache_command(task_names: Sequence[str], cache_dir: str) -> List[str]:
   `--tasks` takes task names (regular expressions), not a mixture's name.
   """
   return [
-      sys.executable, '-m', 'seqio.scripts.cache_tasks_main',
-      '--module_import=tasks', f'--tasks={",".join(task_names)}',
-      f'--output_cache_dir={cache_dir}', '--min_shards=1',
+      sys.executable,
+      '-m',
+      'seqio.scripts.cache_tasks_main',
+      '--module_import=tasks',
+      f'--tasks={",".join(task_names)}',
+      f'--output_cache_dir={cache_dir}',
+      '--min_shards=1',
       # One process: the multi-process DirectRunner grew past 20 GB on
       # the full fixture here.
       '--pipeline_options=--runner=DirectRunner,'
@@ -130,15 +162,21 @@ def cache_command(task_names: Sequence[str], cache_dir: str) -> List[str]:
 
 def write_cache_with_beam(cache_dir: str, task_names: Sequence[str]) -> None:
   """Caches the tasks with `seqio.scripts.cache_tasks_main` (every split)."""
-  out = subprocess.run(cache_command(task_names, cache_dir), env=os.environ,
-                       capture_output=True, text=True)
+  out = subprocess.run(
+      cache_command(task_names, cache_dir),
+      env=os.environ,
+      capture_output=True,
+      text=True,
+  )
   if out.returncode:
     raise RuntimeError(f'cache_tasks_main failed:\n{out.stderr[-3000:]}')
 
 
-def write_p3_fixture(fixture: input_fixture.Fixture, datasets: Sequence[str],
-                     examples: Mapping[str, Sequence[Mapping[str, Any]]]
-                     ) -> List[str]:
+def write_p3_fixture(
+    fixture: input_fixture.Fixture,
+    datasets: Sequence[str],
+    examples: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> List[str]:
   """One P3 folder per `spt_t0` task of `datasets`, holding its examples.
 
   As P3 stores them: inputs without EOS, targets with EOS, the pretokenised
@@ -158,15 +196,22 @@ def write_p3_fixture(fixture: input_fixture.Fixture, datasets: Sequence[str],
   for dataset, names in input_fixture.t0_task_names(datasets).items():
     for name in names:
       folder = f'{input_fixture.P3_PREFIXES.get(dataset, dataset)}_{eval_protocol.template_info(name)[1]}'
-      records = [{
-          'inputs': ex['inputs'].astype(np.int32),
-          'targets': np.append(ex['targets'], eos).astype(np.int32),
-          'inputs_pretokenized': ex['inputs_pretokenized'],
-          'targets_pretokenized': ex['targets_pretokenized'],
-          'answer_choices': np.asarray(ex['answer_choices'], object),
-      } for ex in examples[name]]
-      write_split(os.path.join(fixture.p3_dir, 'data', folder), 'train',
-                  records, {'examples': input_fixture.TRAIN_SIZES[dataset]})
+      records = [
+          {
+              'inputs': ex['inputs'].astype(np.int32),
+              'targets': np.append(ex['targets'], eos).astype(np.int32),
+              'inputs_pretokenized': ex['inputs_pretokenized'],
+              'targets_pretokenized': ex['targets_pretokenized'],
+              'answer_choices': np.asarray(ex['answer_choices'], object),
+          }
+          for ex in examples[name]
+      ]
+      write_split(
+          os.path.join(fixture.p3_dir, 'data', folder),
+          'train',
+          records,
+          {'examples': input_fixture.TRAIN_SIZES[dataset]},
+      )
       folders.append(folder)
   return folders
 
@@ -174,7 +219,8 @@ def write_p3_fixture(fixture: input_fixture.Fixture, datasets: Sequence[str],
 def register_prerendered_mixture(
     datasets: Sequence[str],
     examples: Mapping[str, Sequence[Mapping[str, Any]]],
-    name: str = input_fixture.PRERENDERED_MIXTURE) -> List[str]:
+    name: str = input_fixture.PRERENDERED_MIXTURE,
+) -> List[str]:
   """The T0 mixture's tasks, each starting from its rendered text.
 
   A task per `spt_t0` task, whose source holds that task's rendered
@@ -186,23 +232,31 @@ def register_prerendered_mixture(
   for dataset, names in input_fixture.t0_task_names(datasets).items():
     rate = input_fixture.t0_rate(dataset, len(names))
     for original in names:
-      text = {key: [ex[f'{key}_pretokenized'] for ex in examples[original]]
-              for key in ('inputs', 'targets', 'prompt')}
+      text = {
+          key: [ex[f'{key}_pretokenized'] for ex in examples[original]]
+          for key in ('inputs', 'targets', 'prompt')
+      }
 
       def dataset_fn(split, shuffle_files, seed=None, text=text):
         del split, shuffle_files, seed  # One in-memory split.
         return tf.data.Dataset.from_tensor_slices(
-            {k: tf.constant(v, tf.string) for k, v in text.items()})
+            {k: tf.constant(v, tf.string) for k, v in text.items()}
+        )
 
       task_name = eval_protocol.task_name(
-          input_fixture.PRERENDERED_COLLECTION, *eval_protocol.template_info(original))
+          input_fixture.PRERENDERED_COLLECTION,
+          *eval_protocol.template_info(original),
+      )
       registry.add_task(
           task_name,
           source=seqio.FunctionDataSource(dataset_fn, splits=['train']),
-          preprocessors=[seqio.preprocessors.tokenize,
-                         seqio.CacheDatasetPlaceholder(),
-                         seqio.preprocessors.append_eos_after_trim],
-          output_features=seqio.get_mixture_or_task(original).output_features)
+          preprocessors=[
+              seqio.preprocessors.tokenize,
+              seqio.CacheDatasetPlaceholder(),
+              seqio.preprocessors.append_eos_after_trim,
+          ],
+          output_features=seqio.get_mixture_or_task(original).output_features,
+      )
       entries.append((task_name, rate))
   registry.add_mixture(name, entries)
   return [n for n, _ in entries]

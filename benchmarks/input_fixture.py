@@ -26,8 +26,11 @@ from tasks import t0
 _DATA_ENV, _VOCAB_ENV = 'SPT_DATA_DIR', 'SPT_VOCAB_PATH'
 
 _SYNTHETIC_VOCAB = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tasks',
-    'data', 'synthetic_spm.model')
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    'tasks',
+    'data',
+    'synthetic_spm.model',
+)
 T0_LENGTHS = {'inputs': 1024, 'targets': 256, 'prompt': 64}
 MIXTURE = 'spt_bench_t0'
 PRERENDERED_MIXTURE = 'spt_bench_t0_prerendered'
@@ -38,18 +41,34 @@ PRERENDERED_COLLECTION = 'spt_bench_prerendered'
 # Approximate sizes of the datasets' training splits (their Hugging Face
 # exports), used only for T0's mixing rates (`prompted.mixing_rate`).
 TRAIN_SIZES = {
-    'commonsense_qa': 9_741, 'dream': 6_116, 'quail': 10_246,
-    'quartz': 2_696, 'social_i_qa': 33_410, 'wiqa': 29_808, 'quarel': 1_941,
-    'sciq': 11_679, 'wiki_hop': 43_738, 'adversarial_qa': 30_000,
-    'quoref': 19_399, 'duorc_selfrc': 60_721, 'duorc_paraphraserc': 69_524,
-    'ropes': 10_924, 'hotpot_qa': 90_447, 'wiki_qa': 20_360,
-    'common_gen': 67_389, 'amazon_polarity': 3_600_000,
-    'app_reviews': 288_065, 'rotten_tomatoes': 8_530, 'dbpedia_14': 560_000,
+    'commonsense_qa': 9_741,
+    'dream': 6_116,
+    'quail': 10_246,
+    'quartz': 2_696,
+    'social_i_qa': 33_410,
+    'wiqa': 29_808,
+    'quarel': 1_941,
+    'sciq': 11_679,
+    'wiki_hop': 43_738,
+    'adversarial_qa': 30_000,
+    'quoref': 19_399,
+    'duorc_selfrc': 60_721,
+    'duorc_paraphraserc': 69_524,
+    'ropes': 10_924,
+    'hotpot_qa': 90_447,
+    'wiki_qa': 20_360,
+    'common_gen': 67_389,
+    'amazon_polarity': 3_600_000,
+    'app_reviews': 288_065,
+    'rotten_tomatoes': 8_530,
+    'dbpedia_14': 560_000,
 }
 # The P3 folder prefix of each (`tasks.p3.datasets.T0_DATASETS`).
 P3_PREFIXES = {
-    'commonsense_qa': 'cos_e_v1.11', 'wiki_hop': 'wiki_hop_original',
-    'adversarial_qa': 'adversarial_qa_dbidaf', 'duorc_selfrc': 'duorc_SelfRC',
+    'commonsense_qa': 'cos_e_v1.11',
+    'wiki_hop': 'wiki_hop_original',
+    'adversarial_qa': 'adversarial_qa_dbidaf',
+    'duorc_selfrc': 'duorc_SelfRC',
     'duorc_paraphraserc': 'duorc_ParaphraseRC',
     'hotpot_qa': 'kilt_tasks_hotpotqa',
 }
@@ -74,16 +93,23 @@ class TextGenerator:
   def __init__(self, seed: int = 0):
     rng = np.random.default_rng(seed)
     consonants, vowels = np.array(list('bcdfghjklmnprstvwz')), np.array(
-        list('aeiou'))
+        list('aeiou')
+    )
     morphemes, seen = [], set()
     while len(morphemes) < self.NUM_MORPHEMES:
       n = 4 * self.NUM_MORPHEMES
       syllables = [
-          np.char.add(np.char.add(consonants[rng.integers(18, size=n)],
-                                  vowels[rng.integers(5, size=n)]),
-                      np.where(rng.random(n) < 0.4,
-                               consonants[rng.integers(18, size=n)], ''))
-          for _ in range(3)]
+          np.char.add(
+              np.char.add(
+                  consonants[rng.integers(18, size=n)],
+                  vowels[rng.integers(5, size=n)],
+              ),
+              np.where(
+                  rng.random(n) < 0.4, consonants[rng.integers(18, size=n)], ''
+              ),
+          )
+          for _ in range(3)
+      ]
       count = rng.choice([1, 2, 3], size=n, p=[0.55, 0.4, 0.05])
       for i in range(n):
         m = ''.join(syllables[j][i] for j in range(count[i]))
@@ -96,8 +122,10 @@ class TextGenerator:
     parts = rng.choice([1, 2, 3], size=extra, p=[0.7, 0.25, 0.05])
     picks = np.searchsorted(zipf / zipf[-1], rng.random((extra, 3)))
     words = list(morphemes[:300])  # Single-morpheme function words.
-    words += [''.join(morphemes[k] for k in picks[i, :parts[i]])
-              for i in range(extra)]
+    words += [
+        ''.join(morphemes[k] for k in picks[i, : parts[i]])
+        for i in range(extra)
+    ]
     self.words = np.array(words, dtype=object)
     weights = 1.0 / (np.arange(self.NUM_WORDS) + 2.7)
     self._cdf = np.cumsum(weights / weights.sum())
@@ -113,7 +141,7 @@ class TextGenerator:
     out, i = [], 0
     while i < n:
       length = int(self.rng.integers(6, 25))
-      sentence = words[i:i + length]
+      sentence = words[i : i + length]
       if len(sentence) > 8 and self.rng.random() < 0.5:
         sentence[len(sentence) // 2] += ','
       out.append(' '.join(sentence) + ('.' if i + length < n or n > 5 else ''))
@@ -133,8 +161,11 @@ class TextGenerator:
 
 def _template_words() -> List[str]:
   """The words of our templates (their English wording), in a fixed order."""
-  folder = os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), 'tasks', 'templates')
+  folder = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      'tasks',
+      'templates',
+  )
   words = set()
   for name in sorted(os.listdir(folder)):
     if name.endswith('.json'):
@@ -170,8 +201,10 @@ def vocabulary_proto(generator: TextGenerator) -> bytes:
   add('</s>', 0.0, piece_type.CONTROL)
   add('<unk>', 0.0, piece_type.UNKNOWN)
   add('\u2581', -19.0)
-  for ch in ('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
-             '0123456789.,?!\'"-_:;()/[]{}|'):
+  for ch in (
+      'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+      '0123456789.,?!\'"-_:;()/[]{}|'
+  ):
     add('\u2581' + ch, -20.0)
     add(ch, -20.5)
   pieces = {p.piece for p in model.pieces}
@@ -205,58 +238,106 @@ def t0_record(dataset: str, g: TextGenerator) -> Dict[str, Any]:
   text = g.text
   if dataset == 'commonsense_qa':
     labels = _labels(5)
-    return {'question': text(13) + '?',
-            'choices': {'label': labels, 'text': g.texts(5, 1.5)},
-            'answerKey': g.pick(labels)}
+    return {
+        'question': text(13) + '?',
+        'choices': {'label': labels, 'text': g.texts(5, 1.5)},
+        'answerKey': g.pick(labels),
+    }
   if dataset == 'dream':
     choices = g.texts(3, 5)
-    return {'dialogue': g.texts(g.integer(4, 9), 14), 'question': text(8) + '?',
-            'choice': choices, 'answer': g.pick(choices)}
+    return {
+        'dialogue': g.texts(g.integer(4, 9), 14),
+        'question': text(8) + '?',
+        'choice': choices,
+        'answer': g.pick(choices),
+    }
   if dataset == 'quail':
-    return {'context': text(320), 'question': text(10) + '?',
-            'answers': g.texts(4, 6), 'correct_answer_id': g.integer(0, 3)}
+    return {
+        'context': text(320),
+        'question': text(10) + '?',
+        'answers': g.texts(4, 6),
+        'correct_answer_id': g.integer(0, 3),
+    }
   if dataset == 'quartz':
-    return {'para': text(35), 'question': text(20),
-            'choices': {'label': ['A', 'B'], 'text': g.texts(2, 2)},
-            'answerKey': g.pick(['A', 'B'])}
+    return {
+        'para': text(35),
+        'question': text(20),
+        'choices': {'label': ['A', 'B'], 'text': g.texts(2, 2)},
+        'answerKey': g.pick(['A', 'B']),
+    }
   if dataset == 'social_i_qa':
-    return {'context': text(15), 'question': text(7) + '?',
-            'answerA': text(4), 'answerB': text(4), 'answerC': text(4),
-            'label': g.pick(['1', '2', '3'])}
+    return {
+        'context': text(15),
+        'question': text(7) + '?',
+        'answerA': text(4),
+        'answerB': text(4),
+        'answerC': text(4),
+        'label': g.pick(['1', '2', '3']),
+    }
   if dataset == 'wiqa':
-    return {'question_stem': text(12),
-            'question_para_step': g.texts(g.integer(4, 9), 8),
-            'answer_label': g.pick(['more', 'less', 'no_effect'])}
+    return {
+        'question_stem': text(12),
+        'question_para_step': g.texts(g.integer(4, 9), 8),
+        'answer_label': g.pick(['more', 'less', 'no_effect']),
+    }
   if dataset == 'quarel':
-    return {'question': text(40), 'answer_index': g.integer(0, 1),
-            'world_literals': {'world1': [text(2)], 'world2': [text(2)]}}
+    return {
+        'question': text(40),
+        'answer_index': g.integer(0, 1),
+        'world_literals': {'world1': [text(2)], 'world2': [text(2)]},
+    }
   if dataset == 'sciq':
-    return {'question': text(14) + '?', 'distractor1': text(2),
-            'distractor2': text(2), 'distractor3': text(2),
-            'correct_answer': text(2), 'support': text(80)}
+    return {
+        'question': text(14) + '?',
+        'distractor1': text(2),
+        'distractor2': text(2),
+        'distractor3': text(2),
+        'correct_answer': text(2),
+        'support': text(80),
+    }
   if dataset == 'wiki_hop':
     candidates = g.texts(g.integer(2, 30), 2)
     relation = '_'.join(g.sample_words(g.integer(1, 3)))
-    return {'question': f'{relation} {text(2)}', 'candidates': candidates,
-            'answer': g.pick(candidates),
-            'supports': g.texts(g.integer(3, 25), 90)}
+    return {
+        'question': f'{relation} {text(2)}',
+        'candidates': candidates,
+        'answer': g.pick(candidates),
+        'supports': g.texts(g.integer(3, 25), 90),
+    }
   if dataset in ('adversarial_qa', 'quoref'):
     context = 120 if dataset == 'adversarial_qa' else 330
-    return {'title': text(3), 'context': text(context),
-            'question': text(12) + '?', 'answers': {'text': [text(2.5)]}}
+    return {
+        'title': text(3),
+        'context': text(context),
+        'question': text(12) + '?',
+        'answers': {'text': [text(2.5)]},
+    }
   if dataset in ('duorc_selfrc', 'duorc_paraphraserc'):
     plot = 580 if dataset == 'duorc_selfrc' else 900
     no_answer = g.rng.random() < 0.1
-    return {'title': text(3), 'plot': text(plot), 'question': text(8) + '?',
-            'answers': [] if no_answer else [text(3)], 'no_answer': no_answer}
+    return {
+        'title': text(3),
+        'plot': text(plot),
+        'question': text(8) + '?',
+        'answers': [] if no_answer else [text(3)],
+        'no_answer': no_answer,
+    }
   if dataset == 'ropes':
-    return {'background': text(120), 'situation': text(90),
-            'question': text(15) + '?', 'answers': {'text': [text(2)]}}
+    return {
+        'background': text(120),
+        'situation': text(90),
+        'question': text(15) + '?',
+        'answers': {'text': [text(2)]},
+    }
   if dataset == 'hotpot_qa':
     return {'question': text(18) + '?', 'answer': text(2)}
   if dataset == 'wiki_qa':
-    return {'question': text(7) + '?', 'answer': text(25),
-            'document_title': text(2), 'label': int(g.rng.random() < 0.05)}
+    return {
+        'question': text(7) + '?',
+        'answer': text(25),
+        'document_title': text(2),
+        'label': int(g.rng.random() < 0.05),
+    }
   if dataset == 'common_gen':
     return {'concepts': g.sample_words(g.integer(3, 5)), 'target': text(11)}
   if dataset == 'amazon_polarity':
@@ -293,8 +374,12 @@ class Fixture:
     return os.path.join(self.root, 'seqio_cache')
 
 
-def write_fixture(root: str, datasets: Sequence[str] = tuple(TRAIN_SIZES),
-                  records: int = 1000, seed: int = 0) -> Fixture:
+def write_fixture(
+    root: str,
+    datasets: Sequence[str] = tuple(TRAIN_SIZES),
+    records: int = 1000,
+    seed: int = 0,
+) -> Fixture:
   """Writes the vocabulary and the datasets' records; points the tasks there.
 
   Each dataset gets `records` training records and a tenth as many (at
@@ -339,8 +424,10 @@ def t0_task_names(datasets: Sequence[str]) -> Dict[str, List[str]]:
   """dataset -> the names of its `spt_t0` training tasks."""
   by_name = {d.name: d for d in t0.TRAIN_DATASETS}
   return {
-      d: [eval_protocol.task_name(t0.COLLECTION, d, t.name)
-          for t in by_name[d].template_collection.templates]
+      d: [
+          eval_protocol.task_name(t0.COLLECTION, d, t.name)
+          for t in by_name[d].template_collection.templates
+      ]
       for d in datasets
   }
 
@@ -349,8 +436,9 @@ def t0_rate(dataset: str, num_templates: int) -> int:
   return prompted.mixing_rate(TRAIN_SIZES[dataset], num_templates)
 
 
-def register_t0_mixture(datasets: Sequence[str],
-                        name: str = MIXTURE) -> List[str]:
+def register_t0_mixture(
+    datasets: Sequence[str], name: str = MIXTURE
+) -> List[str]:
   """A mixture of the datasets' `spt_t0` tasks with T0's rates."""
   entries = []
   for dataset, names in t0_task_names(datasets).items():

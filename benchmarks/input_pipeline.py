@@ -84,18 +84,32 @@ from tasks import synthetic  # pylint: disable=g-import-not-at-top
 # --------------------------------------------------------------- Pipelines --
 
 
-def train_batches(name: str, lengths: Mapping[str, int], prompt_length: int,
-                  batch_size: int, seed: int = 0, use_cached: bool = False):
+def train_batches(
+    name: str,
+    lengths: Mapping[str, int],
+    prompt_length: int,
+    batch_size: int,
+    seed: int = 0,
+    use_cached: bool = False,
+):
   """One host's training batches: `spt_jax.local.train_data.get_train_dataset`."""
   return train_data.get_train_dataset(
-      name, dict(lengths), batch_size,
-      functools.partial(feature_converters.SptEncDecFeatureConverter,
-                        prompt_length=prompt_length),
-      seed, shard_info=seqio.ShardInfo(0, 1), use_cached=use_cached)
+      name,
+      dict(lengths),
+      batch_size,
+      functools.partial(
+          feature_converters.SptEncDecFeatureConverter,
+          prompt_length=prompt_length,
+      ),
+      seed,
+      shard_info=seqio.ShardInfo(0, 1),
+      use_cached=use_cached,
+  )
 
 
-def render_only_batches(datasets: Sequence[str], batch_size: int,
-                        seed: int = 0):
+def render_only_batches(
+    datasets: Sequence[str], batch_size: int, seed: int = 0
+):
   """The T0 mixture cut after rendering: source, template, mixed, batched.
 
   Each task's raw records (shuffled, repeated) through its first
@@ -109,13 +123,16 @@ def render_only_batches(datasets: Sequence[str], batch_size: int,
       task = seqio.get_mixture_or_task(name)
       raw = task.source.get_dataset('train', shuffle=True, seed=seed)
       rendered = task.preprocessors[0](raw.repeat())
-      streams.append(rendered.map(
-          lambda ex: {k: ex[k] for k in ('inputs', 'targets', 'prompt')}))
+      streams.append(
+          rendered.map(
+              lambda ex: {k: ex[k] for k in ('inputs', 'targets', 'prompt')}
+          )
+      )
       rates.append(float(input_fixture.t0_rate(dataset, len(names))))
   mixed = tf.data.Dataset.sample_from_datasets(
-      streams, weights=np.asarray(rates) / np.sum(rates), seed=seed)
-  return mixed.batch(batch_size, drop_remainder=True).prefetch(
-      tf.data.AUTOTUNE)
+      streams, weights=np.asarray(rates) / np.sum(rates), seed=seed
+  )
+  return mixed.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 class PipelineReader:
@@ -140,12 +157,14 @@ class PipelineReader:
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
       next(self._iterator)
-    return common.Measured(time.perf_counter() - wall,
-                           time.process_time() - cpu)
+    return common.Measured(
+        time.perf_counter() - wall, time.process_time() - cpu
+    )
 
 
-def render_ceiling(datasets: Sequence[str], seconds: float = 5.0,
-                   seed: int = 0) -> Dict[str, float]:
+def render_ceiling(
+    datasets: Sequence[str], seconds: float = 5.0, seed: int = 0
+) -> Dict[str, float]:
   """Examples/s of `apply_template`'s Python work alone, in one thread.
 
   What its `render` does per example inside `tf.numpy_function` (numpy
@@ -157,11 +176,13 @@ def render_ceiling(datasets: Sequence[str], seconds: float = 5.0,
   work, weights = [], []
   for dataset, names in input_fixture.t0_task_names(datasets).items():
     source = seqio.get_mixture_or_task(names[0]).source
-    raw = list(source.get_dataset('train', shuffle=False)
-               .take(200).as_numpy_iterator())
+    raw = list(
+        source.get_dataset('train', shuffle=False).take(200).as_numpy_iterator()
+    )
     for name in names:
-      template = seqio.get_mixture_or_task(name).preprocessors[0].keywords[
-          'template']
+      template = (
+          seqio.get_mixture_or_task(name).preprocessors[0].keywords['template']
+      )
       work.append((template, raw))
       weights.append(input_fixture.t0_rate(dataset, len(names)))
   weights = np.asarray(weights, float) / np.sum(weights)
@@ -175,22 +196,27 @@ def render_ceiling(datasets: Sequence[str], seconds: float = 5.0,
     value = preprocessors.to_python(tf.nest.pack_sequence_as(example, flat))
     rendered = template.render(value)
     if rendered is not None:
-      encoded = [rendered.inputs.encode('utf-8'),
-                 rendered.targets.encode('utf-8')]
+      encoded = [
+          rendered.inputs.encode('utf-8'),
+          rendered.targets.encode('utf-8'),
+      ]
       encoded += [c.encode('utf-8') for c in rendered.answer_choices]
       chars += len(encoded[0]) + len(encoded[1])
     spent += time.thread_time() - start
     count += 1
-  return {'examples_per_cpu_s': count / spent,
-          'cpu_us_per_example': 1e6 * spent / count,
-          'rendered_chars_per_example': chars / count}
+  return {
+      'examples_per_cpu_s': count / spent,
+      'cpu_us_per_example': 1e6 * spent / count,
+      'rendered_chars_per_example': chars / count,
+  }
 
 
 # ------------------------------------------------------------ Model steps ---
 
 
-def model_steps(sizes: Sequence[str], batch: int, lengths: Mapping[str, int],
-                ) -> Dict[str, Callable[[], Any]]:
+def model_steps(
+    sizes: Sequence[str], batch: int, lengths: Mapping[str, int]
+) -> Dict[str, Callable[[], Any]]:
   """`benchmarks.step_time`'s plain T5 1.1 training step at the lengths."""
   steps = {}
   for size in sizes:
@@ -201,24 +227,23 @@ def model_steps(sizes: Sequence[str], batch: int, lengths: Mapping[str, int],
     params = step_time.backbone_params(cfg, shapes, 0)
     model = models.SptModel(network.SptTransformer(cfg, config.NO_SPT))
     compiled, state = step_time.compiled_step(
-        model, trainer.adafactor(), params, arrays)
+        model, trainer.adafactor(), params, arrays
+    )
     steps[f'model_t5_{size}'] = common.stepper(compiled, state, arrays)
   return steps
 
 
 # Peak dense bf16 FLOP/s of one accelerator, for the estimate.
-PEAK_TFLOPS = {
-    'H100/H200': 989.0,
-    'TPU v4 chip': 275.0,
-    'TPU v3 core': 61.5,
-}
+PEAK_TFLOPS = {'H100/H200': 989.0, 'TPU v4 chip': 275.0, 'TPU v3 core': 61.5}
 
 
-def accelerator_demand(lengths: Mapping[str, int], mfu: float,
-                       accelerators: int = 8,
-                       sizes: Sequence[str] = ('small', 'base', 'large', 'xl',
-                                               'xxl'),
-                       prefix: int = 40) -> List[Dict[str, Any]]:
+def accelerator_demand(
+    lengths: Mapping[str, int],
+    mfu: float,
+    accelerators: int = 8,
+    sizes: Sequence[str] = ('small', 'base', 'large', 'xl', 'xxl'),
+    prefix: int = 40,
+) -> List[Dict[str, Any]]:
   """Examples/s that `accelerators` chips would consume, from FLOPs.
 
   Training FLOPs per example (`common.t5_train_flops`, full fine-tuning;
@@ -230,10 +255,17 @@ def accelerator_demand(lengths: Mapping[str, int], mfu: float,
   for size in sizes:
     cfg = config.t5_1_1_config(size)
     flops = common.t5_train_flops(
-        cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
-        cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size, 1,
+        cfg.emb_dim,
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.mlp_dim,
+        cfg.num_encoder_layers,
+        cfg.num_decoder_layers,
+        cfg.vocab_size,
+        1,
         lengths['inputs'] + lengths.get('prompt', 0) + prefix,
-        lengths['targets'])
+        lengths['targets'],
+    )
     row = {'size': size, 'train_tflop_per_example': flops / 1e12}
     for name, peak in PEAK_TFLOPS.items():
       row[f'{accelerators}x {name}'] = accelerators * peak * 1e12 * mfu / flops
@@ -243,8 +275,14 @@ def accelerator_demand(lengths: Mapping[str, int], mfu: float,
 
 # ---------------------------------------------------------------- Measure ---
 
-VARIANTS = ('t0', 't0_render_only', 't0_prerendered', 't0_cached', 'p3',
-            'synthetic')
+VARIANTS = (
+    't0',
+    't0_render_only',
+    't0_prerendered',
+    't0_cached',
+    'p3',
+    'synthetic',
+)
 
 
 @dataclasses.dataclass
@@ -257,8 +295,13 @@ class Prepared:
   seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
-            records: int, cache_writer: str = 'in_process') -> Prepared:
+def prepare(
+    root: str,
+    variants: Sequence[str],
+    datasets: Sequence[str],
+    records: int,
+    cache_writer: str = 'in_process',
+) -> Prepared:
   """Writes the fixture, and the P3 copy and SeqIO cache the variants need.
 
   Args:
@@ -281,9 +324,12 @@ def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
   needs = set(variants)
   examples = {}
   if needs & {'t0_prerendered', 'p3'} or (
-      't0_cached' in needs and cache_writer == 'in_process'):
+      't0_cached' in needs and cache_writer == 'in_process'
+  ):
     start = time.perf_counter()
-    examples = {name: input_copies.precache_examples(name) for name in task_names}
+    examples = {
+        name: input_copies.precache_examples(name) for name in task_names
+    }
     seconds['precache_examples'] = time.perf_counter() - start
   if 't0_cached' in needs:
     common.log(f'caching {len(task_names)} tasks ({cache_writer})')
@@ -291,7 +337,9 @@ def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
     if cache_writer == 'beam':
       input_copies.write_cache_with_beam(fixture.cache_dir, task_names)
     else:
-      input_copies.write_cache_in_process(fixture.cache_dir, task_names, examples)
+      input_copies.write_cache_in_process(
+          fixture.cache_dir, task_names, examples
+      )
     seconds[f'cache_{cache_writer}'] = time.perf_counter() - start
   if 'p3' in needs:
     input_copies.write_p3_fixture(fixture, datasets, examples)
@@ -300,42 +348,73 @@ def prepare(root: str, variants: Sequence[str], datasets: Sequence[str],
   return prepared
 
 
-def pipelines(prepared: Prepared, variants: Sequence[str], batch_size: int,
-              seed: int = 0, lengths: Mapping[str, int] = input_fixture.T0_LENGTHS
-              ) -> Dict[str, Any]:
+def pipelines(
+    prepared: Prepared,
+    variants: Sequence[str],
+    batch_size: int,
+    seed: int = 0,
+    lengths: Mapping[str, int] = input_fixture.T0_LENGTHS,
+) -> Dict[str, Any]:
   """The batched tf.data pipeline of each variant."""
   out = {}
   for variant in variants:
     if variant == 't0':
-      out[variant] = train_batches(input_fixture.MIXTURE, lengths, lengths['prompt'],
-                                   batch_size, seed)
+      out[variant] = train_batches(
+          input_fixture.MIXTURE, lengths, lengths['prompt'], batch_size, seed
+      )
     elif variant == 't0_render_only':
       out[variant] = render_only_batches(prepared.datasets, batch_size, seed)
     elif variant == 't0_prerendered':
-      out[variant] = train_batches(input_fixture.PRERENDERED_MIXTURE, lengths,
-                                   lengths['prompt'], batch_size, seed)
+      out[variant] = train_batches(
+          input_fixture.PRERENDERED_MIXTURE,
+          lengths,
+          lengths['prompt'],
+          batch_size,
+          seed,
+      )
     elif variant == 't0_cached':
       seqio.add_global_cache_dirs([prepared.fixture.cache_dir])
-      out[variant] = train_batches(input_fixture.MIXTURE, lengths, lengths['prompt'],
-                                   batch_size, seed, use_cached=True)
-    elif variant == 'p3':
-      p3.mixtures.register(prepared.fixture.p3_dir, vocabulary=seqio.SentencePieceVocabulary(
-          prepared.fixture.vocab_path, extra_ids=100))
       out[variant] = train_batches(
-          p3.datasets.T0_TRAIN_MIXTURE, {k: v for k, v in lengths.items()
-                                if k != 'prompt'}, 0, batch_size, seed)
+          input_fixture.MIXTURE,
+          lengths,
+          lengths['prompt'],
+          batch_size,
+          seed,
+          use_cached=True,
+      )
+    elif variant == 'p3':
+      p3.mixtures.register(
+          prepared.fixture.p3_dir,
+          vocabulary=seqio.SentencePieceVocabulary(
+              prepared.fixture.vocab_path, extra_ids=100
+          ),
+      )
+      out[variant] = train_batches(
+          p3.datasets.T0_TRAIN_MIXTURE,
+          {k: v for k, v in lengths.items() if k != 'prompt'},
+          0,
+          batch_size,
+          seed,
+      )
     elif variant == 'synthetic':
       lengths_ = synthetic.SYNTHETIC_FEATURE_LENGTHS
-      out[variant] = train_batches(synthetic.TRAIN_MIXTURE, lengths_,
-                                   lengths_['prompt'], batch_size, seed)
+      out[variant] = train_batches(
+          synthetic.TRAIN_MIXTURE,
+          lengths_,
+          lengths_['prompt'],
+          batch_size,
+          seed,
+      )
     else:
-      raise ValueError(f'Unknown variant {variant!r}; expected one of '
-                       f'{VARIANTS}.')
+      raise ValueError(
+          f'Unknown variant {variant!r}; expected one of ' f'{VARIANTS}.'
+      )
   return out
 
 
-def warm_up(readers: Mapping[str, PipelineReader], examples: int
-            ) -> Dict[str, Dict[str, float]]:
+def warm_up(
+    readers: Mapping[str, PipelineReader], examples: int
+) -> Dict[str, Dict[str, float]]:
   """Reads `examples` from each pipeline (filling its shuffle buffers)."""
   out = {}
   for name, reader in readers.items():
@@ -343,36 +422,51 @@ def warm_up(readers: Mapping[str, PipelineReader], examples: int
     reader.read(1)
     first = time.perf_counter() - start
     reader.read(max(0, -(-examples // reader.batch_size) - 1))
-    out[name] = {'first_batch_s': first,
-                 'warmup_s': time.perf_counter() - start}
-    common.log(f'{name}: first batch after {first:.1f} s, {examples} examples '
-               f'after {out[name]["warmup_s"]:.1f} s')
+    out[name] = {
+        'first_batch_s': first,
+        'warmup_s': time.perf_counter() - start,
+    }
+    common.log(
+        f'{name}: first batch after {first:.1f} s, {examples} examples '
+        f'after {out[name]["warmup_s"]:.1f} s'
+    )
   return out
 
 
-def measure(readers: Mapping[str, PipelineReader],
-            steps: Mapping[str, Callable[[], Any]], step_batch: int,
-            batches: int, drain: int, repeats: int, pause_s: float,
-            ) -> List[Dict[str, Any]]:
+def measure(
+    readers: Mapping[str, PipelineReader],
+    steps: Mapping[str, Callable[[], Any]],
+    step_batch: int,
+    batches: int,
+    drain: int,
+    repeats: int,
+    pause_s: float,
+) -> List[Dict[str, Any]]:
   """Examples/s of every pipeline and model step, timed side by side."""
-  fns = {name: functools.partial(reader.timed, batches, drain)
-         for name, reader in readers.items()}
+  fns = {
+      name: functools.partial(reader.timed, batches, drain)
+      for name, reader in readers.items()
+  }
   fns.update(steps)
   times = common.time_interleaved(
-      fns, repeats, jax.block_until_ready, warmup=1, pause_s=pause_s)
+      fns, repeats, jax.block_until_ready, warmup=1, pause_s=pause_s
+  )
   rows = []
   for name, timing in times.items():
     summary = common.summarize(timing)
-    examples = (readers[name].batch_size * batches if name in readers
-                else step_batch)
-    rows.append({
-        'variant': name,
-        'examples_per_call': examples,
-        'examples_per_s': examples / summary['median_s'],
-        'cpu_ms_per_example': 1e3 * summary['cpu_median_s'] / examples,
-        'cores_busy': summary['cpu_median_s'] / summary['median_s'],
-        **summary,
-    })
+    examples = (
+        readers[name].batch_size * batches if name in readers else step_batch
+    )
+    rows.append(
+        {
+            'variant': name,
+            'examples_per_call': examples,
+            'examples_per_s': examples / summary['median_s'],
+            'cpu_ms_per_example': 1e3 * summary['cpu_median_s'] / examples,
+            'cores_busy': summary['cpu_median_s'] / summary['median_s'],
+            **summary,
+        }
+    )
   return rows
 
 
@@ -382,15 +476,16 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
   table = {}
   pipes = [n for n in by_name if not n.startswith('model_')]
   bases = [n for n in ('t0', 'synthetic') if n in by_name] + [
-      n for n in by_name if n.startswith('model_')]
+      n for n in by_name if n.startswith('model_')
+  ]
   for a in pipes:
     for b in bases:
       if a != b:
         table[f'{a}_over_{b}'] = {
             'examples_per_s': by_name[a]['examples_per_s']
-                              / by_name[b]['examples_per_s'],
+            / by_name[b]['examples_per_s'],
             'cpu_per_example': by_name[b]['cpu_ms_per_example']
-                               / by_name[a]['cpu_ms_per_example'],
+            / by_name[a]['cpu_ms_per_example'],
         }
   return table
 
@@ -398,67 +493,106 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--variants', default=','.join(VARIANTS))
-  parser.add_argument('--model_sizes', default='small,base',
-                      help='T5 1.1 sizes whose step to time ("" for none).')
+  parser.add_argument(
+      '--model_sizes',
+      default='small,base',
+      help='T5 1.1 sizes whose step to time ("" for none).',
+  )
   parser.add_argument('--model_batch', type=int, default=2)
-  parser.add_argument('--batch', type=int, default=32,
-                      help="Pipeline batch (one host's rows).")
-  parser.add_argument('--batches', type=int, default=40,
-                      help='Timed batches per call.')
+  parser.add_argument(
+      '--batch', type=int, default=32, help="Pipeline batch (one host's rows)."
+  )
+  parser.add_argument(
+      '--batches', type=int, default=40, help='Timed batches per call.'
+  )
   parser.add_argument('--drain_batches', type=int, default=16)
   parser.add_argument('--warmup_examples', type=int, default=20_000)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--pause_s', type=float, default=3.0)
-  parser.add_argument('--records', type=int, default=1000,
-                      help='Fixture training records per dataset.')
+  parser.add_argument(
+      '--records',
+      type=int,
+      default=1000,
+      help='Fixture training records per dataset.',
+  )
   parser.add_argument('--datasets', default=','.join(input_fixture.TRAIN_SIZES))
-  parser.add_argument('--cache_writer', default='in_process',
-                      choices=('in_process', 'beam'),
-                      help='How the t0_cached variant\'s cache is written '
-                      '(input_copies.write_cache_in_process).')
-  parser.add_argument('--mfu', type=float, default=0.4,
-                      help='Assumed MFU of the accelerator estimate.')
-  parser.add_argument('--fixture_dir',
-                      help='Where to write the fixture (default: a new '
-                      'temporary folder).')
+  parser.add_argument(
+      '--cache_writer',
+      default='in_process',
+      choices=('in_process', 'beam'),
+      help="How the t0_cached variant's cache is written "
+      '(input_copies.write_cache_in_process).',
+  )
+  parser.add_argument(
+      '--mfu',
+      type=float,
+      default=0.4,
+      help='Assumed MFU of the accelerator estimate.',
+  )
+  parser.add_argument(
+      '--fixture_dir',
+      help='Where to write the fixture (default: a new ' 'temporary folder).',
+  )
   args = parser.parse_args()
   variants = [v for v in args.variants.split(',') if v]
   datasets = [d for d in args.datasets.split(',') if d]
   sizes = [s for s in args.model_sizes.split(',') if s]
 
-
   root = args.fixture_dir or tempfile.mkdtemp(prefix='spt_input_pipeline_')
   common.log(f'writing the fixture to {root}')
-  prepared = prepare(root, variants, datasets, args.records,
-                     args.cache_writer)
-  readers = {name: PipelineReader(ds, args.batch) for name, ds in
-             pipelines(prepared, variants, args.batch).items()}
+  prepared = prepare(root, variants, datasets, args.records, args.cache_writer)
+  readers = {
+      name: PipelineReader(ds, args.batch)
+      for name, ds in pipelines(prepared, variants, args.batch).items()
+  }
   warmup = warm_up(readers, args.warmup_examples)
   steps = model_steps(sizes, args.model_batch, input_fixture.T0_LENGTHS)
   ceiling = render_ceiling(datasets)
   common.log(f'render ceiling: {ceiling}')
-  rows = measure(readers, steps, args.model_batch, args.batches,
-                 args.drain_batches, args.repeats, args.pause_s)
+  rows = measure(
+      readers,
+      steps,
+      args.model_batch,
+      args.batches,
+      args.drain_batches,
+      args.repeats,
+      args.pause_s,
+  )
   table = ratios(rows)
   demand = accelerator_demand(input_fixture.T0_LENGTHS, args.mfu)
 
-  common.print_table(rows, ['variant', 'examples_per_s', 'median_s', 'min_s',
-                            'cpu_ms_per_example', 'cores_busy'])
+  common.print_table(
+      rows,
+      [
+          'variant',
+          'examples_per_s',
+          'median_s',
+          'min_s',
+          'cpu_ms_per_example',
+          'cores_busy',
+      ],
+  )
   print()
   common.print_table([{'ratio': k, **v} for k, v in table.items()])
   print(f'\nrender ceiling (one thread): {ceiling}\n')
   common.print_table(demand)
-  path = common.write_results('input_pipeline', {
-      'machine': common.machine(),
-      'settings': vars(args),
-      'fixture_seconds': prepared.seconds,
-      'warmup': warmup,
-      'rows': rows,
-      'ratios': table,
-      'render_ceiling': ceiling,
-      'accelerator_demand': {'mfu': args.mfu, 'accelerators': 8,
-                             'rows': demand},
-  })
+  path = common.write_results(
+      'input_pipeline',
+      {
+          'machine': common.machine(),
+          'settings': vars(args),
+          'fixture_seconds': prepared.seconds,
+          'warmup': warmup,
+          'rows': rows,
+          'ratios': table,
+          'render_ceiling': ceiling,
+          'accelerator_demand': {
+              'mfu': args.mfu,
+              'accelerators': 8,
+              'rows': demand,
+          },
+      },
+  )
   common.log(f'wrote {path}')
 
 

@@ -8,6 +8,7 @@ the median step time of each after the first 3 steps (compilation) and their
 ratio. The two processes join through JAX's distributed runtime with gloo
 collectives on 127.0.0.1, as the multi-host tests do.
 """
+
 import os
 import subprocess
 import sys
@@ -31,14 +32,24 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     one = os.path.join(tmp, 'one.npz')
     subprocess.run(
-        [sys.executable, '-m', 'tests.multihost_step', f'--output={one}',
-         f'--steps={_STEPS.value}'],
-        cwd=processes.REPO, env=processes.process_env(devices=8), check=True,
-        capture_output=True)
+        [
+            sys.executable,
+            '-m',
+            'tests.multihost_step',
+            f'--output={one}',
+            f'--steps={_STEPS.value}',
+        ],
+        cwd=processes.REPO,
+        env=processes.process_env(devices=8),
+        check=True,
+        capture_output=True,
+    )
     two = os.path.join(tmp, 'two.npz')
     cluster = processes.Cluster(
-        'tests.multihost_step', [f'--output={two}', f'--steps={_STEPS.value}'],
-        os.path.join(tmp, 'logs'))
+        'tests.multihost_step',
+        [f'--output={two}', f'--steps={_STEPS.value}'],
+        os.path.join(tmp, 'logs'),
+    )
     for proc in cluster.procs:
       if proc.wait():
         sys.exit(cluster.output(0)[-3000:])

@@ -65,28 +65,35 @@ def _torch_worker(conn, dims: Dict[str, int], batch, threads: int) -> None:
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(transformers.T5Config(
-      **dims,
-      feed_forward_proj='gated-gelu',
-      tie_word_embeddings=False,
-      decoder_start_token_id=0,
-      pad_token_id=0,
-      eos_token_id=1,
-  ))
-  model = peft.get_peft_model(model, peft.PromptTuningConfig(
-      task_type=peft.TaskType.SEQ_2_SEQ_LM,
-      num_virtual_tokens=common.PREFIX_LENGTH,
-      prompt_tuning_init=peft.PromptTuningInit.RANDOM,
-  ))
+  model = transformers.T5ForConditionalGeneration(
+      transformers.T5Config(
+          **dims,
+          feed_forward_proj='gated-gelu',
+          tie_word_embeddings=False,
+          decoder_start_token_id=0,
+          pad_token_id=0,
+          eos_token_id=1,
+      )
+  )
+  model = peft.get_peft_model(
+      model,
+      peft.PromptTuningConfig(
+          task_type=peft.TaskType.SEQ_2_SEQ_LM,
+          num_virtual_tokens=common.PREFIX_LENGTH,
+          prompt_tuning_init=peft.PromptTuningInit.RANDOM,
+      ),
+  )
   model.train()
   trained = [p for p in model.parameters() if p.requires_grad]
   optimizer = torch.optim.AdamW(trained, lr=LEARNING_RATE)
   tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-  conn.send({
-      'torch': torch.__version__,
-      'torch_threads': torch.get_num_threads(),
-      'torch_trained_parameters': sum(p.numel() for p in trained),
-  })
+  conn.send(
+      {
+          'torch': torch.__version__,
+          'torch_threads': torch.get_num_threads(),
+          'torch_trained_parameters': sum(p.numel() for p in trained),
+      }
+  )
   while conn.recv() == 'step':
     wall, cpu = time.perf_counter(), time.process_time()
     loss = model(
@@ -98,9 +105,9 @@ def _torch_worker(conn, dims: Dict[str, int], batch, threads: int) -> None:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # PyTorch on CPU is synchronous.
-    conn.send(common.Measured(
-        time.perf_counter() - wall, time.process_time() - cpu
-    ))
+    conn.send(
+        common.Measured(time.perf_counter() - wall, time.process_time() - cpu)
+    )
 
 
 def torch_prompt_tuning_step(cfg: config.T5Config, batch, threads: int):
@@ -124,8 +131,16 @@ def torch_prompt_tuning_step(cfg: config.T5Config, batch, threads: int):
   conn, child_conn = context.Pipe()
   worker = context.Process(
       target=_torch_worker,
-      args=(child_conn, dims, {k: np.asarray(v) for k, v in batch.items()
-                               if k != 'decoder_loss_weights'}, threads),
+      args=(
+          child_conn,
+          dims,
+          {
+              k: np.asarray(v)
+              for k, v in batch.items()
+              if k != 'decoder_loss_weights'
+          },
+          threads,
+      ),
       daemon=True,
   )
   worker.start()
@@ -161,7 +176,9 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=4)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument(
-      '--pause_s', type=float, default=2.0,
+      '--pause_s',
+      type=float,
+      default=2.0,
       help='Untimed pause before each timed step (see module docstring).',
   )
   args = parser.parse_args()
@@ -194,30 +211,37 @@ def main() -> None:
   rows = []
   for name, timing in times.items():
     summary = common.summarize(timing)
-    rows.append({
-        'variant': name, **summary,
-        'tokens_per_s': tokens / summary['median_s'],
-    })
+    rows.append(
+        {
+            'variant': name,
+            **summary,
+            'tokens_per_s': tokens / summary['median_s'],
+        }
+    )
   torch_name = 'torch_peft_prompt_tuning'
   ratios = common.ratios(
       rows,
       [(name, torch_name) for name in steps if name != torch_name]
       + [('jax_spt', 'jax_prompt_tuning')],
   )
-  common.print_table(rows, [
-      'variant', 'median_s', 'min_s', 'max_s', 'cpu_median_s', 'tokens_per_s'
-  ])
+  common.print_table(
+      rows,
+      ['variant', 'median_s', 'min_s', 'max_s', 'cpu_median_s', 'tokens_per_s'],
+  )
   print()
   common.print_ratios(ratios)
-  path = common.write_results(f'peft_peer_{args.size}', {
-      'machine': {**common.machine(), **torch_info},
-      'shapes': dataclasses.asdict(shapes),
-      'prefix_length': common.PREFIX_LENGTH,
-      'optimizer': f'AdamW lr {LEARNING_RATE} on the prompt (and bank)',
-      'pause_s': args.pause_s,
-      'rows': rows,
-      'ratios': ratios,
-  })
+  path = common.write_results(
+      f'peft_peer_{args.size}',
+      {
+          'machine': {**common.machine(), **torch_info},
+          'shapes': dataclasses.asdict(shapes),
+          'prefix_length': common.PREFIX_LENGTH,
+          'optimizer': f'AdamW lr {LEARNING_RATE} on the prompt (and bank)',
+          'pause_s': args.pause_s,
+          'rows': rows,
+          'ratios': ratios,
+      },
+  )
   print(f'\nWrote {path}')
 
 

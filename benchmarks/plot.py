@@ -41,17 +41,21 @@ def _bars(axes, rows, title):
       [m - r['min_s'] for m, r in zip(medians, rows)],
       [r['max_s'] - m for m, r in zip(medians, rows)],
   ]
-  bars = axes.bar(range(len(rows)), medians, yerr=errors, capsize=3,
-                  color='tab:blue')
+  bars = axes.bar(
+      range(len(rows)), medians, yerr=errors, capsize=3, color='tab:blue'
+  )
   base = medians[0]
   for bar, median in zip(bars, medians):
     axes.annotate(
         f'{median:.2f}s\n{median / base:.3f}x',
         (bar.get_x() + bar.get_width() / 2, median),
-        ha='center', va='bottom', fontsize=7,
+        ha='center',
+        va='bottom',
+        fontsize=7,
     )
-  axes.set_xticks(range(len(rows)), [n.replace('_', '\n') for n in names],
-                  fontsize=7)
+  axes.set_xticks(
+      range(len(rows)), [n.replace('_', '\n') for n in names], fontsize=7
+  )
   axes.set_ylabel('train step, s (median; bars min-max)')
   axes.set_title(title, fontsize=9)
   axes.margins(y=0.25)
@@ -59,13 +63,19 @@ def _bars(axes, rows, title):
 
 def plot_step_times(path):
   panels = [
-      (r, f'{r["shapes"]["t5_size"]} T5 1.1, batch {r["shapes"]["batch"]}, '
+      (
+          r,
+          f'{r["shapes"]["t5_size"]} T5 1.1, batch {r["shapes"]["batch"]}, '
           f'{r["shapes"]["inputs"]}/{r["shapes"]["targets"]} tokens, '
-          f'trainable={r["trainable"]}\n(ratios vs {r["rows"][0]["variant"]})')
+          f'trainable={r["trainable"]}\n(ratios vs {r["rows"][0]["variant"]})',
+      )
       for r in _load('step_time_*.json')
   ] + [
-      (r, f'PyTorch peer, {r["shapes"]["t5_size"]}, frozen backbone, AdamW\n'
-          f'(ratios vs torch + peft)')
+      (
+          r,
+          f'PyTorch peer, {r["shapes"]["t5_size"]}, frozen backbone, AdamW\n'
+          f'(ratios vs torch + peft)',
+      )
       for r in _load('peft_peer_*.json')
   ]
   if not panels:
@@ -75,7 +85,7 @@ def plot_step_times(path):
   figure = Figure(figsize=(6.5 * columns, 4.5 * rows))
   FigureCanvasAgg(figure)
   axes = figure.subplots(rows, columns, squeeze=False).reshape(-1)
-  for ax in axes[len(panels):]:
+  for ax in axes[len(panels) :]:
     ax.set_visible(False)
   for ax, (result, title) in zip(axes, panels):
     _bars(ax, result['rows'], title)
@@ -103,12 +113,16 @@ def plot_retrieval(path):
     style = '-' if mode == 'forward' else '--'
     marker = {'one device': 'o', 'one device of 8': 's'}.get(setting, '^')
     label = f'{setting}: {method}, {mode}'
-    time_axes.plot(sizes, [p[1] for p in points], style, marker=marker,
-                   label=label)
-    memory_axes.plot(sizes, [p[2] / 2**20 for p in points], style,
-                     marker=marker, label=label)
-  for ax, ylabel in ((time_axes, 'median time, s'),
-                     (memory_axes, 'XLA memory per device, MiB')):
+    time_axes.plot(
+        sizes, [p[1] for p in points], style, marker=marker, label=label
+    )
+    memory_axes.plot(
+        sizes, [p[2] / 2**20 for p in points], style, marker=marker, label=label
+    )
+  for ax, ylabel in (
+      (time_axes, 'median time, s'),
+      (memory_axes, 'XLA memory per device, MiB'),
+  ):
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('memories in the bank (1e6: memory length 1, else 10)')
@@ -116,7 +130,9 @@ def plot_retrieval(path):
     ax.grid(True, which='both', alpha=0.3)
   time_axes.set_title(
       f'retrieval: batch {results[0]["batch"]}, width {results[0]["width"]}, '
-      f'top-{results[0]["top_k"]}', fontsize=9)
+      f'top-{results[0]["top_k"]}',
+      fontsize=9,
+  )
   memory_axes.set_title('arguments + outputs + temporaries', fontsize=9)
   memory_axes.legend(fontsize=6, loc='upper left')
   figure.tight_layout()

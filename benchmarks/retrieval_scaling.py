@@ -100,7 +100,9 @@ def bank(num_memories, seed=0, shardings=(None, None, None)):
   length = memory_length_for(num_memories)
   rng = jax.random.split(jax.random.PRNGKey(seed), 3)
   shapes = [
-      (BATCH, WIDTH), (num_memories, WIDTH), (num_memories, length, WIDTH)
+      (BATCH, WIDTH),
+      (num_memories, WIDTH),
+      (num_memories, length, WIDTH),
   ]
   return tuple(
       jax.jit(
@@ -118,8 +120,10 @@ def _memory(compiled):
       'xla_output_bytes': int(stats.output_size_in_bytes),
       'xla_temp_bytes': int(stats.temp_size_in_bytes),
       'xla_total_bytes': int(
-          stats.argument_size_in_bytes + stats.output_size_in_bytes
-          + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+          stats.argument_size_in_bytes
+          + stats.output_size_in_bytes
+          + stats.temp_size_in_bytes
+          - stats.alias_size_in_bytes
       ),
   }
 
@@ -178,7 +182,10 @@ def sharded_worker(repeats: int, sizes) -> None:
   for size in sizes:
     with mesh, nn_partitioning.axis_rules(rules):
       rows += measure(
-          size, repeats, ('exact', 'chunked8'), sharded,
+          size,
+          repeats,
+          ('exact', 'chunked8'),
+          sharded,
           f'sharded over {len(jax.devices())} devices',
       )
     rows += measure(
@@ -194,23 +201,32 @@ def run_sharded(repeats: int, sizes):
       'JAX_PLATFORMS': 'cpu',
   }
   done = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.retrieval_scaling',
-       f'--repeats={repeats}', '--sharded_worker',
-       f'--sizes={",".join(str(s) for s in sizes)}'],
+      [
+          sys.executable,
+          '-m',
+          'benchmarks.retrieval_scaling',
+          f'--repeats={repeats}',
+          '--sharded_worker',
+          f'--sizes={",".join(str(s) for s in sizes)}',
+      ],
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      env=env, capture_output=True, text=True, check=False,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=False,
   )
   if done.returncode:
     raise RuntimeError(f'The sharded worker failed:\n{done.stderr[-4000:]}')
   line = [l for l in done.stdout.splitlines() if l.startswith('ROWS_JSON ')][-1]
-  return json.loads(line[len('ROWS_JSON '):])
+  return json.loads(line[len('ROWS_JSON ') :])
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument(
-      '--sizes', default=','.join(str(s) for s in SIZES),
+      '--sizes',
+      default=','.join(str(s) for s in SIZES),
       help='Comma-separated bank sizes (the sharded part skips 1e3).',
   )
   parser.add_argument('--skip_sharded', action='store_true')
@@ -231,22 +247,37 @@ def main() -> None:
   for row in rows:
     row['xla_total_mb'] = row['xla_total_bytes'] / 2**20
     row['max_rss_mb'] = row['process_max_rss_bytes'] / 2**20
-  common.print_table(rows, [
-      'setting', 'num_memories', 'memory_length', 'method', 'mode', 'median_s',
-      'min_s', 'xla_total_mb', 'max_rss_mb',
-  ])
+  common.print_table(
+      rows,
+      [
+          'setting',
+          'num_memories',
+          'memory_length',
+          'method',
+          'mode',
+          'median_s',
+          'min_s',
+          'xla_total_mb',
+          'max_rss_mb',
+      ],
+  )
   # Only the full default run writes the file the README and the plot use.
   name = 'retrieval_scaling'
   if tuple(sizes) != SIZES or args.skip_sharded:
     name += '_' + '_'.join(str(s) for s in sizes)
     name += '_unsharded' if args.skip_sharded else ''
-  path = common.write_results(name, {
-      'machine': common.machine(),
-      'batch': BATCH, 'width': WIDTH, 'top_k': TOP_K,
-      'memory': 'xla_*: compiled.memory_analysis() per device; '
-                'process_max_rss_bytes: getrusage maxrss, cumulative',
-      'rows': rows,
-  })
+  path = common.write_results(
+      name,
+      {
+          'machine': common.machine(),
+          'batch': BATCH,
+          'width': WIDTH,
+          'top_k': TOP_K,
+          'memory': 'xla_*: compiled.memory_analysis() per device; '
+          'process_max_rss_bytes: getrusage maxrss, cumulative',
+          'rows': rows,
+      },
+  )
   print(f'\nWrote {path}')
 
 

@@ -90,9 +90,9 @@ def backbone_params(cfg: config.T5Config, shapes: common.Shapes, seed: int):
 def compiled_step(model, optimizer, params, batch, trainable='all'):
   """(compiled step, initial state) of one variant."""
   optimizer = adafactor.with_param_axes(optimizer, trainer.params_axes(model))
-  state = jax.jit(
-      lambda p: trainer.TrainState.create(p, optimizer, trainable)
-  )(params)
+  state = jax.jit(lambda p: trainer.TrainState.create(p, optimizer, trainable))(
+      params
+  )
   step = jax.jit(
       trainer.make_train_step(model, optimizer, trainable), donate_argnums=(0,)
   )
@@ -109,9 +109,16 @@ def _compiled_info(compiled, cfg, spt, shapes, trainable) -> dict:
       'encoder_positions': shapes.inputs + spt.prefix_length,
       'xla_flops': float(cost.get('flops', float('nan'))),
       'analytic_flops': common.t5_train_flops(
-          cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
-          cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size,
-          shapes.batch, shapes.inputs + spt.prefix_length, shapes.targets,
+          cfg.emb_dim,
+          cfg.num_heads,
+          cfg.head_dim,
+          cfg.mlp_dim,
+          cfg.num_encoder_layers,
+          cfg.num_decoder_layers,
+          cfg.vocab_size,
+          shapes.batch,
+          shapes.inputs + spt.prefix_length,
+          shapes.targets,
           weight_gradients=trainable == 'all',
       ),
       'xla_temp_bytes': int(memory.temp_size_in_bytes),
@@ -124,10 +131,12 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument('--size', choices=sorted(common.SHAPES), default='base')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument(
-      '--trainable', choices=trainer.TRAINABLE_CHOICES, default='all',
+      '--trainable',
+      choices=trainer.TRAINABLE_CHOICES,
+      default='all',
       help='all: full fine-tuning (T0); spt_only: frozen backbone.',
   )
-  parser.add_argument('--batch', type=int, help='Overrides the size\'s batch.')
+  parser.add_argument('--batch', type=int, help="Overrides the size's batch.")
   parser.add_argument('--inputs', type=int, help='Overrides the input length.')
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args()
@@ -152,7 +161,8 @@ def main() -> None:
   # With a frozen backbone the plain T5 has nothing to train (no backward
   # pass at all), so it is no baseline there.
   variants = {
-      name: spt for name, spt in VARIANTS.items()
+      name: spt
+      for name, spt in VARIANTS.items()
       if args.trainable == 'all' or spt.prefix_length
   }
   steps, info = {}, {}
@@ -175,14 +185,17 @@ def main() -> None:
   rows = []
   for name in variants:
     summary = common.summarize(times[name])
-    rows.append({
-        'variant': name,
-        **info[name],
-        **summary,
-        'tokens_per_s': tokens / summary['median_s'],
-        'analytic_gflops_per_s': info[name]['analytic_flops']
-        / summary['median_s'] / 1e9,
-    })
+    rows.append(
+        {
+            'variant': name,
+            **info[name],
+            **summary,
+            'tokens_per_s': tokens / summary['median_s'],
+            'analytic_gflops_per_s': info[name]['analytic_flops']
+            / summary['median_s']
+            / 1e9,
+        }
+    )
   pairs = [('spt', 'prompt_tuning'), ('spt', 't5'), ('prompt_tuning', 't5')]
   pairs = [(a, b) for a, b in pairs if b in variants]
   ratios = common.ratios(rows, pairs)
@@ -190,26 +203,39 @@ def main() -> None:
   flops_ratios = {
       f'xla_flops_{a}_over_{b}': flops[a] / flops[b] for a, b in pairs
   }
-  common.print_table(rows, [
-      'variant', 'encoder_positions', 'median_s', 'min_s', 'max_s',
-      'cpu_median_s', 'tokens_per_s', 'xla_flops', 'analytic_flops',
-      'analytic_gflops_per_s',
-  ])
+  common.print_table(
+      rows,
+      [
+          'variant',
+          'encoder_positions',
+          'median_s',
+          'min_s',
+          'max_s',
+          'cpu_median_s',
+          'tokens_per_s',
+          'xla_flops',
+          'analytic_flops',
+          'analytic_gflops_per_s',
+      ],
+  )
   print()
   common.print_ratios(ratios)
   for key, value in flops_ratios.items():
     print(f'{key}: {value:.4f}')
-  path = common.write_results(result_name, {
-      'machine': common.machine(),
-      'shapes': dataclasses.asdict(shapes),
-      't5_config': {k: str(v) for k, v in vars(cfg).items()},
-      'trainable': args.trainable,
-      'optimizer': 'adafactor (trainer.adafactor defaults)',
-      'tokens_per_step': tokens,
-      'rows': rows,
-      'ratios': ratios,
-      'flops_ratios': flops_ratios,
-  })
+  path = common.write_results(
+      result_name,
+      {
+          'machine': common.machine(),
+          'shapes': dataclasses.asdict(shapes),
+          't5_config': {k: str(v) for k, v in vars(cfg).items()},
+          'trainable': args.trainable,
+          'optimizer': 'adafactor (trainer.adafactor defaults)',
+          'tokens_per_step': tokens,
+          'rows': rows,
+          'ratios': ratios,
+          'flops_ratios': flops_ratios,
+      },
+  )
   print(f'\nWrote {path}')
 
 

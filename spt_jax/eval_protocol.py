@@ -9,6 +9,7 @@ Score tasks are measured by `rank_classification_accuracy` (seqio's
 `aggregate_over_templates` gives the mean and median over each dataset's
 templates, as T0 reports zero-shot results.
 """
+
 import collections
 from typing import Any, Mapping, Sequence
 
@@ -18,8 +19,9 @@ SEPARATOR = '__'
 SCORE_SUFFIX = 'score'
 
 
-def task_name(collection: str, dataset: str, template: str,
-              score: bool = False) -> str:
+def task_name(
+    collection: str, dataset: str, template: str, score: bool = False
+) -> str:
   """`<collection>__<dataset>__<template>[__score]`."""
   for part in (collection, dataset, template):
     if SEPARATOR in part:
@@ -47,7 +49,8 @@ def template_info(name: str) -> tuple[str, str]:
     raise ValueError(
         f'{name!r} is not a prompted task name '
         f'(<collection>{SEPARATOR}<dataset>{SEPARATOR}<template>'
-        f'[{SEPARATOR}{SCORE_SUFFIX}]).')
+        f'[{SEPARATOR}{SCORE_SUFFIX}]).'
+    )
   return parts[1], parts[2]
 
 
@@ -56,8 +59,8 @@ def is_score_task(name: str) -> bool:
 
 
 def rank_classification_accuracy(
-    targets: Sequence[tuple[int, int, bool]],
-    scores: Sequence[float]) -> dict[str, float]:
+    targets: Sequence[tuple[int, int, bool]], scores: Sequence[float]
+) -> dict[str, float]:
   """Accuracy of choosing, per example, the choice with the highest score.
 
   Args:
@@ -80,8 +83,8 @@ def rank_classification_accuracy(
 
 
 def aggregate_over_templates(
-    results: Mapping[str, Mapping[str, float]],
-    metric: str = 'accuracy') -> dict[str, dict[str, Any]]:
+    results: Mapping[str, Mapping[str, float]], metric: str = 'accuracy'
+) -> dict[str, dict[str, Any]]:
   """Mean and median of a metric over each dataset's templates.
 
   Args:

@@ -80,7 +80,7 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
     if arg.startswith('--gin.'):
       if '=' not in arg:
         raise ConfigError(f'Expected --gin.NAME=VALUE, got {arg!r}.')
-      name, value = arg[len('--gin.'):].split('=', 1)
+      name, value = arg[len('--gin.') :].split('=', 1)
       arg = f'--gin_bindings={name} = {value}'
     rewritten.append(arg)
   return rewritten
@@ -175,8 +175,10 @@ def _syntax_error(error: SyntaxError) -> ConfigError:
   text = (error.text or '').rstrip('\n')
   hint = ''
   if text.startswith('\ufeff'):
-    hint = (' The file starts with a UTF-8 byte-order mark: save it as UTF-8 '
-            'without one.')
+    hint = (
+        ' The file starts with a UTF-8 byte-order mark: save it as UTF-8 '
+        'without one.'
+    )
   where = f'{error.filename or "a --gin binding"}, line {error.lineno}'
   return ConfigError(
       f'Invalid gin syntax in {where}: {error.msg} ({text.strip()!r}).{hint}'
@@ -288,8 +290,10 @@ def write_config(model_dir: str) -> str:
 def parse_gin_flags(entry: Optional[Callable[..., Any]] = None) -> None:
   """`parse_gin` from the command-line flags."""
   parse_gin(
-      flags.FLAGS.gin_file or [], flags.FLAGS.gin_bindings,
-      flags.FLAGS.gin_search_paths, entry,
+      flags.FLAGS.gin_file or [],
+      flags.FLAGS.gin_bindings,
+      flags.FLAGS.gin_search_paths,
+      entry,
   )
 
 

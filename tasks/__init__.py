@@ -32,6 +32,7 @@ query), int32 token ids ending in EOS; `__score` tasks add `idx` int32 [2] and
 Models read them through `spt_jax.model.feature_converters.SptEncDecFeatureConverter`.
 List them with `python -m tasks.show --list`.
 """
+
 from tasks import glue
 from tasks import p3
 from tasks import super_glue

@@ -11,6 +11,7 @@ Ids follow T5: pad 0, EOS 1, UNK 2, no BOS. Normalization is a single rule
 (ideographic space -> space) rather than NFKC, which keeps the model a few KB;
 an empty rule set would make SentencePiece log a line at every load.
 """
+
 import io
 import os
 import tempfile
@@ -29,7 +30,8 @@ EXAMPLES_PER_TEMPLATE = 64
 _NORMALIZATION_RULES = '3000\t20\n'  # U+3000 (ideographic space) -> space.
 
 _OUTPUT = flags.DEFINE_string(
-    'output', vocab.SYNTHETIC_VOCAB_PATH, 'Where to write the model.')
+    'output', vocab.SYNTHETIC_VOCAB_PATH, 'Where to write the model.'
+)
 
 
 def corpus() -> Iterator[str]:
@@ -39,8 +41,9 @@ def corpus() -> Iterator[str]:
       yield template.instruction
       for split in ('train', 'validation'):
         for index in range(EXAMPLES_PER_TEMPLATE):
-          example = synthetic.make_example(family.name, split, index,
-                                           salt=template.name)
+          example = synthetic.make_example(
+              family.name, split, index, salt=template.name
+          )
           rendered = template.render(example)
           yield rendered.inputs
           yield from rendered.answer_choices
@@ -68,7 +71,8 @@ def build_model() -> bytes:
         num_threads=1,
         shuffle_input_sentence=False,
         input_sentence_size=0,
-        minloglevel=2)
+        minloglevel=2,
+    )
   proto = sentencepiece_model_pb2.ModelProto.FromString(model.getvalue())
   # The rules are compiled into the model; drop the temporary file's path.
   proto.normalizer_spec.ClearField('normalization_rule_tsv')

@@ -10,6 +10,7 @@ dataset's templates share. Its loggers write it like any task (T5X's
 
 Use it in T5X as `inference_evaluator_cls` (gin_configs/runs/spt_eval.gin).
 """
+
 import concurrent.futures
 from typing import Any, Mapping, Optional
 
@@ -23,7 +24,7 @@ AGGREGATE_SUFFIX = '__templates'
 
 
 def aggregate_all_metrics(
-    task_metrics: Mapping[str, Mapping[str, Any]]
+    task_metrics: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, dict[str, float]]:
   """Per dataset, the mean and median of each metric over its templates.
 
@@ -41,13 +42,17 @@ def aggregate_all_metrics(
       eval_protocol.template_info(name)
     except ValueError:
       continue
-    prompted[name] = {k: v for k, v in values.items()
-                      if np.ndim(getattr(v, 'value', v)) == 0}
+    prompted[name] = {
+        k: v for k, v in values.items() if np.ndim(getattr(v, 'value', v)) == 0
+    }
   metric_names = sorted({m for values in prompted.values() for m in values})
   aggregated: dict[str, dict[str, float]] = {}
   for metric in metric_names:
-    values = {name: {metric: float(getattr(v[metric], 'value', v[metric]))}
-              for name, v in prompted.items() if metric in v}
+    values = {
+        name: {metric: float(getattr(v[metric], 'value', v[metric]))}
+        for name, v in prompted.items()
+        if metric in v
+    }
     summary = eval_protocol.aggregate_over_templates(values, metric)
     for dataset, stats in summary.items():
       entry = aggregated.setdefault(dataset + AGGREGATE_SUFFIX, {})
@@ -55,18 +60,21 @@ def aggregate_all_metrics(
       entry[f'{metric}_median'] = stats['median']
       # A metric only some templates report must not lower the count.
       entry['num_templates'] = max(
-          entry.get('num_templates', 0), stats['num_templates'])
+          entry.get('num_templates', 0), stats['num_templates']
+      )
   return aggregated
 
 
 class TemplateAggregatingEvaluator(seqio.Evaluator):
   """`seqio.Evaluator` that adds per-dataset aggregates over templates."""
 
-  def evaluate(self, *, compute_metrics: bool, step: Optional[int] = None,
-               **kwargs):
+  def evaluate(
+      self, *, compute_metrics: bool, step: Optional[int] = None, **kwargs
+  ):
     """As `seqio.Evaluator.evaluate`; the metrics also hold the aggregates."""
     task_metrics, outputs = super().evaluate(
-        compute_metrics=compute_metrics, step=step, **kwargs)
+        compute_metrics=compute_metrics, step=step, **kwargs
+    )
     with_aggregates = concurrent.futures.Future()
 
     def add_aggregates(future):
@@ -84,10 +92,17 @@ class TemplateAggregatingEvaluator(seqio.Evaluator):
     task_metrics.add_done_callback(add_aggregates)
     return with_aggregates, outputs
 
-  def _log(self, name: str, values: Mapping[str, float],
-           step: Optional[int]) -> None:
+  def _log(
+      self, name: str, values: Mapping[str, float], step: Optional[int]
+  ) -> None:
     logging.info('%s: %s', name, values)
     scalars = {k: seqio.metrics.Scalar(v) for k, v in values.items()}
     for logger in self.loggers:
-      logger(task_name=name, step=step, metrics=scalars, dataset=None,
-             inferences=None, targets=None)
+      logger(
+          task_name=name,
+          step=step,
+          metrics=scalars,
+          dataset=None,
+          inferences=None,
+          targets=None,
+      )

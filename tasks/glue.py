@@ -12,6 +12,7 @@ Registered names:
 * `spt_glue`: their mixture, example-proportional (capped as in T0), the
   sizes read from the prepared data when the mixture is first used.
 """
+
 import functools
 from typing import Any, Callable
 
@@ -27,8 +28,11 @@ MIXTURE = 'spt_glue'
 FEATURE_LENGTHS = {'inputs': 512, 'targets': 16, 'prompt': 64}
 
 _SPLITS = {'train': 'train', 'validation': 'validation'}
-_MNLI_SPLITS = {'train': 'train', 'validation': 'validation_matched',
-                'validation_mismatched': 'validation_mismatched'}
+_MNLI_SPLITS = {
+    'train': 'train',
+    'validation': 'validation_matched',
+    'validation_mismatched': 'validation_mismatched',
+}
 
 # GLUE config -> metric functions on label indices.
 _CONFIGS = {
@@ -47,19 +51,24 @@ DATASETS = tuple(
     prompted.PromptedDataset(
         name=f'glue_{config}',
         source=sources.TfdsSource(
-            f'glue/{config}:2.0.0', _MNLI_SPLITS if config == 'mnli' else
-            _SPLITS),
-        templates=f'glue_{config}')
-    for config in _CONFIGS)
+            f'glue/{config}:2.0.0',
+            _MNLI_SPLITS if config == 'mnli' else _SPLITS,
+        ),
+        templates=f'glue_{config}',
+    )
+    for config in _CONFIGS
+)
 
 
 def label_postprocessor(
-    template: prompt_templates.Template) -> Callable[..., Any]:
+    template: prompt_templates.Template,
+) -> Callable[..., Any]:
   """Text -> label index among the template's choices (STS-B: a float)."""
   if template.fixed_answer_choices is None:
     return metrics.string_to_float
   return functools.partial(
-      metrics.choice_index, answer_choices=template.fixed_answer_choices)
+      metrics.choice_index, answer_choices=template.fixed_answer_choices
+  )
 
 
 def register() -> None:
@@ -67,12 +76,15 @@ def register() -> None:
   features = vocab.output_features(vocab.t5_vocabulary())
   mixture = []
   for dataset in DATASETS:
-    config = dataset.name[len('glue_'):]
+    config = dataset.name[len('glue_') :]
     metric_fns = _CONFIGS[config]
     names = prompted.register(
-        COLLECTION, dataset, features,
+        COLLECTION,
+        dataset,
+        features,
         postprocess_fn=label_postprocessor,
-        metric_fns=metric_fns)
+        metric_fns=metric_fns,
+    )
     registry.add_mixture(f'{MIXTURE}_{config}', names, default_rate=1.0)
     rate = prompted.lazy_mixing_rate(dataset.source, len(names))
     mixture.extend((name, rate) for name in names)

@@ -8,6 +8,7 @@ scores are in percent, as T5 and T0 report them.
 Rank classification's accuracy and the summary over templates are
 `spt_jax.eval_protocol`'s, which the runners read too.
 """
+
 import collections
 import re
 import string
@@ -16,7 +17,6 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from tasks import preprocessors
-
 
 # ----------------------------- Postprocessors ------------------------------
 
@@ -95,18 +95,23 @@ def record_postprocessor(
   """Targets -> every gold answer (example['answers']); predictions -> text."""
   if not is_target:
     return output
-  return [a.decode('utf-8') if isinstance(a, bytes) else str(a)
-          for a in example['answers']]
+  return [
+      a.decode('utf-8') if isinstance(a, bytes) else str(a)
+      for a in example['answers']
+  ]
 
 
 # --------------------------------- Metrics ---------------------------------
 
 
-def accuracy(targets: Sequence[Any],
-             predictions: Sequence[Any]) -> dict[str, float]:
+def accuracy(
+    targets: Sequence[Any], predictions: Sequence[Any]
+) -> dict[str, float]:
   """Percent of predictions equal to their target."""
-  return {'accuracy': 100 * float(np.mean(
-      [t == p for t, p in zip(targets, predictions)]))}
+  return {
+      'accuracy': 100
+      * float(np.mean([t == p for t, p in zip(targets, predictions)]))
+  }
 
 
 def _binary_f1(targets: Sequence[int], predictions: Sequence[int]) -> float:
@@ -125,8 +130,9 @@ def f1(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
 def macro_f1(num_classes: int):
   """The mean over classes of each class's one-vs-rest F1 (CB's metric)."""
 
-  def metric_fn(targets: Sequence[int],
-                predictions: Sequence[int]) -> dict[str, float]:
+  def metric_fn(
+      targets: Sequence[int], predictions: Sequence[int]
+  ) -> dict[str, float]:
     t, p = np.asarray(targets), np.asarray(predictions)
     scores = [_binary_f1(t == c, p == c) for c in range(num_classes)]
     return {'macro_f1': 100 * float(np.mean(scores))}
@@ -134,8 +140,9 @@ def macro_f1(num_classes: int):
   return metric_fn
 
 
-def matthews_corrcoef(targets: Sequence[int],
-                      predictions: Sequence[int]) -> dict[str, float]:
+def matthews_corrcoef(
+    targets: Sequence[int], predictions: Sequence[int]
+) -> dict[str, float]:
   """Matthews correlation of binary labels (CoLA's metric)."""
   t = np.asarray(targets) == 1
   p = np.asarray(predictions) == 1
@@ -163,8 +170,9 @@ def _ranks(x: np.ndarray) -> np.ndarray:
   return ranks
 
 
-def correlations(targets: Sequence[float],
-                 predictions: Sequence[float]) -> dict[str, float]:
+def correlations(
+    targets: Sequence[float], predictions: Sequence[float]
+) -> dict[str, float]:
   """Pearson and Spearman correlations (STS-B); NaN predictions count as 0."""
   t = np.asarray(targets, dtype=np.float64)
   p = np.nan_to_num(np.asarray(predictions, dtype=np.float64))
@@ -174,8 +182,9 @@ def correlations(targets: Sequence[float],
   }
 
 
-def multirc(targets: Sequence[tuple[Any, int]],
-            predictions: Sequence[int]) -> dict[str, float]:
+def multirc(
+    targets: Sequence[tuple[Any, int]], predictions: Sequence[int]
+) -> dict[str, float]:
   """MultiRC: F1 over all answers and exact match over questions."""
   labels = [label for _, label in targets]
   by_question = collections.defaultdict(list)
@@ -183,8 +192,8 @@ def multirc(targets: Sequence[tuple[Any, int]],
     by_question[group].append(label == prediction)
   return {
       'f1a': 100 * _binary_f1(labels, predictions),
-      'exact_match': 100 * float(np.mean(
-          [all(v) for v in by_question.values()])),
+      'exact_match': 100
+      * float(np.mean([all(v) for v in by_question.values()])),
   }
 
 
@@ -197,8 +206,9 @@ def _squad_normalize(text: str) -> str:
 def _token_f1(gold: str, prediction: str) -> float:
   gold_tokens = _squad_normalize(gold).split()
   predicted_tokens = _squad_normalize(prediction).split()
-  common = (collections.Counter(gold_tokens) &
-            collections.Counter(predicted_tokens))
+  common = collections.Counter(gold_tokens) & collections.Counter(
+      predicted_tokens
+  )
   overlap = sum(common.values())
   if not overlap:
     return 0.0
@@ -207,15 +217,22 @@ def _token_f1(gold: str, prediction: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad(targets: Sequence[Sequence[str]],
-          predictions: Sequence[str]) -> dict[str, float]:
+def squad(
+    targets: Sequence[Sequence[str]], predictions: Sequence[str]
+) -> dict[str, float]:
   """SQuAD-style exact match and token F1, maximised over gold answers."""
-  em = [max(_squad_normalize(g) == _squad_normalize(p) for g in golds)
-        for golds, p in zip(targets, predictions)]
-  f1s = [max(_token_f1(g, p) for g in golds)
-         for golds, p in zip(targets, predictions)]
-  return {'exact_match': 100 * float(np.mean(em)),
-          'f1': 100 * float(np.mean(f1s))}
+  em = [
+      max(_squad_normalize(g) == _squad_normalize(p) for g in golds)
+      for golds, p in zip(targets, predictions)
+  ]
+  f1s = [
+      max(_token_f1(g, p) for g in golds)
+      for golds, p in zip(targets, predictions)
+  ]
+  return {
+      'exact_match': 100 * float(np.mean(em)),
+      'f1': 100 * float(np.mean(f1s)),
+  }
 
 
 # ------------------------- Aggregation over templates ----------------------

@@ -15,6 +15,7 @@ choice for scoring:
     idx             int32 [2]     (example index, choice index)
     is_correct      bool []       whether the choice is the example's target
 """
+
 import json
 from typing import Any, Mapping, Optional
 
@@ -57,7 +58,8 @@ def _get(example: Mapping[str, Any], path: str) -> Any:
 def _stand_in(spec: tf.TensorSpec) -> Any:
   """A Python value of a feature's type: 'x', 0, 0.0, False, or a list of one."""
   value = {tf.string: 'x', tf.bool: False}.get(
-      spec.dtype, 0.0 if spec.dtype.is_floating else 0)
+      spec.dtype, 0.0 if spec.dtype.is_floating else 0
+  )
   return [value] * (spec.shape.rank or 0) if spec.shape.rank else value
 
 
@@ -75,13 +77,15 @@ def check_template(template: prompt_templates.Template) -> None:
   if prompt_templates.SEPARATOR not in template.jinja:
     raise prompt_templates.TemplateError(
         f'{start} has no target: its jinja has no '
-        f'"{prompt_templates.SEPARATOR}" between the input and the target.')
+        f'"{prompt_templates.SEPARATOR}" between the input and the target.'
+    )
   choices = template.fixed_answer_choices
   if choices is not None and not all(choices):
     raise prompt_templates.TemplateError(
         f'{start} has an empty answer choice ({template.answer_choices!r} '
         f'gives {list(choices)}): give each choice some text, separated by '
-        f'"{prompt_templates.SEPARATOR}".')
+        f'"{prompt_templates.SEPARATOR}".'
+    )
 
 
 def _is_power_of_ten(n: int) -> bool:
@@ -135,18 +139,29 @@ def apply_template(
         logging.warning(
             'Template %r: skipped %d record(s) without a target so far (a '
             'label outside its answer_choices, e.g. -1 for unlabelled '
-            'records, or an empty target); the latest: %s', template.name,
-            skipped[0], json.dumps(example, default=str)[:200])
+            'records, or an empty target); the latest: %s',
+            template.name,
+            skipped[0],
+            json.dumps(example, default=str)[:200],
+        )
       return b'', b'', np.zeros([0], dtype=object), False
     choices = np.array(
-        [c.encode('utf-8') for c in rendered.answer_choices], dtype=object)
-    return (rendered.inputs.encode('utf-8'), rendered.targets.encode('utf-8'),
-            choices, True)
+        [c.encode('utf-8') for c in rendered.answer_choices], dtype=object
+    )
+    return (
+        rendered.inputs.encode('utf-8'),
+        rendered.targets.encode('utf-8'),
+        choices,
+        True,
+    )
 
   def prompt_example(example):
     inputs, targets, choices, keep = tf.numpy_function(
-        render, tf.nest.flatten(example),
-        [tf.string, tf.string, tf.string, tf.bool], stateful=False)
+        render,
+        tf.nest.flatten(example),
+        [tf.string, tf.string, tf.string, tf.bool],
+        stateful=False,
+    )
     inputs.set_shape([])
     targets.set_shape([])
     choices.set_shape([None])
@@ -187,11 +202,18 @@ def rank_classification(dataset: tf.data.Dataset) -> tf.data.Dataset:
     is_correct = tf.equal(choices, example[vocab.TARGETS])
     check = tf.debugging.Assert(
         tf.logical_or(tf.equal(num_choices, 0), tf.reduce_any(is_correct)),
-        ['The target is not among the answer choices, so no choice would be '
-         'scored as correct: fix the template (its target must render to one '
-         'of its answer_choices). Template instruction:', example[vocab.PROMPT],
-         'target:', example[vocab.TARGETS], 'choices:', choices],
-        summarize=20)
+        [
+            'The target is not among the answer choices, so no choice would be '
+            'scored as correct: fix the template (its target must render to one '
+            'of its answer_choices). Template instruction:',
+            example[vocab.PROMPT],
+            'target:',
+            example[vocab.TARGETS],
+            'choices:',
+            choices,
+        ],
+        summarize=20,
+    )
     with tf.control_dependencies([check]):
       is_correct = tf.identity(is_correct)
     return {
@@ -202,5 +224,8 @@ def rank_classification(dataset: tf.data.Dataset) -> tf.data.Dataset:
         IS_CORRECT: is_correct,
     }
 
-  return dataset.enumerate().map(
-      expand, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+  return (
+      dataset.enumerate()
+      .map(expand, num_parallel_calls=tf.data.AUTOTUNE)
+      .unbatch()
+  )

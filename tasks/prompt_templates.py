@@ -38,6 +38,7 @@ rendered (any error, a label-indexed "no answer" included) makes
 (`tasks.preprocessors.apply_template` calls it when the dataset is built, so
 the error comes before any example is read).
 """
+
 import dataclasses
 import functools
 import json
@@ -52,8 +53,10 @@ from spt_jax import gin_utils
 from tasks import template_jinja
 
 TEMPLATES_DIR = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'templates')
+    os.path.dirname(os.path.abspath(__file__)), 'templates'
+)
 SEPARATOR = '|||'
+
 
 class TemplateError(gin_utils.InputError, ValueError):
   """A template file or template that cannot be used; the message names it."""
@@ -70,6 +73,7 @@ def _identifier(key: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Rendered:
   """One prompted example: input text, target text and answer choices."""
+
   inputs: str
   targets: str
   answer_choices: tuple[str, ...]
@@ -85,6 +89,7 @@ class Template:
     answer_choices: optional Jinja source of the `|||`-separated choices.
     explicit_instruction: the instruction when given in the file, else None.
   """
+
   name: str
   jinja: str
   answer_choices: Optional[str] = None
@@ -95,9 +100,15 @@ class Template:
     """The answer choices when they do not depend on the example, else None."""
     if self.answer_choices is None:
       return None
-    if meta.find_undeclared_variables(template_jinja.ENV.parse(self.answer_choices)):
+    if meta.find_undeclared_variables(
+        template_jinja.ENV.parse(self.answer_choices)
+    ):
       return None
-    return tuple(_split_choices(template_jinja.compile_source(self.answer_choices).render()))
+    return tuple(
+        _split_choices(
+            template_jinja.compile_source(self.answer_choices).render()
+        )
+    )
 
   @functools.cached_property
   def instruction(self) -> str:
@@ -114,10 +125,14 @@ class Template:
     if self.explicit_instruction is not None:
       return self.explicit_instruction
     errors = []
-    for source, split in ((self.jinja, True),
-                          (split_source(self.jinja)[0], False)):
+    for source, split in (
+        (self.jinja, True),
+        (split_source(self.jinja)[0], False),
+    ):
       try:
-        text = template_jinja.compile_source(source, blank=True).render(**self._blank_context())
+        text = template_jinja.compile_source(source, blank=True).render(
+            **self._blank_context()
+        )
       except Exception as e:  # pylint: disable=broad-except
         # Any error of the template's own code (a label-indexed "no answer",
         # a filter given a blank, a syntax error) fails the derivation.
@@ -129,14 +144,22 @@ class Template:
     raise ValueError(
         f'Cannot derive the instruction of template {self.name!r} by '
         f'blanking its fields ({errors[0]}); give it an explicit '
-        '"instruction".')
+        '"instruction".'
+    )
 
   def _blank_context(self) -> dict[str, Any]:
     """The variables of instruction derivation: the fixed answer choices."""
     if self.fixed_answer_choices is None:
       return {}
-    return {'answer_choices': template_jinja.BlankChoices(_split_choices(
-        template_jinja.compile_source(self.answer_choices, blank=True).render()))}
+    return {
+        'answer_choices': template_jinja.BlankChoices(
+            _split_choices(
+                template_jinja.compile_source(
+                    self.answer_choices, blank=True
+                ).render()
+            )
+        )
+    }
 
   @property
   def sources(self) -> dict[str, str]:
@@ -155,7 +178,8 @@ class Template:
       except jinja2.TemplateSyntaxError as e:
         raise TemplateError(
             f'Template {self.name!r}: Jinja syntax error in its {part} (line '
-            f'{e.lineno} of that part): {e.message}.') from None
+            f'{e.lineno} of that part): {e.message}.'
+        ) from None
 
   def check_fields(self, example: Mapping[str, Any]) -> None:
     """Renders against a stand-in example; fails on an undefined variable.
@@ -171,20 +195,23 @@ class Template:
     fields = {_identifier(k) for k in example}
     known = fields | {'answer_choices'} | set(template_jinja.ENV.globals)
     for part, source in self.sources.items():
-      unknown = sorted(meta.find_undeclared_variables(template_jinja.ENV.parse(source)) -
-                       known)
+      unknown = sorted(
+          meta.find_undeclared_variables(template_jinja.ENV.parse(source))
+          - known
+      )
       if unknown:
         raise TemplateError(
             f'Template {self.name!r} uses {", ".join(unknown)} in its {part}, '
             f'which the dataset does not have; its fields are '
-            f'{", ".join(sorted(fields))}.')
+            f'{", ".join(sorted(fields))}.'
+        )
     try:
       self.render(example)
     except jinja2.UndefinedError as e:
       if re.search(r'has no element -?\d+$', e.message or ''):
         return  # A list index the stand-in's one-element lists lack.
       raise TemplateError(
-          f'Template {self.name!r} cannot render the dataset\'s fields '
+          f"Template {self.name!r} cannot render the dataset's fields "
           f'({e.message}); its fields are {", ".join(sorted(fields))}.'
       ) from None
     except Exception:  # pylint: disable=broad-except
@@ -205,13 +232,21 @@ class Template:
     choices = template_jinja.Choices()
     if self.answer_choices is not None:
       choices = template_jinja.Choices(
-          _split_choices(template_jinja.compile_source(self.answer_choices).render(**context)))
+          _split_choices(
+              template_jinja.compile_source(self.answer_choices).render(
+                  **context
+              )
+          )
+      )
     # The halves render separately, so data containing `|||` is harmless.
     input_source, target_source = split_source(self.jinja)
     try:
       inputs, targets = (
-          template_jinja.compile_source(source).render(**context, answer_choices=choices).strip()
-          for source in (input_source, target_source))
+          template_jinja.compile_source(source)
+          .render(**context, answer_choices=choices)
+          .strip()
+          for source in (input_source, target_source)
+      )
     except template_jinja.NoAnswer:
       return None
     if not targets:
@@ -221,11 +256,13 @@ class Template:
 
 def split_source(jinja: str) -> tuple[str, str]:
   """Splits Jinja source at the first `|||` outside `{{ }}`/`{% %}` blocks."""
-  blocks = [m.span() for m in re.finditer(r'{{.*?}}|{%.*?%}|{#.*?#}', jinja,
-                                          re.DOTALL)]
+  blocks = [
+      m.span()
+      for m in re.finditer(r'{{.*?}}|{%.*?%}|{#.*?#}', jinja, re.DOTALL)
+  ]
   for match in re.finditer(re.escape(SEPARATOR), jinja):
     if not any(start <= match.start() < end for start, end in blocks):
-      return jinja[:match.start()], jinja[match.end():]
+      return jinja[: match.start()], jinja[match.end() :]
   return jinja, ''
 
 
@@ -254,6 +291,7 @@ class TemplateCollection:
     heldout: names of templates kept for zero-shot evaluation only (the
       optional `heldout_templates` entry).
   """
+
   name: str
   dataset: str
   templates: tuple[Template, ...]
@@ -311,20 +349,25 @@ def load(collection: str) -> TemplateCollection:
   except FileNotFoundError:
     raise FileNotFoundError(
         f'No template file {path} (a name is looked up in {TEMPLATES_DIR}; '
-        'give a path ending in .json for a file elsewhere).') from None
+        'give a path ending in .json for a file elsewhere).'
+    ) from None
   except json.JSONDecodeError as e:
     raise TemplateError(f'{path}: not valid JSON: {e}.') from None
   except UnicodeDecodeError as e:
-    raise TemplateError(f'{path}: not UTF-8 ({e.reason} at byte {e.start}); '
-                        'save it as UTF-8.') from None
+    raise TemplateError(
+        f'{path}: not UTF-8 ({e.reason} at byte {e.start}); '
+        'save it as UTF-8.'
+    ) from None
   try:
     templates = tuple(
         Template(
             name=t['name'],
             jinja=t['jinja'],
             answer_choices=t.get('answer_choices'),
-            explicit_instruction=t.get('instruction'))
-        for t in data['templates'])
+            explicit_instruction=t.get('instruction'),
+        )
+        for t in data['templates']
+    )
   except (KeyError, TypeError) as e:
     raise TemplateError(
         f'{path}: expected {{"dataset": ..., "templates": [{{"name": ..., '
@@ -341,11 +384,13 @@ def load(collection: str) -> TemplateCollection:
   heldout = tuple(data.get('heldout_templates', ()))
   if not set(heldout) <= set(names):
     raise TemplateError(f'{path}: unknown held-out templates: {heldout}')
-  return TemplateCollection(name, data.get('dataset', name), templates,
-                            heldout)
+  return TemplateCollection(name, data.get('dataset', name), templates, heldout)
 
 
 def available() -> list[str]:
   """The names of every template collection in `tasks/templates/`."""
-  return sorted(f[:-len('.json')] for f in os.listdir(TEMPLATES_DIR)
-                if f.endswith('.json'))
+  return sorted(
+      f[: -len('.json')]
+      for f in os.listdir(TEMPLATES_DIR)
+      if f.endswith('.json')
+  )

@@ -6,6 +6,7 @@ A training task renders its dataset with one template, tokenizes `inputs`,
 tokenizing (see `tasks.preprocessors`) and is scored with
 `spt_jax.eval_protocol.rank_classification_accuracy`.
 """
+
 import dataclasses
 import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -35,6 +36,7 @@ class PromptedDataset:
     keep_features: raw features kept after templating (name -> dotted path),
       for metrics that need them.
   """
+
   name: str
   source: seqio.DataSource
   templates: str
@@ -45,8 +47,9 @@ class PromptedDataset:
     return prompt_templates.load(self.templates)
 
 
-def mixing_rate(num_examples: int, num_templates: int,
-                cap: Optional[int] = None) -> int:
+def mixing_rate(
+    num_examples: int, num_templates: int, cap: Optional[int] = None
+) -> int:
   """T0's rate of each of a dataset's template tasks.
 
   As T0's code computes it (bigscience-workshop/t-zero,
@@ -91,8 +94,11 @@ def count_examples(source: seqio.DataSource, split: str = 'train') -> int:
         with tf.io.gfile.GFile(file, 'rb') as f:
           count += sum(1 for line in f if line.strip())
       return count
-    return int(tf.data.TFRecordDataset(files).reduce(
-        tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return int(
+        tf.data.TFRecordDataset(files).reduce(
+            tf.constant(0, tf.int64), lambda n, _: n + 1
+        )
+    )
   size = source.num_input_examples(split)
   if size is None:
     source.get_dataset(split, shuffle=False)  # Raises when not prepared.
@@ -100,8 +106,9 @@ def count_examples(source: seqio.DataSource, split: str = 'train') -> int:
   return int(size)
 
 
-def lazy_mixing_rate(source: seqio.DataSource, num_templates: int,
-                     split: str = 'train') -> Callable[[seqio.Task], int]:
+def lazy_mixing_rate(
+    source: seqio.DataSource, num_templates: int, split: str = 'train'
+) -> Callable[[seqio.Task], int]:
   """A seqio rate function giving `mixing_rate` of the data's own size.
 
   The size is read (`count_examples`) when the mixture first asks for the
@@ -132,9 +139,13 @@ def preprocessors_for(
     keep_features: Optional[Mapping[str, str]] = None,
 ) -> list[Callable[..., Any]]:
   """Template -> [rank classification] -> tokenize -> cache -> EOS."""
-  steps = [functools.partial(
-      preprocessors.apply_template, template=template,
-      keep_features=None if score else keep_features)]
+  steps = [
+      functools.partial(
+          preprocessors.apply_template,
+          template=template,
+          keep_features=None if score else keep_features,
+      )
+  ]
   if score:
     steps.append(preprocessors.rank_classification)
   return steps + [
@@ -150,7 +161,8 @@ def register(
     output_features: Mapping[str, seqio.Feature],
     score: bool = False,
     postprocess_fn: Optional[
-        Callable[[prompt_templates.Template], Callable[..., Any]]] = None,
+        Callable[[prompt_templates.Template], Callable[..., Any]]
+    ] = None,
     metric_fns: Sequence[Callable[..., Any]] = (),
 ) -> list[str]:
   """Registers a task per template of `dataset`; returns their names.
@@ -169,7 +181,9 @@ def register(
   """
   names = []
   for template in dataset.template_collection.templates:
-    name = eval_protocol.task_name(collection, dataset.name, template.name, score)
+    name = eval_protocol.task_name(
+        collection, dataset.name, template.name, score
+    )
     if score:
       postprocess = metrics.rank_classification_postprocessor
       task_metrics = [eval_protocol.rank_classification_accuracy]
@@ -182,6 +196,7 @@ def register(
         preprocessors=preprocessors_for(template, score, dataset.keep_features),
         output_features=output_features,
         postprocess_fn=postprocess,
-        metric_fns=task_metrics)
+        metric_fns=task_metrics,
+    )
     names.append(name)
   return names

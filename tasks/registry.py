@@ -4,9 +4,11 @@ Tasks are named as `spt_jax.eval_protocol.task_name` writes them.
 `add_task` / `add_mixture` replace an existing registration of the same name,
 so importing (or reloading) the task modules twice is harmless.
 """
+
 from typing import Any, Sequence, Union
 
 import seqio
+
 
 def add_task(name: str, **kwargs: Any) -> seqio.Task:
   """`seqio.TaskRegistry.add`, replacing any task of the same name."""

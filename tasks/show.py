@@ -11,6 +11,7 @@ classification, tokenization): each feature's token ids and their decoding.
 A task whose data, vocabulary or template is not usable prints what is wrong
 and exits with 1; any other failure exits with 1 at once.
 """
+
 import argparse
 import importlib
 import os
@@ -27,8 +28,12 @@ from tasks import prompt_templates
 from tasks import sources
 
 # Errors whose message says what to fix: printed without a traceback.
-_SHORT_ERRORS = (sources.DataNotFoundError, sources.InvalidRecordError,
-                 vocabularies.VocabularyNotFoundError, prompt_templates.TemplateError)
+_SHORT_ERRORS = (
+    sources.DataNotFoundError,
+    sources.InvalidRecordError,
+    vocabularies.VocabularyNotFoundError,
+    prompt_templates.TemplateError,
+)
 
 
 def _names(registry) -> list[str]:
@@ -57,8 +62,9 @@ def _format(value: np.ndarray, vocabulary: Optional[seqio.Vocabulary]) -> str:
   return f'{value.tolist()}\n      = {vocabulary.decode(value.tolist())!r}'
 
 
-def show(name: str, num_examples: int, split: Optional[str],
-         out: TextIO) -> None:
+def show(
+    name: str, num_examples: int, split: Optional[str], out: TextIO
+) -> None:
   """Prints `num_examples` preprocessed examples of a task or mixture."""
   provider = seqio.get_mixture_or_task(name)
   if split is None:
@@ -71,7 +77,8 @@ def show(name: str, num_examples: int, split: Optional[str],
   for feature in features.values():
     vocabularies.vocabulary_size(feature.vocabulary)
   dataset = provider.get_dataset(
-      sequence_length=None, split=split, shuffle=False)
+      sequence_length=None, split=split, shuffle=False
+  )
   for i, example in enumerate(dataset.take(num_examples).as_numpy_iterator()):
     print(f'--- {name} [{split}] example {i}', file=out)
     for key in sorted(example):
@@ -93,27 +100,38 @@ def import_modules(modules: Sequence[str]) -> None:
     try:
       importlib.import_module(module)
     except ModuleNotFoundError as e:
-      if e.name is None or not (module == e.name or
-                                module.startswith(e.name + '.')):
+      if e.name is None or not (
+          module == e.name or module.startswith(e.name + '.')
+      ):
         raise
       raise ModuleNotFoundError(
           f'Cannot import --module {module!r} ({e}); run from the folder '
           'that holds it or put that folder on PYTHONPATH.',
-          name=e.name) from None
+          name=e.name,
+      ) from None
 
 
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m tasks.show', description=__doc__.splitlines()[0])
+      prog='python -m tasks.show', description=__doc__.splitlines()[0]
+  )
   parser.add_argument('name', nargs='?', help='A task or mixture name.')
-  parser.add_argument('--module', action='append', default=[],
-                      help='A module to import that registers tasks '
-                      '(repeatable), e.g. my_tasks.')
-  parser.add_argument('--list', action='store_true',
-                      help='List the registered mixtures and tasks.')
+  parser.add_argument(
+      '--module',
+      action='append',
+      default=[],
+      help='A module to import that registers tasks '
+      '(repeatable), e.g. my_tasks.',
+  )
+  parser.add_argument(
+      '--list',
+      action='store_true',
+      help='List the registered mixtures and tasks.',
+  )
   parser.add_argument('--num_examples', type=int, default=3)
-  parser.add_argument('--split', default=None,
-                      help='Default: train if the task has it.')
+  parser.add_argument(
+      '--split', default=None, help='Default: train if the task has it.'
+  )
   args = parser.parse_args(argv)
   try:
     import_modules(args.module)
@@ -125,11 +143,16 @@ def main(argv: Sequence[str]) -> int:
     return 0
   if not args.name:
     parser.error('give a task or mixture name, or --list')
-  if (args.name not in seqio.TaskRegistry.names() and
-      args.name not in seqio.MixtureRegistry.names()):
-    print(f'error: no task or mixture named {args.name!r} (see python -m '
-          'tasks.show --list; a task registered by your own module needs '
-          '--module MODULE)', file=sys.stderr)
+  if (
+      args.name not in seqio.TaskRegistry.names()
+      and args.name not in seqio.MixtureRegistry.names()
+  ):
+    print(
+        f'error: no task or mixture named {args.name!r} (see python -m '
+        'tasks.show --list; a task registered by your own module needs '
+        '--module MODULE)',
+        file=sys.stderr,
+    )
     return 2
   try:
     show(args.name, args.num_examples, args.split, sys.stdout)

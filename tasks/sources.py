@@ -20,6 +20,7 @@ the file, the line and the field. Nothing is filled with a default. (TFRecord ex
 data too large for memory, are parsed by tf.data; missing scalar features are
 errors there too.)
 """
+
 import functools
 import json
 import os
@@ -64,11 +65,13 @@ class InvalidRecordError(gin_utils.InputError, ValueError):
 class TfdsSource(seqio.TfdsDataSource):
   """A prepared TFDS dataset; missing data raises `DataNotFoundError`."""
 
-  def __init__(self,
-               tfds_name: str,
-               splits: Mapping[str, str],
-               data_dir: Optional[str] = None,
-               manual_download: bool = False):
+  def __init__(
+      self,
+      tfds_name: str,
+      splits: Mapping[str, str],
+      data_dir: Optional[str] = None,
+      manual_download: bool = False,
+  ):
     """Constructor.
 
     Args:
@@ -78,41 +81,57 @@ class TfdsSource(seqio.TfdsDataSource):
       manual_download: whether TFDS needs files downloaded by hand.
     """
     super().__init__(
-        tfds_name=tfds_name, tfds_data_dir=data_dir, splits=splits,
-        read_only=True)
+        tfds_name=tfds_name,
+        tfds_data_dir=data_dir,
+        splits=splits,
+        read_only=True,
+    )
     self._manual_download = manual_download
 
   def _not_found(self, split: str, error: Exception) -> DataNotFoundError:
     name = self.tfds_dataset.name.split(':')[0]
     data_dir = self.tfds_dataset.data_dir or os.environ.get(
-        'TFDS_DATA_DIR', tfds.core.constants.DATA_DIR)
+        'TFDS_DATA_DIR', tfds.core.constants.DATA_DIR
+    )
     how = f'  tfds build {name} --data_dir={data_dir}'
     if self._manual_download:
-      how += (' --manual_dir=<dir with the files>  (this dataset needs a '
-              'manual download; `tfds build` prints where to get the files)')
+      how += (
+          ' --manual_dir=<dir with the files>  (this dataset needs a '
+          'manual download; `tfds build` prints where to get the files)'
+      )
     first_line = str(error).strip().splitlines()[0] if str(error) else ''
     return DataNotFoundError(
         f"TFDS dataset '{self.tfds_dataset.name}' (split '{split}') is not "
         f'prepared in {data_dir}. Prepare it with\n{how}\nor point '
         f'$TFDS_DATA_DIR at a directory holding it. ({type(error).__name__}: '
-        f'{first_line})')
+        f'{first_line})'
+    )
 
-  def get_dataset(self, split: str = tfds.Split.TRAIN, *args,
-                  **kwargs) -> tf.data.Dataset:
+  def get_dataset(
+      self, split: str = tfds.Split.TRAIN, *args, **kwargs
+  ) -> tf.data.Dataset:
     try:
       return super().get_dataset(split, *args, **kwargs)
-    except (AssertionError, KeyError, FileNotFoundError,
-            tf.errors.NotFoundError,
-            tfds.core.registered.DatasetNotFoundError) as e:
+    except (
+        AssertionError,
+        KeyError,
+        FileNotFoundError,
+        tf.errors.NotFoundError,
+        tfds.core.registered.DatasetNotFoundError,
+    ) as e:
       raise self._not_found(split, e) from None
 
   def list_shards(self, split: str) -> Sequence[str]:
     """The split's files; raises DataNotFoundError when it is not prepared."""
     try:
       shards = super().list_shards(split)
-    except (AssertionError, KeyError, FileNotFoundError,
-            tf.errors.NotFoundError,
-            tfds.core.registered.DatasetNotFoundError) as e:
+    except (
+        AssertionError,
+        KeyError,
+        FileNotFoundError,
+        tf.errors.NotFoundError,
+        tfds.core.registered.DatasetNotFoundError,
+    ) as e:
       raise self._not_found(split, e) from None
     if not shards:
       raise self._not_found(split, KeyError(f'no files for split {split!r}'))
@@ -151,12 +170,14 @@ class LocalSource(seqio.DataSource):
   # The runners read the first example of a local export before training.
   IS_LOCAL_EXPORT = True
 
-  def __init__(self,
-               name: str,
-               fields: Mapping[str, str],
-               splits: Sequence[str],
-               hf_name: str,
-               data_dir: Optional[str] = None):
+  def __init__(
+      self,
+      name: str,
+      fields: Mapping[str, str],
+      splits: Sequence[str],
+      hf_name: str,
+      data_dir: Optional[str] = None,
+  ):
     """Constructor.
 
     Args:
@@ -203,7 +224,8 @@ class LocalSource(seqio.DataSource):
       if tf.io.gfile.exists(jsonl):
         return 'jsonl', [jsonl]
       records = sorted(
-          tf.io.gfile.glob(os.path.join(where, f'{split}.tfrecord*')))
+          tf.io.gfile.glob(os.path.join(where, f'{split}.tfrecord*'))
+      )
       if records:
         return 'tfrecord', records
     else:
@@ -212,12 +234,14 @@ class LocalSource(seqio.DataSource):
     fields = ', '.join(f'{p} ({t})' for p, t in self._fields.items())
     export = (
         f'  datasets.load_dataset({self._hf_name}, split={split!r})'
-        f".to_json('<{DATA_DIR_ENV}>/{self._name}/{split}.jsonl')")
+        f".to_json('<{DATA_DIR_ENV}>/{self._name}/{split}.jsonl')"
+    )
     raise DataNotFoundError(
         f"Dataset '{self._name}' (split '{split}') not found: expected "
         f'{where}/{split}.jsonl or {where}/{split}.tfrecord*{unset}. TFDS '
         f'does not have it; export it from Hugging Face as JSON lines:\n'
-        f'{export}\nand set ${DATA_DIR_ENV}. Fields read: {fields}.')
+        f'{export}\nand set ${DATA_DIR_ENV}. Fields read: {fields}.'
+    )
 
   def list_shards(self, split: str) -> Sequence[str]:
     return self._files(split)[1]
@@ -227,9 +251,13 @@ class LocalSource(seqio.DataSource):
     for p, t in self._fields.items():
       dtype, shape = _DTYPES[t]
       io_dtype = {tf.string: tf.string, tf.float32: tf.float32}.get(
-          dtype, tf.int64)
-      spec[p] = (tf.io.VarLenFeature(io_dtype) if shape else
-                 tf.io.FixedLenFeature((), io_dtype))
+          dtype, tf.int64
+      )
+      spec[p] = (
+          tf.io.VarLenFeature(io_dtype)
+          if shape
+          else tf.io.FixedLenFeature((), io_dtype)
+      )
     parsed = tf.io.parse_single_example(serialized, spec)
     flat = {}
     for p, t in self._fields.items():
@@ -254,7 +282,7 @@ class LocalSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs  # Unused.
     kind, files = self._files(split)
     if shard_info:
-      files = files[shard_info.index::shard_info.num_shards]
+      files = files[shard_info.index :: shard_info.num_shards]
     if kind == 'jsonl':
       columns = [_read_jsonl(f, tuple(self._fields.items())) for f in files]
       flat = {
@@ -266,7 +294,8 @@ class LocalSource(seqio.DataSource):
     if shuffle:
       ds = ds.shuffle(len(files), seed=seed)
     return tf.data.TFRecordDataset(ds).map(
-        self._parse_tfrecord, num_parallel_calls=tf.data.AUTOTUNE)
+        self._parse_tfrecord, num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def _concat(parts: Sequence[Any], kind: tuple[tf.DType, tuple[Any, ...]]):
@@ -274,9 +303,11 @@ def _concat(parts: Sequence[Any], kind: tuple[tf.DType, tuple[Any, ...]]):
   dtype, shape = kind
   if shape:
     rows = [row for part in parts for row in part]
-    return tf.ragged.constant(rows, dtype=dtype, ragged_rank=1,
-                              inner_shape=()) if rows else tf.zeros(
-                                  [0, 0], dtype)
+    return (
+        tf.ragged.constant(rows, dtype=dtype, ragged_rank=1, inner_shape=())
+        if rows
+        else tf.zeros([0, 0], dtype)
+    )
   values = np.concatenate(parts) if parts else np.zeros([0])
   return tf.constant(values, dtype=dtype)
 
@@ -287,25 +318,31 @@ def _check_value(value: Any, path: str, field_type: str, where: str) -> Any:
   if value is None:
     raise InvalidRecordError(
         f'{where}: field {path!r} ({field_type}) is missing or null. Fix the '
-        'export, or drop the field from the dataset\'s `fields`.')
+        "export, or drop the field from the dataset's `fields`."
+    )
   values = value if shape else [value]
   if shape and not isinstance(value, list):
     values = None
   if values is None or not all(
-      isinstance(v, _JSON_TYPES[dtype]) and
-      not (dtype != tf.bool and isinstance(v, bool)) for v in values):
+      isinstance(v, _JSON_TYPES[dtype])
+      and not (dtype != tf.bool and isinstance(v, bool))
+      for v in values
+  ):
     raise InvalidRecordError(
         f'{where}: field {path!r} should be {field_type}, got '
-        f'{json.dumps(value)[:80]}.')
+        f'{json.dumps(value)[:80]}.'
+    )
   if dtype == tf.string:
-    return [v.encode('utf-8') for v in values] if shape else value.encode(
-        'utf-8')
+    return (
+        [v.encode('utf-8') for v in values] if shape else value.encode('utf-8')
+    )
   return value
 
 
 @functools.lru_cache(maxsize=16)
-def _read_jsonl_cached(path: str, mtime: float,
-                       fields: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def _read_jsonl_cached(
+    path: str, mtime: float, fields: tuple[tuple[str, str], ...]
+) -> dict[str, Any]:
   del mtime  # Part of the cache key only.
   columns = {p: [] for p, _ in fields}
   records = 0
@@ -318,7 +355,8 @@ def _read_jsonl_cached(path: str, mtime: float,
       except UnicodeDecodeError as e:
         raise InvalidRecordError(
             f'{where}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at '
-            f'column {e.start + 1}). Export the data as UTF-8.') from None
+            f'column {e.start + 1}). Export the data as UTF-8.'
+        ) from None
       if not line.strip():
         continue
       try:
@@ -333,7 +371,8 @@ def _read_jsonl_cached(path: str, mtime: float,
   if not records:
     raise InvalidRecordError(
         f'{path}: no records (the file is empty). Export the split again, or '
-        'remove the file and the split from the dataset.')
+        'remove the file and the split from the dataset.'
+    )
   result = {}
   for p, t in fields:
     dtype, shape = _DTYPES[t]
@@ -341,33 +380,43 @@ def _read_jsonl_cached(path: str, mtime: float,
       result[p] = columns[p]
     else:
       result[p] = np.array(
-          columns[p], dtype=object if dtype == tf.string else
-          dtype.as_numpy_dtype)
+          columns[p],
+          dtype=object if dtype == tf.string else dtype.as_numpy_dtype,
+      )
   return result
 
 
-def _read_jsonl(path: str,
-                fields: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def _read_jsonl(
+    path: str, fields: tuple[tuple[str, str], ...]
+) -> dict[str, Any]:
   """The columns of a JSON lines file, checked (see the module docstring)."""
   return _read_jsonl_cached(path, tf.io.gfile.stat(path).mtime_nsec, fields)
 
 
-def write_tfrecord(path: str, examples: Sequence[Mapping[str, Any]],
-                   fields: Mapping[str, str]) -> None:
+def write_tfrecord(
+    path: str, examples: Sequence[Mapping[str, Any]], fields: Mapping[str, str]
+) -> None:
   """Writes examples (nested dicts) as tf.train.Examples keyed by paths."""
 
   def feature(value, kind):
     values = value if _DTYPES[kind][1] else [value]
     if _DTYPES[kind][0] == tf.string:
-      return tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[v.encode('utf-8') for v in values]))
+      return tf.train.Feature(
+          bytes_list=tf.train.BytesList(
+              value=[v.encode('utf-8') for v in values]
+          )
+      )
     if _DTYPES[kind][0] == tf.float32:
       return tf.train.Feature(float_list=tf.train.FloatList(value=values))
     return tf.train.Feature(
-        int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+        int64_list=tf.train.Int64List(value=[int(v) for v in values])
+    )
 
   with tf.io.TFRecordWriter(path) as writer:
     for example in examples:
       features = {p: feature(_lookup(example, p), t) for p, t in fields.items()}
-      writer.write(tf.train.Example(features=tf.train.Features(
-          feature=features)).SerializeToString())
+      writer.write(
+          tf.train.Example(
+              features=tf.train.Features(feature=features)
+          ).SerializeToString()
+      )

@@ -13,6 +13,7 @@ Registered names:
   templates, equal rates), e.g. `spt_super_glue_boolq`.
 * `spt_super_glue`: all of them, example-proportional (capped as in T0).
 """
+
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,27 +35,35 @@ Template = prompt_templates.Template
 
 def _labels(template: Template) -> Callable[..., Any]:
   return functools.partial(
-      metrics.choice_index, answer_choices=template.fixed_answer_choices)
+      metrics.choice_index, answer_choices=template.fixed_answer_choices
+  )
 
 
 def _multirc(template: Template) -> Callable[..., Any]:
   return functools.partial(
       metrics.multirc_postprocessor,
-      answer_choices=template.fixed_answer_choices)
+      answer_choices=template.fixed_answer_choices,
+  )
 
 
 # config -> (postprocessor of a template, metric functions, raw features the
 # metrics need).
-_CONFIGS: Mapping[str, tuple[Callable[[Template], Any], Sequence[Any],
-                             Mapping[str, str]]] = {
+_CONFIGS: Mapping[
+    str, tuple[Callable[[Template], Any], Sequence[Any], Mapping[str, str]]
+] = {
     'boolq': (_labels, (metrics.accuracy,), {}),
     'cb': (_labels, (metrics.accuracy, metrics.macro_f1(3)), {}),
     'copa': (lambda _: metrics.normalized_text, (metrics.accuracy,), {}),
-    'multirc': (_multirc, (metrics.multirc,),
-                {'paragraph_idx': 'idx.paragraph',
-                 'question_idx': 'idx.question'}),
-    'record': (lambda _: metrics.record_postprocessor,
-               (metrics.squad,), {'answers': 'answers'}),
+    'multirc': (
+        _multirc,
+        (metrics.multirc,),
+        {'paragraph_idx': 'idx.paragraph', 'question_idx': 'idx.question'},
+    ),
+    'record': (
+        lambda _: metrics.record_postprocessor,
+        (metrics.squad,),
+        {'answers': 'answers'},
+    ),
     'rte': (_labels, (metrics.accuracy,), {}),
     'wic': (_labels, (metrics.accuracy,), {}),
     'wsc': (_labels, (metrics.accuracy,), {}),
@@ -65,10 +74,15 @@ DATASETS = tuple(
         name=f'super_glue_{config}',
         source=sources.TfdsSource(
             'super_glue/{}:1.0.2'.format(
-                'wsc.fixed' if config == 'wsc' else config), _SPLITS),
+                'wsc.fixed' if config == 'wsc' else config
+            ),
+            _SPLITS,
+        ),
         templates=f'super_glue_{config}',
-        keep_features=keep)
-    for config, (_, _, keep) in _CONFIGS.items())
+        keep_features=keep,
+    )
+    for config, (_, _, keep) in _CONFIGS.items()
+)
 
 
 def register() -> None:
@@ -76,12 +90,15 @@ def register() -> None:
   features = vocab.output_features(vocab.t5_vocabulary())
   everything = []
   for dataset in DATASETS:
-    config = dataset.name[len('super_glue_'):]
+    config = dataset.name[len('super_glue_') :]
     postprocess_fn, metric_fns, _ = _CONFIGS[config]
     names = prompted.register(
-        COLLECTION, dataset, features,
+        COLLECTION,
+        dataset,
+        features,
         postprocess_fn=postprocess_fn,
-        metric_fns=metric_fns)
+        metric_fns=metric_fns,
+    )
     registry.add_mixture(f'{MIXTURE}_{config}', names, default_rate=1.0)
     rate = prompted.lazy_mixing_rate(dataset.source, len(names))
     everything.extend((name, rate) for name in names)

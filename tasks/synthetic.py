@@ -68,6 +68,7 @@ the same 28 templates and registers `spt_study__<family>__<template>__score`:
 `SYNTHETIC_FEATURE_LENGTHS` fits every example without truncation with the
 committed vocabulary (`tasks/data/synthetic_spm.model`, `tasks.build_vocab`).
 """
+
 import dataclasses
 import random
 import zlib
@@ -98,7 +99,7 @@ SYNTHETIC_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8, 'prompt': 16}
 # sets, with settings chosen on a dev set kept apart from them.
 STUDY_COLLECTION = 'spt_study'
 STUDY_MIXTURES = {
-    'train': 'spt_study_train',      # = spt_synthetic_train
+    'train': 'spt_study_train',  # = spt_synthetic_train
     'train_a': 'spt_study_train_a',  # the frozen backbone's families
     'train_b': 'spt_study_train_b',  # the families adapted on it
     'dev': 'spt_study_dev',
@@ -119,14 +120,54 @@ VALIDATION_EXAMPLES_PER_TASK = 128
 MIN_WORDS, MAX_WORDS = 3, 5
 
 LEXICON = {
-    'animal': ('cat', 'dog', 'cow', 'fox', 'owl', 'pig', 'hen', 'bee', 'ant',
-               'rat'),
-    'color': ('red', 'blue', 'green', 'pink', 'gray', 'gold', 'black',
-              'white', 'brown', 'purple'),
-    'fruit': ('apple', 'pear', 'plum', 'lime', 'fig', 'kiwi', 'grape',
-              'mango', 'peach', 'lemon'),
-    'tool': ('saw', 'axe', 'drill', 'hammer', 'wrench', 'rake', 'hoe',
-             'chisel', 'pliers', 'shovel'),
+    'animal': (
+        'cat',
+        'dog',
+        'cow',
+        'fox',
+        'owl',
+        'pig',
+        'hen',
+        'bee',
+        'ant',
+        'rat',
+    ),
+    'color': (
+        'red',
+        'blue',
+        'green',
+        'pink',
+        'gray',
+        'gold',
+        'black',
+        'white',
+        'brown',
+        'purple',
+    ),
+    'fruit': (
+        'apple',
+        'pear',
+        'plum',
+        'lime',
+        'fig',
+        'kiwi',
+        'grape',
+        'mango',
+        'peach',
+        'lemon',
+    ),
+    'tool': (
+        'saw',
+        'axe',
+        'drill',
+        'hammer',
+        'wrench',
+        'rake',
+        'hoe',
+        'chisel',
+        'pliers',
+        'shovel',
+    ),
 }
 WORDS = tuple(w for words in LEXICON.values() for w in words)
 CATEGORY = {w: c for c, words in LEXICON.items() for w in words}
@@ -171,6 +212,7 @@ class Family:
     num_choices: the number of answer choices of rank classification.
     heldout: whether the whole family is held out of training.
   """
+
   name: str
   answer: Callable[[Sequence[str]], str]
   distractors: Callable[[Sequence[str], random.Random], list[str]]
@@ -183,38 +225,83 @@ class Family:
 
 
 FAMILIES = (
-    Family('first', lambda w: w[0],
-           lambda w, rng: [w[-1], *w[1:-1], *_outside(w, rng)]),
-    Family('last', lambda w: w[-1],
-           lambda w, rng: [w[0], *w[-2:0:-1], *_outside(w, rng)]),
-    Family('reverse', lambda w: ' '.join(reversed(w)),
-           lambda w, rng: [' '.join(w), ' '.join([*w[1:], w[0]]),
-                           ' '.join([w[1], w[0], *w[2:]])]),
-    Family('category_first', lambda w: CATEGORY[w[0]],
-           lambda w, rng: _other_categories(w[0])),
-    Family('count', lambda w: NUMBERS[len(w) - 2],
-           lambda w, rng: rng.sample(NUMBERS, len(NUMBERS))),
-    Family('cipher', _code,
-           lambda w, rng: [' '.join(w), _code(w[::-1]),
-                           ' '.join([w[0], _code(w[1:])])]),
-    Family('has_color', _has_color,
-           lambda w, rng: ['no' if _has_color(w) == 'yes' else 'yes'],
-           num_choices=2),
-    Family('category_last', lambda w: CATEGORY[w[-1]],
-           lambda w, rng: _other_categories(w[-1]), heldout=True),
-    Family('cipher_first', lambda w: CIPHER[w[0]],
-           lambda w, rng: [w[0], CIPHER[w[-1]], CIPHER[w[1]],
-                           *(CIPHER[x] for x in _outside(w, rng))],
-           heldout=True),
+    Family(
+        'first',
+        lambda w: w[0],
+        lambda w, rng: [w[-1], *w[1:-1], *_outside(w, rng)],
+    ),
+    Family(
+        'last',
+        lambda w: w[-1],
+        lambda w, rng: [w[0], *w[-2:0:-1], *_outside(w, rng)],
+    ),
+    Family(
+        'reverse',
+        lambda w: ' '.join(reversed(w)),
+        lambda w, rng: [
+            ' '.join(w),
+            ' '.join([*w[1:], w[0]]),
+            ' '.join([w[1], w[0], *w[2:]]),
+        ],
+    ),
+    Family(
+        'category_first',
+        lambda w: CATEGORY[w[0]],
+        lambda w, rng: _other_categories(w[0]),
+    ),
+    Family(
+        'count',
+        lambda w: NUMBERS[len(w) - 2],
+        lambda w, rng: rng.sample(NUMBERS, len(NUMBERS)),
+    ),
+    Family(
+        'cipher',
+        _code,
+        lambda w, rng: [
+            ' '.join(w),
+            _code(w[::-1]),
+            ' '.join([w[0], _code(w[1:])]),
+        ],
+    ),
+    Family(
+        'has_color',
+        _has_color,
+        lambda w, rng: ['no' if _has_color(w) == 'yes' else 'yes'],
+        num_choices=2,
+    ),
+    Family(
+        'category_last',
+        lambda w: CATEGORY[w[-1]],
+        lambda w, rng: _other_categories(w[-1]),
+        heldout=True,
+    ),
+    Family(
+        'cipher_first',
+        lambda w: CIPHER[w[0]],
+        lambda w, rng: [
+            w[0],
+            CIPHER[w[-1]],
+            CIPHER[w[1]],
+            *(CIPHER[x] for x in _outside(w, rng)),
+        ],
+        heldout=True,
+    ),
 )
 # The study's dev family: composes trained instruction words (`cipher` +
 # `last`) like the held-out families, for choosing settings without looking at
 # them. Kept out of FAMILIES (and so of the vocabulary's corpus).
 DEV_FAMILIES = (
-    Family('cipher_last', lambda w: CIPHER[w[-1]],
-           lambda w, rng: [w[-1], CIPHER[w[0]], CIPHER[w[-2]],
-                           *(CIPHER[x] for x in _outside(w, rng))],
-           heldout=True),
+    Family(
+        'cipher_last',
+        lambda w: CIPHER[w[-1]],
+        lambda w, rng: [
+            w[-1],
+            CIPHER[w[0]],
+            CIPHER[w[-2]],
+            *(CIPHER[x] for x in _outside(w, rng)),
+        ],
+        heldout=True,
+    ),
 )
 FAMILIES_BY_NAME = {f.name: f for f in FAMILIES + DEV_FAMILIES}
 
@@ -232,8 +319,9 @@ def _sample_words(family: str, rng: random.Random) -> list[str]:
   return words
 
 
-def make_example(family: str, split: str, index: int,
-                 salt: str = '') -> dict[str, object]:
+def make_example(
+    family: str, split: str, index: int, salt: str = ''
+) -> dict[str, object]:
   """The `index`-th example of a family in a split (deterministic).
 
   Args:
@@ -254,9 +342,10 @@ def make_example(family: str, split: str, index: int,
       break
   spec = FAMILIES_BY_NAME[family]
   answer = spec.answer(words)
-  distractors = [d for d in dict.fromkeys(spec.distractors(words, rng))
-                 if d != answer]
-  choices = [answer, *distractors[:spec.num_choices - 1]]
+  distractors = [
+      d for d in dict.fromkeys(spec.distractors(words, rng)) if d != answer
+  ]
+  choices = [answer, *distractors[: spec.num_choices - 1]]
   rng.shuffle(choices)
   return {'words': ' '.join(words), 'answer': answer, 'choices': choices}
 
@@ -264,10 +353,14 @@ def make_example(family: str, split: str, index: int,
 class SyntheticSource(seqio.DataSource):
   """Generated examples of one family (and template stream) of the mixture."""
 
-  def __init__(self, family: str, template: str,
-               splits: Sequence[str] = ('train', 'validation'),
-               validation_examples: int = VALIDATION_EXAMPLES_PER_TASK,
-               validation_salt: str = ''):
+  def __init__(
+      self,
+      family: str,
+      template: str,
+      splits: Sequence[str] = ('train', 'validation'),
+      validation_examples: int = VALIDATION_EXAMPLES_PER_TASK,
+      validation_salt: str = '',
+  ):
     """Constructor.
 
     Args:
@@ -279,10 +372,13 @@ class SyntheticSource(seqio.DataSource):
       validation_salt: names the stream of `validation` lists; another salt
         draws other lists of the evaluation pool (the study's dev set).
     """
-    sizes = {'train': TRAIN_EXAMPLES_PER_TASK,
-             'validation': validation_examples}
+    sizes = {
+        'train': TRAIN_EXAMPLES_PER_TASK,
+        'validation': validation_examples,
+    }
     super().__init__(
-        splits=splits, num_input_examples={s: sizes[s] for s in splits})
+        splits=splits, num_input_examples={s: sizes[s] for s in splits}
+    )
     self._family = family
     self._template = template
     self._validation_salt = validation_salt
@@ -295,17 +391,24 @@ class SyntheticSource(seqio.DataSource):
     return [split]
 
   def __repr__(self) -> str:
-    return (f'{type(self).__name__}(family={self._family!r}, '
-            f'template={self._template!r}, splits={self.splits})')
+    return (
+        f'{type(self).__name__}(family={self._family!r}, '
+        f'template={self._template!r}, splits={self.splits})'
+    )
 
-  def examples(self, split: str, shard_index: int = 0,
-               num_shards: int = 1) -> list[dict[str, object]]:
+  def examples(
+      self, split: str, shard_index: int = 0, num_shards: int = 1
+  ) -> list[dict[str, object]]:
     """The split's examples (see `make_example`), optionally one shard."""
-    salt = (self._template if split == tfds.Split.TRAIN
-            else self._validation_salt)
-    return [make_example(self._family, split, index, salt)
-            for index in range(shard_index, self.num_input_examples(split),
-                               num_shards)]
+    salt = (
+        self._template if split == tfds.Split.TRAIN else self._validation_salt
+    )
+    return [
+        make_example(self._family, split, index, salt)
+        for index in range(
+            shard_index, self.num_input_examples(split), num_shards
+        )
+    ]
 
   def get_dataset(
       self,
@@ -330,17 +433,20 @@ class SyntheticSource(seqio.DataSource):
     examples = self.examples(split, *shard)
     choices = tf.RaggedTensor.from_row_lengths(
         tf.constant([c for e in examples for c in e['choices']], tf.string),
-        [len(e['choices']) for e in examples])
-    return tf.data.Dataset.from_tensor_slices({
-        'words': tf.constant([e['words'] for e in examples], tf.string),
-        'answer': tf.constant([e['answer'] for e in examples], tf.string),
-        'choices': choices,
-    })
+        [len(e['choices']) for e in examples],
+    )
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            'words': tf.constant([e['words'] for e in examples], tf.string),
+            'answer': tf.constant([e['answer'] for e in examples], tf.string),
+            'choices': choices,
+        }
+    )
 
 
 def _register_family(
-    family: Family,
-    features: Mapping[str, seqio.Feature]) -> dict[str, list[str]]:
+    family: Family, features: Mapping[str, seqio.Feature]
+) -> dict[str, list[str]]:
   """Registers a family's tasks; returns their names by role."""
   names = {'train': [], 'seen': [], 'heldout': [], 'heldout_gen': []}
   collection = family.templates
@@ -348,17 +454,29 @@ def _register_family(
     seen = not family.heldout and template.name not in collection.heldout
     splits = ('train', 'validation') if seen else ('validation',)
     for score in (False, True):
-      name = eval_protocol.task_name(COLLECTION, family.name, template.name, score)
+      name = eval_protocol.task_name(
+          COLLECTION, family.name, template.name, score
+      )
       registry.add_task(
           name,
-          source=SyntheticSource(family.name, template.name,
-                                 splits if not score else ('validation',)),
+          source=SyntheticSource(
+              family.name,
+              template.name,
+              splits if not score else ('validation',),
+          ),
           preprocessors=prompted.preprocessors_for(template, score),
           output_features=features,
-          postprocess_fn=(metrics.rank_classification_postprocessor if score
-                          else metrics.normalized_text),
-          metric_fns=[eval_protocol.rank_classification_accuracy if score
-                      else metrics.accuracy])
+          postprocess_fn=(
+              metrics.rank_classification_postprocessor
+              if score
+              else metrics.normalized_text
+          ),
+          metric_fns=[
+              eval_protocol.rank_classification_accuracy
+              if score
+              else metrics.accuracy
+          ],
+      )
       if seen:
         names['seen' if score else 'train'].append(name)
       else:
@@ -377,16 +495,17 @@ def register() -> None:
       by_role.setdefault(role, []).extend(role_names)
     if family.heldout:
       heldout_tasks.extend(names['heldout'])
-  heldout_templates = [
-      n for n in by_role['heldout'] if n not in heldout_tasks]
+  heldout_templates = [n for n in by_role['heldout'] if n not in heldout_tasks]
   registry.add_mixture(TRAIN_MIXTURE, by_role['train'], default_rate=1.0)
   registry.add_mixture(SEEN_MIXTURE, by_role['seen'], default_rate=1.0)
   registry.add_mixture(
-      HELDOUT_TEMPLATES_MIXTURE, heldout_templates, default_rate=1.0)
+      HELDOUT_TEMPLATES_MIXTURE, heldout_templates, default_rate=1.0
+  )
   registry.add_mixture(HELDOUT_TASKS_MIXTURE, heldout_tasks, default_rate=1.0)
   registry.add_mixture(HELDOUT_MIXTURE, by_role['heldout'], default_rate=1.0)
   registry.add_mixture(
-      HELDOUT_GEN_MIXTURE, by_role['heldout_gen'], default_rate=1.0)
+      HELDOUT_GEN_MIXTURE, by_role['heldout_gen'], default_rate=1.0
+  )
 
 
 def study_templates(family: str) -> prompt_templates.TemplateCollection:
@@ -421,22 +540,31 @@ def _study_template(family: str, name: str) -> prompt_templates.Template:
   return study_templates(family)[name]
 
 
-def _register_study_task(family: str, template: str, role: str,
-                         features: Mapping[str, seqio.Feature]) -> str:
+def _register_study_task(
+    family: str, template: str, role: str, features: Mapping[str, seqio.Feature]
+) -> str:
   """Registers a dev or test rank-classification task of the study."""
   name = eval_protocol.task_name(STUDY_COLLECTION, family, template, score=True)
   registry.add_task(
       name,
       source=SyntheticSource(
-          family, template, ('validation',),
-          validation_examples=(STUDY_TEST_EXAMPLES_PER_TASK if role == 'test'
-                               else STUDY_DEV_EXAMPLES_PER_TASK),
-          validation_salt=DEV_SALT if role == 'dev' else ''),
+          family,
+          template,
+          ('validation',),
+          validation_examples=(
+              STUDY_TEST_EXAMPLES_PER_TASK
+              if role == 'test'
+              else STUDY_DEV_EXAMPLES_PER_TASK
+          ),
+          validation_salt=DEV_SALT if role == 'dev' else '',
+      ),
       preprocessors=prompted.preprocessors_for(
-          _study_template(family, template), score=True),
+          _study_template(family, template), score=True
+      ),
       output_features=features,
       postprocess_fn=metrics.rank_classification_postprocessor,
-      metric_fns=[eval_protocol.rank_classification_accuracy])
+      metric_fns=[eval_protocol.rank_classification_accuracy],
+  )
   return name
 
 
@@ -454,9 +582,12 @@ def register_study() -> None:
         names[role].setdefault(family.name, []).append(name)
 
   def pick(role, families=None):
-    return [n for f, ns in names[role].items()
-            if families is None or f in families or FAMILIES_BY_NAME[f].heldout
-            for n in ns]
+    return [
+        n
+        for f, ns in names[role].items()
+        if families is None or f in families or FAMILIES_BY_NAME[f].heldout
+        for n in ns
+    ]
 
   mixtures = {
       STUDY_MIXTURES['train']: pick('train'),

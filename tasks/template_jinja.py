@@ -18,6 +18,7 @@ takes its first branch. `choice` takes the first element, so that the
 instruction is stable; `answer_choices` is a plain list
 (`answer_choices[-1]` is the last choice).
 """
+
 import collections
 import functools
 import random
@@ -58,6 +59,7 @@ class Blank(jinja2.ChainableUndefined):
   template guarded by `{% if label == 1 %}` or `{% if answers | length > 0
   %}` renders its text as for the examples it keeps.
   """
+
   __slots__ = ()
 
   __call__ = _blank_result
@@ -148,7 +150,8 @@ GLOBALS = {'zip': zip}
 
 def _environment(undefined, filters) -> jinja2.Environment:
   env = jinja2.Environment(
-      undefined=undefined, autoescape=False, keep_trailing_newline=False)
+      undefined=undefined, autoescape=False, keep_trailing_newline=False
+  )
   env.filters.update(filters)
   env.globals.update(GLOBALS)
   return env

@@ -13,6 +13,7 @@ short error when it cannot.
 The offline synthetic mixture uses the small SentencePiece model committed at
 `SYNTHETIC_VOCAB_PATH` (built by `python -m tasks.build_vocab`).
 """
+
 import os
 from typing import Mapping
 
@@ -25,8 +26,8 @@ DEFAULT_T5_VOCAB_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 T5_EXTRA_IDS = 100
 
 SYNTHETIC_VOCAB_PATH = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'data', 'synthetic_spm.model')
-
+    os.path.dirname(os.path.abspath(__file__)), 'data', 'synthetic_spm.model'
+)
 
 
 # Feature names of the task/model contract, which the model's feature
@@ -52,7 +53,8 @@ def synthetic_vocabulary() -> seqio.SentencePieceVocabulary:
 
 
 def output_features(
-    vocabulary: seqio.Vocabulary) -> Mapping[str, seqio.Feature]:
+    vocabulary: seqio.Vocabulary,
+) -> Mapping[str, seqio.Feature]:
   """The output features of every SPT task.
 
   Args:

@@ -7,6 +7,7 @@ same batches from a SeqIO cache written by `seqio.scripts.cache_tasks_main`
 text, and the same examples from the P3 copy; the benchmark's in-process
 cache writer writes what `cache_tasks_main` writes.
 """
+
 import functools
 import os
 
@@ -33,8 +34,11 @@ def _prepared(tmp_path_factory):
   cache_dirs = list(seqio.utils.get_global_cache_dirs())
   prepared = ip.prepare(
       str(tmp_path_factory.mktemp('input_pipeline')),
-      ('t0_cached', 't0_prerendered', 'p3'), DATASETS, records=24,
-      cache_writer='beam')
+      ('t0_cached', 't0_prerendered', 'p3'),
+      DATASETS,
+      records=24,
+      cache_writer='beam',
+  )
   # Shuffle buffers of 64, not SeqIO's 1000: each pipeline's first batch
   # then renders 3 x 64 examples, not 3 x 1000. The batches compared are
   # read through the same tasks either way.
@@ -74,27 +78,46 @@ def _assert_same(batches, expected):
 
 
 def test_variants_read_the_training_pipelines_batches(prepared):
-  direct = _batches(train_data.get_train_dataset(
-      input_fixture.MIXTURE, input_fixture.T0_LENGTHS, BATCH,
-      functools.partial(feature_converters.SptEncDecFeatureConverter,
-                        prompt_length=input_fixture.T0_LENGTHS['prompt']),
-      seed=0, shard_info=seqio.ShardInfo(0, 1)))
+  direct = _batches(
+      train_data.get_train_dataset(
+          input_fixture.MIXTURE,
+          input_fixture.T0_LENGTHS,
+          BATCH,
+          functools.partial(
+              feature_converters.SptEncDecFeatureConverter,
+              prompt_length=input_fixture.T0_LENGTHS['prompt'],
+          ),
+          seed=0,
+          shard_info=seqio.ShardInfo(0, 1),
+      )
+  )
   assert direct[0]['encoder_input_tokens'].shape == (BATCH, 1024 + 64)
   assert direct[0]['decoder_target_tokens'].shape == (BATCH, 256)
 
-  pipelines = ip.pipelines(prepared, ('t0', 't0_cached', 't0_prerendered'),
-                           BATCH, seed=0)
+  pipelines = ip.pipelines(
+      prepared, ('t0', 't0_cached', 't0_prerendered'), BATCH, seed=0
+  )
   _assert_same(_batches(pipelines['t0']), direct)
   _assert_same(_batches(pipelines['t0_prerendered']), direct)
   # Beam writes a cache in its own order, so the same seed shuffles other
   # batches: each of their rows is one of the tasks' rows.
   rows = set()
   for name in prepared.task_names:
-    epoch = _batches(train_data.get_train_dataset(
-        name, input_fixture.T0_LENGTHS, BATCH,
-        functools.partial(feature_converters.SptEncDecFeatureConverter,
-                          prompt_length=input_fixture.T0_LENGTHS['prompt']),
-        seed=0, shard_info=seqio.ShardInfo(0, 1), num_epochs=1), n=-1)
+    epoch = _batches(
+        train_data.get_train_dataset(
+            name,
+            input_fixture.T0_LENGTHS,
+            BATCH,
+            functools.partial(
+                feature_converters.SptEncDecFeatureConverter,
+                prompt_length=input_fixture.T0_LENGTHS['prompt'],
+            ),
+            seed=0,
+            shard_info=seqio.ShardInfo(0, 1),
+            num_epochs=1,
+        ),
+        n=-1,
+    )
     rows |= {_row(batch, i) for batch in epoch for i in range(BATCH)}
   assert len(rows) == 3 * 24
   cached = _batches(pipelines['t0_cached'])
@@ -108,19 +131,28 @@ def test_variants_read_the_training_pipelines_batches(prepared):
 
 
 def _task_examples(name, use_cached=False):
-  return list(seqio.get_mixture_or_task(name).get_dataset(
-      None, split='train', shuffle=False, use_cached=use_cached
-  ).as_numpy_iterator())
+  return list(
+      seqio.get_mixture_or_task(name)
+      .get_dataset(None, split='train', shuffle=False, use_cached=use_cached)
+      .as_numpy_iterator()
+  )
 
 
 def test_p3_copy_holds_each_tasks_examples(prepared):
-  registered = p3.mixtures.register(prepared.fixture.p3_dir,
-                           vocabulary=seqio.SentencePieceVocabulary(
-                               prepared.fixture.vocab_path, extra_ids=100))
+  registered = p3.mixtures.register(
+      prepared.fixture.p3_dir,
+      vocabulary=seqio.SentencePieceVocabulary(
+          prepared.fixture.vocab_path, extra_ids=100
+      ),
+  )
   assert len(registered.mixtures[p3.datasets.T0_TRAIN_MIXTURE]) == 3
   for folder, p3_name in registered.tasks.items():
-    ours = [n for n in prepared.task_names
-            if eval_protocol.template_info(n) == eval_protocol.template_info(p3_name)]
+    ours = [
+        n
+        for n in prepared.task_names
+        if eval_protocol.template_info(n)
+        == eval_protocol.template_info(p3_name)
+    ]
     assert len(ours) == 1, folder
     expected = _task_examples(ours[0])
     got = _task_examples(p3_name)
@@ -133,18 +165,19 @@ def test_p3_copy_holds_each_tasks_examples(prepared):
 
 
 def test_measure_times_the_variants(prepared):
-  readers = {name: ip.PipelineReader(ds, BATCH) for name, ds in
-             ip.pipelines(prepared, ('t0', 't0_render_only', 't0_cached'),
-                          BATCH).items()}
+  readers = {
+      name: ip.PipelineReader(ds, BATCH)
+      for name, ds in ip.pipelines(
+          prepared, ('t0', 't0_render_only', 't0_cached'), BATCH
+      ).items()
+  }
   ip.warm_up(readers, BATCH)
-  rows = ip.measure(readers, {}, 0, batches=2, drain=1, repeats=1,
-                    pause_s=0.0)
+  rows = ip.measure(readers, {}, 0, batches=2, drain=1, repeats=1, pause_s=0.0)
   assert [r['variant'] for r in rows] == list(readers)
   for row in rows:
     assert row['examples_per_call'] == 2 * BATCH
     assert row['examples_per_s'] > 0 and row['cpu_ms_per_example'] > 0
-  assert set(ip.ratios(rows)) == {'t0_render_only_over_t0',
-                                  't0_cached_over_t0'}
+  assert set(ip.ratios(rows)) == {'t0_render_only_over_t0', 't0_cached_over_t0'}
   ceiling = ip.render_ceiling(DATASETS, seconds=0.2)
   assert ceiling['examples_per_cpu_s'] > 0
   assert ceiling['rendered_chars_per_example'] > 0
@@ -154,8 +187,12 @@ def test_render_only_yields_the_rendered_text(prepared):
   batch = _batches(ip.render_only_batches(DATASETS, BATCH), 1)[0]
   assert sorted(batch) == ['inputs', 'prompt', 'targets']
   instructions = {
-      seqio.get_mixture_or_task(n).preprocessors[0].keywords[
-          'template'].instruction.encode() for n in prepared.task_names}
+      seqio.get_mixture_or_task(n)
+      .preprocessors[0]
+      .keywords['template']
+      .instruction.encode()
+      for n in prepared.task_names
+  }
   assert set(batch['prompt']) <= instructions
 
 
@@ -169,11 +206,14 @@ def _cached_examples(name, cache_dir):
 
 
 def test_cache_tasks_main_and_in_process_cache_the_same_examples(
-    prepared, tmp_path):
+    prepared, tmp_path
+):
   in_process_dir = str(tmp_path / 'in_process')
   input_copies.write_cache_in_process(
-      in_process_dir, prepared.task_names,
-      {n: input_copies.precache_examples(n) for n in prepared.task_names})
+      in_process_dir,
+      prepared.task_names,
+      {n: input_copies.precache_examples(n) for n in prepared.task_names},
+  )
   key = lambda ex: (ex['inputs_pretokenized'], ex['targets_pretokenized'])
   for name in prepared.task_names:
     fresh = sorted(_task_examples(name), key=key)

@@ -13,9 +13,11 @@ from spt_jax.study import results
 def test_parse_variant():
   assert compare.parse_variant('spt:') == compare.Variant('spt')
   assert compare.parse_variant('pt:a.gin,b.gin') == compare.Variant(
-      'pt', ('a.gin', 'b.gin'))
+      'pt', ('a.gin', 'b.gin')
+  )
   assert compare.parse_variant('frozen:c.gin@base') == compare.Variant(
-      'frozen', ('c.gin',), 'base')
+      'frozen', ('c.gin',), 'base'
+  )
   with pytest.raises(ValueError, match='NAME:GIN_FILE'):
     compare.parse_variant(':a.gin')
 
@@ -27,15 +29,22 @@ def test_default_variants_start_from_earlier_ones():
     for path in variant.gin_files:
       assert os.path.exists(os.path.join(gin_utils.REPO_ROOT, path)), path
   with pytest.raises(gin_utils.ConfigError, match='listed before it'):
-    compare.check_variants([compare.Variant('b', (), 'a'), compare.Variant('a')])
+    compare.check_variants(
+        [compare.Variant('b', (), 'a'), compare.Variant('a')]
+    )
   with pytest.raises(gin_utils.ConfigError, match='twice'):
     compare.check_variants([compare.Variant('a'), compare.Variant('a')])
 
 
 def _result(variant, seed, datasets, loss=0.5, retrieval=None):
   return results.RunResult(
-      variant=variant, seed=seed, step=10, train_loss=loss, datasets=datasets,
-      tasks={}, retrieval=retrieval or {},
+      variant=variant,
+      seed=seed,
+      step=10,
+      train_loss=loss,
+      datasets=datasets,
+      tasks={},
+      retrieval=retrieval or {},
   )
 
 
@@ -60,16 +69,22 @@ def test_paired_difference_against_a_hand_computed_t_interval():
 
 def test_differences_table_pairs_runs_by_seed():
   runs = {
-      'spt': [_result('spt', s, {'a': a, 'b': b})
-              for s, a, b in [(0, 60, 70), (1, 70, 80), (2, 65, 75)]],
+      'spt': [
+          _result('spt', s, {'a': a, 'b': b})
+          for s, a, b in [(0, 60, 70), (1, 70, 80), (2, 65, 75)]
+      ],
       # Seed 2 of the baseline is missing: two pairs.
-      'no_memory': [_result('no_memory', s, {'a': a, 'b': b})
-                    for s, a, b in [(1, 62, 80), (0, 50, 70)]],
+      'no_memory': [
+          _result('no_memory', s, {'a': a, 'b': b})
+          for s, a, b in [(1, 62, 80), (0, 50, 70)]
+      ],
       'prompt_tuning': [_result('prompt_tuning', 0, {'a': 40, 'b': 30})],
   }
   body = _rows(results.differences_table(runs))
-  assert body['dataset'] == ['spt - no_memory (2 seeds)',
-                             'spt - prompt_tuning (1 seeds)']
+  assert body['dataset'] == [
+      'spt - no_memory (2 seeds)',
+      'spt - prompt_tuning (1 seeds)',
+  ]
   # a: d = (10, 8), mean 9, t(0.975, 1) * sd / sqrt(2) = 12.706 * 1 = 12.7.
   assert body['a'] == ['+9.0 [-3.7, +21.7]', '+20.0']
   assert body['b'][0] == '+0.0 [+0.0, +0.0]'
@@ -79,19 +94,29 @@ def test_differences_table_pairs_runs_by_seed():
 
 def _rows(table):
   return {
-      row[0]: row[1:] for row in
-      ([c.strip() for c in line.split('|')] for line in table.splitlines())
+      row[0]: row[1:]
+      for row in (
+          [c.strip() for c in line.split('|')] for line in table.splitlines()
+      )
   }
 
 
 def test_results_table_is_mean_and_se_over_seeds_per_group():
-  retrieval = {'same_family_jaccard': 0.5, 'other_family_jaccard': 0.25,
-               'heldout_own_family': 100.0, 'heldout_chance': 25.0}
+  retrieval = {
+      'same_family_jaccard': 0.5,
+      'other_family_jaccard': 0.25,
+      'heldout_own_family': 100.0,
+      'heldout_chance': 25.0,
+  }
   runs = {
-      'spt': [_result('spt', 0, {'a': 50.0, 'b': 70.0}, retrieval=retrieval),
-              _result('spt', 1, {'a': 60.0, 'b': 80.0}, retrieval=retrieval)],
-      'no_memory': [_result('no_memory', 0, {'a': 30.0, 'b': 40.0}, 1.5),
-                    _result('no_memory', 1, {'a': 30.0, 'b': 50.0}, 2.5)],
+      'spt': [
+          _result('spt', 0, {'a': 50.0, 'b': 70.0}, retrieval=retrieval),
+          _result('spt', 1, {'a': 60.0, 'b': 80.0}, retrieval=retrieval),
+      ],
+      'no_memory': [
+          _result('no_memory', 0, {'a': 30.0, 'b': 40.0}, 1.5),
+          _result('no_memory', 1, {'a': 30.0, 'b': 50.0}, 2.5),
+      ],
       'frozen': [_result('frozen', 0, {'b': 20.0})],
   }
   first, second = results.results_table(runs).split('\n\n')
@@ -108,21 +133,31 @@ def test_results_table_is_mean_and_se_over_seeds_per_group():
 
 
 def test_recorded_runs_are_read_back_not_retrained(tmp_path):
-  variants = [compare.Variant('spt', ('never_parsed.gin',)),
-              compare.Variant('stage2', ('never_parsed.gin',), 'spt')]
+  variants = [
+      compare.Variant('spt', ('never_parsed.gin',)),
+      compare.Variant('stage2', ('never_parsed.gin',), 'spt'),
+  ]
   for seed in range(2):
     for variant in variants:
       folder = compare.run_dir(str(tmp_path), variant.name, seed)
       os.makedirs(folder)
       _result(variant.name, seed, {'a': 10.0 * seed}).save(
-          os.path.join(folder, compare.RESULT_FILE))
+          os.path.join(folder, compare.RESULT_FILE)
+      )
   assert compare.recorded_seeds(variants, str(tmp_path)) == 2
-  assert compare.recorded_seeds(
-      variants + [compare.Variant('new')], str(tmp_path)) == 0
+  assert (
+      compare.recorded_seeds(variants + [compare.Variant('new')], str(tmp_path))
+      == 0
+  )
   seen = []
-  runs = compare.run_study(variants, range(2), str(tmp_path),
-                           ['never_parsed.gin'], [],
-                           on_seed_done=lambda r: seen.append(len(r['spt'])))
+  runs = compare.run_study(
+      variants,
+      range(2),
+      str(tmp_path),
+      ['never_parsed.gin'],
+      [],
+      on_seed_done=lambda r: seen.append(len(r['spt'])),
+  )
   assert [r.seed for r in runs['stage2']] == [0, 1]
   assert runs['spt'][1].datasets == {'a': 10.0}
   assert seen == [1, 2]  # The table is rewritten after every seed.
@@ -138,20 +173,28 @@ def _configured(variant, tmp_path):
   """The variant's network config and TRAINABLE after `configure`."""
   import gin  # pylint: disable=g-import-not-at-top
   from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+
   try:
     compare.configure([compare.BASE_GIN], variant, [], str(tmp_path), 1)
     spt = gin.get_configurable(network.SptTransformer)().spt
-    settings = {m: gin.query_parameter(f'%{m}') for m in (
-        'TRAINABLE', 'MIXTURE_OR_TASK_NAME', 'INITIAL_CHECKPOINT_PATH',
-        'RANDOM_SEED')}
+    settings = {
+        m: gin.query_parameter(f'%{m}')
+        for m in (
+            'TRAINABLE',
+            'MIXTURE_OR_TASK_NAME',
+            'INITIAL_CHECKPOINT_PATH',
+            'RANDOM_SEED',
+        )
+    }
     return spt, settings
   finally:
     gin.clear_config()
 
 
 def test_default_variants_configure_the_study(tmp_path):
-  variants = {v.name: v for v in map(compare.parse_variant,
-                                     compare.STUDY_VARIANTS)}
+  variants = {
+      v.name: v for v in map(compare.parse_variant, compare.STUDY_VARIANTS)
+  }
   configured = {n: _configured(v, tmp_path) for n, v in variants.items()}
   spt, settings = configured['spt']
   assert spt.num_memories > spt.top_k >= 2 and settings['RANDOM_SEED'] == 1
@@ -168,8 +211,10 @@ def test_default_variants_configure_the_study(tmp_path):
     _, settings = configured[name]
     assert settings['TRAINABLE'] == 'spt_only'
     assert settings['INITIAL_CHECKPOINT_PATH'] == compare.run_dir(
-        str(tmp_path), 'backbone_a', 1)
+        str(tmp_path), 'backbone_a', 1
+    )
     assert settings['MIXTURE_OR_TASK_NAME'] == 'spt_study_train_b'
   assert configured['frozen_spt'][0].num_memories == spt.num_memories
   assert configured['backbone_a'][1]['MIXTURE_OR_TASK_NAME'] == (
-      'spt_study_train_a')
+      'spt_study_train_a'
+  )

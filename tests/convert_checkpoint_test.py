@@ -24,7 +24,9 @@ from tests import xla_flags  # pylint: disable=g-import-not-at-top
 
 ATOL = 1e-4
 SPT = convert_checkpoint.spt_shapes_config(
-    num_memories=8, memory_length=2, soft_prompt_length=3,
+    num_memories=8,
+    memory_length=2,
+    soft_prompt_length=3,
     memory_init='vocab_sample',
 )
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +74,9 @@ def test_converted_backbone_gives_hf_logits(hf_model, tmp_path):
   theirs = t5_reference.hf_logits(model, encoder, decoder_inputs)
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=ATOL, rtol=0)
   # The runner's loader reads the Hugging Face folder itself the same way.
-  direct = traverse_util.flatten_dict(train_checkpoints.load_params(folder), sep='/')
+  direct = traverse_util.flatten_dict(
+      train_checkpoints.load_params(folder), sep='/'
+  )
   for name, value in traverse_util.flatten_dict(params, sep='/').items():
     np.testing.assert_array_equal(direct[name], value, err_msg=name)
 
@@ -86,7 +90,9 @@ def test_spt_conversion_keeps_hf_weights_bit_identical(hf_model, tmp_path):
   flat = traverse_util.flatten_dict(params, sep='/')
   flat_hf = traverse_util.flatten_dict(hf_params, sep='/')
   assert set(flat) - set(flat_hf) == {
-      'memory_bank/keys', 'memory_bank/values', 'soft_prompt/prompt'
+      'memory_bank/keys',
+      'memory_bank/values',
+      'soft_prompt/prompt',
   }
   for name, value in flat_hf.items():
     assert flat[name].dtype == np.float32
@@ -106,18 +112,21 @@ def test_spt_conversion_keeps_hf_weights_bit_identical(hf_model, tmp_path):
 
   # The converted checkpoint is itself a T5X orbax checkpoint: convert again.
   again = str(tmp_path / 'again')
-  convert_checkpoint.convert(
-      again, t5x_path=os.path.join(out, 'checkpoint_0')
+  convert_checkpoint.convert(again, t5x_path=os.path.join(out, 'checkpoint_0'))
+  reread = traverse_util.flatten_dict(
+      train_checkpoints.load_params(again), sep='/'
   )
-  reread = traverse_util.flatten_dict(train_checkpoints.load_params(again), sep='/')
   assert sorted(reread) == sorted(flat)
   for name, value in flat.items():
     np.testing.assert_array_equal(reread[name], value, err_msg=name)
   encoder, decoder_inputs, targets = _batch()
   net = network.SptTransformer(_t5_config(again), SPT)
   logits = net.apply(
-      {'params': train_checkpoints.load_params(again)}, encoder, decoder_inputs,
-      targets, enable_dropout=False,
+      {'params': train_checkpoints.load_params(again)},
+      encoder,
+      decoder_inputs,
+      targets,
+      enable_dropout=False,
   )
   assert logits.shape == (3, 5, 96)
 
@@ -139,12 +148,21 @@ def test_command_line(hf_model, tmp_path):
   _, folder = hf_model
   out = str(tmp_path / 'cli')
   command = [
-      sys.executable, '-m', 'spt_jax.checkpoints.convert_checkpoint',
-      f'--hf_path={folder}', f'--output_dir={out}', '--num_memories=4',
-      '--memory_length=2', '--memory_init=vocab_sample', '--seed=1',
+      sys.executable,
+      '-m',
+      'spt_jax.checkpoints.convert_checkpoint',
+      f'--hf_path={folder}',
+      f'--output_dir={out}',
+      '--num_memories=4',
+      '--memory_length=2',
+      '--memory_init=vocab_sample',
+      '--seed=1',
   ]
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': xla_flags.xla_flags(1)}
+  env = {
+      **os.environ,
+      'JAX_PLATFORMS': 'cpu',
+      'XLA_FLAGS': xla_flags.xla_flags(1),
+  }
   done = subprocess.run(
       command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
   )
@@ -172,12 +190,16 @@ def _copy_with_config(folder, destination, **changes):
   return destination
 
 
-@pytest.mark.parametrize('changes, message', [
-    (dict(d_model=48), 'do not have the shapes their config gives'),
-    (dict(model_type='bert', d_model=None), "a 'bert' model, not a T5"),
-])
+@pytest.mark.parametrize(
+    'changes, message',
+    [
+        (dict(d_model=48), 'do not have the shapes their config gives'),
+        (dict(model_type='bert', d_model=None), "a 'bert' model, not a T5"),
+    ],
+)
 def test_a_config_that_does_not_fit_the_weights_is_refused(
-    hf_model, tmp_path, changes, message):
+    hf_model, tmp_path, changes, message
+):
   _, folder = hf_model
   changes = {k: v for k, v in changes.items() if v is not None}
   source = _copy_with_config(folder, str(tmp_path / 'source'), **changes)
@@ -196,12 +218,23 @@ def test_a_config_that_does_not_fit_the_weights_is_refused(
 def test_command_line_errors_are_short_and_name_the_path(tmp_path):
   missing = str(tmp_path / 'no_such_model')
   done = subprocess.run(
-      [sys.executable, '-m', 'spt_jax.checkpoints.convert_checkpoint',
-       f'--hf_path={missing}', f'--output_dir={tmp_path / "out"}'],
+      [
+          sys.executable,
+          '-m',
+          'spt_jax.checkpoints.convert_checkpoint',
+          f'--hf_path={missing}',
+          f'--output_dir={tmp_path / "out"}',
+      ],
       cwd=REPO,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': xla_flags.xla_flags(1)},
-      capture_output=True, text=True, timeout=120)
+      env={
+          **os.environ,
+          'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': xla_flags.xla_flags(1),
+      },
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert done.returncode == 1
   assert f"No Hugging Face checkpoint at '{missing}'" in done.stderr
   assert 'Traceback' not in done.stderr

@@ -7,6 +7,7 @@ synthetic tasks (sharded by example index), a JSON-lines export (one file:
 fewer files than hosts), a TFRecord export and P3 folders with more files
 than hosts and with fewer.
 """
+
 import collections
 import functools
 import json
@@ -32,20 +33,32 @@ SEED = 3
 def _epoch(name, shard_info, prompt_length):
   """The shard's first epoch, as a multiset of (encoder, target) token rows."""
   converter = functools.partial(
-      feature_converters.SptEncDecFeatureConverter, prompt_length=prompt_length)
+      feature_converters.SptEncDecFeatureConverter, prompt_length=prompt_length
+  )
   batches = train_data.get_train_dataset(
-      name, LENGTHS, batch_size=shard_info.num_shards,
-      feature_converter_cls=converter, seed=SEED, shard_info=shard_info,
-      num_epochs=1)
+      name,
+      LENGTHS,
+      batch_size=shard_info.num_shards,
+      feature_converter_cls=converter,
+      seed=SEED,
+      shard_info=shard_info,
+      num_epochs=1,
+  )
   return collections.Counter(
-      (tuple(b['encoder_input_tokens'][0]), tuple(b['decoder_target_tokens'][0]))
-      for b in batches.as_numpy_iterator())
+      (
+          tuple(b['encoder_input_tokens'][0]),
+          tuple(b['decoder_target_tokens'][0]),
+      )
+      for b in batches.as_numpy_iterator()
+  )
 
 
 def _check_hosts_partition_the_data(name, num_hosts, prompt_length=16):
   everything = _epoch(name, seqio.ShardInfo(0, 1), prompt_length)
-  shards = [_epoch(name, seqio.ShardInfo(i, num_hosts), prompt_length)
-            for i in range(num_hosts)]
+  shards = [
+      _epoch(name, seqio.ShardInfo(i, num_hosts), prompt_length)
+      for i in range(num_hosts)
+  ]
   assert all(shards), [sum(s.values()) for s in shards]
   # Each row as often over the shards as in the whole split: no example is
   # lost or read twice. (Rows can repeat: distinct lists of words may
@@ -69,15 +82,32 @@ def _register_local(tmp_path, name, write):
   folder.mkdir(parents=True)
   write(folder)
   templates = tmp_path / f'{name}.json'
-  templates.write_text(json.dumps({'dataset': name, 'templates': [{
-      'name': 't', 'jinja': 'Is {{ number }} even? ||| {{ answer_choices[label] }}',
-      'answer_choices': 'no ||| yes'}]}))
+  templates.write_text(
+      json.dumps(
+          {
+              'dataset': name,
+              'templates': [
+                  {
+                      'name': 't',
+                      'jinja': 'Is {{ number }} even? ||| {{ answer_choices[label] }}',
+                      'answer_choices': 'no ||| yes',
+                  }
+              ],
+          }
+      )
+  )
   source = sources.LocalSource(
-      name, {'number': 'int', 'label': 'int'}, ('train',), f"'{name}'",
-      data_dir=str(tmp_path / 'data'))
+      name,
+      {'number': 'int', 'label': 'int'},
+      ('train',),
+      f"'{name}'",
+      data_dir=str(tmp_path / 'data'),
+  )
   [task] = prompted.register(
-      'sharding', prompted.PromptedDataset(name, source, str(templates)),
-      vocab.output_features(vocab.synthetic_vocabulary()))
+      'sharding',
+      prompted.PromptedDataset(name, source, str(templates)),
+      vocab.output_features(vocab.synthetic_vocabulary()),
+  )
   return task
 
 
@@ -96,7 +126,9 @@ def unregister():
 def test_json_lines_export_one_file_for_two_hosts(tmp_path, unregister):
   def write(folder):
     (folder / 'train.jsonl').write_text(
-        ''.join(json.dumps(r) + '\n' for r in _records(21)))
+        ''.join(json.dumps(r) + '\n' for r in _records(21))
+    )
+
   task = _register_local(tmp_path, 'sharding_jsonl', write)
   unregister(task)
   assert _check_hosts_partition_the_data(task, 2) == [11, 10]
@@ -108,9 +140,19 @@ def test_tfrecord_export_three_files_for_two_hosts(tmp_path, unregister):
     for shard in range(3):
       with tf.io.TFRecordWriter(str(folder / f'train.tfrecord-{shard}')) as w:
         for r in records[shard::3]:
-          w.write(tf.train.Example(features=tf.train.Features(feature={
-              k: tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-              for k, v in r.items()})).SerializeToString())
+          w.write(
+              tf.train.Example(
+                  features=tf.train.Features(
+                      feature={
+                          k: tf.train.Feature(
+                              int64_list=tf.train.Int64List(value=[v])
+                          )
+                          for k, v in r.items()
+                      }
+                  )
+              ).SerializeToString()
+          )
+
   task = _register_local(tmp_path, 'sharding_tfrecord', write)
   unregister(task)
   # Files 0 and 2 on host 0, file 1 on host 1.
@@ -123,19 +165,27 @@ def _p3_tasks(tmp_path, monkeypatch):
   monkeypatch.delenv(p3.datasets.P3_DIR_ENV, raising=False)
   monkeypatch.delenv(p3.datasets.PROMPTSOURCE_DIR_ENV, raising=False)
   root = tmp_path / 'P3' / 'data'
-  for folder, shards in (('imdb_Movie_Expressed_Sentiment', 3),
-                         ('super_glue_copa_best_option', 2)):
+  for folder, shards in (
+      ('imdb_Movie_Expressed_Sentiment', 3),
+      ('super_glue_copa_best_option', 2),
+  ):
     # pylint: disable-next=protected-access
     tasks_p3_test._write_folder(
-        str(root / folder), {'train': (12, 12)}, num_shards=shards)
-  registered = p3.mixtures.register(str(root), vocabulary=vocab.synthetic_vocabulary())
+        str(root / folder), {'train': (12, 12)}, num_shards=shards
+    )
+  registered = p3.mixtures.register(
+      str(root), vocabulary=vocab.synthetic_vocabulary()
+  )
   yield registered.tasks
   p3.mixtures.unregister()
 
 
 def test_p3_more_files_than_hosts(p3_tasks):
   task = p3_tasks['imdb_Movie_Expressed_Sentiment']
-  assert sorted(_check_hosts_partition_the_data(task, 2, prompt_length=0)) == [4, 8]
+  assert sorted(_check_hosts_partition_the_data(task, 2, prompt_length=0)) == [
+      4,
+      8,
+  ]
 
 
 def test_p3_fewer_files_than_hosts(p3_tasks):

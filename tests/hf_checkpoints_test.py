@@ -15,9 +15,16 @@ from spt_jax.checkpoints import hf_checkpoints
 from tests import params_test_utils as utils
 
 HF_CONFIG = {
-    'model_type': 't5', 'vocab_size': utils.VOCAB, 'd_model': 64,
-    'num_heads': 4, 'num_layers': 2, 'num_decoder_layers': 2, 'd_kv': 16,
-    'd_ff': 128, 'feed_forward_proj': 'gated-gelu', 'dropout_rate': 0.0,
+    'model_type': 't5',
+    'vocab_size': utils.VOCAB,
+    'd_model': 64,
+    'num_heads': 4,
+    'num_layers': 2,
+    'num_decoder_layers': 2,
+    'd_kv': 16,
+    'd_ff': 128,
+    'feed_forward_proj': 'gated-gelu',
+    'dropout_rate': 0.0,
     'tie_word_embeddings': False,
 }
 
@@ -26,30 +33,41 @@ def _hf_state_dict(params):
   """The Hugging Face T5 state dict of a parameter tree."""
   state = {'shared.weight': params['token_embedder']['embedding']}
   sublayers = {
-      'encoder': [('SelfAttention', 'attention', 'pre_attention_layer_norm'),
-                  ('DenseReluDense', 'mlp', 'pre_mlp_layer_norm')],
-      'decoder': [('SelfAttention', 'self_attention',
-                   'pre_self_attention_layer_norm'),
-                  ('EncDecAttention', 'encoder_decoder_attention',
-                   'pre_cross_attention_layer_norm'),
-                  ('DenseReluDense', 'mlp', 'pre_mlp_layer_norm')],
+      'encoder': [
+          ('SelfAttention', 'attention', 'pre_attention_layer_norm'),
+          ('DenseReluDense', 'mlp', 'pre_mlp_layer_norm'),
+      ],
+      'decoder': [
+          ('SelfAttention', 'self_attention', 'pre_self_attention_layer_norm'),
+          (
+              'EncDecAttention',
+              'encoder_decoder_attention',
+              'pre_cross_attention_layer_norm',
+          ),
+          ('DenseReluDense', 'mlp', 'pre_mlp_layer_norm'),
+      ],
   }
   for stack, parts in sublayers.items():
     tree = params[stack]
-    state[f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.'
-          'weight'] = tree['relpos_bias']['rel_embedding'].T
+    state[
+        f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.'
+        'weight'
+    ] = tree['relpos_bias']['rel_embedding'].T
     state[f'{stack}.final_layer_norm.weight'] = tree[f'{stack}_norm']['scale']
     for i in range(2):
       layer = tree[f'layers_{i}']
       for index, (hf_name, ours, norm) in enumerate(parts):
         prefix = f'{stack}.block.{i}.layer.{index}'
         state[f'{prefix}.layer_norm.weight'] = layer[norm]['scale']
-        pairs = (zip('qkvo', ('query', 'key', 'value', 'out'))
-                 if hf_name != 'DenseReluDense'
-                 else [(n, n) for n in ('wi_0', 'wi_1', 'wo')])
+        pairs = (
+            zip('qkvo', ('query', 'key', 'value', 'out'))
+            if hf_name != 'DenseReluDense'
+            else [(n, n) for n in ('wi_0', 'wi_1', 'wo')]
+        )
         for theirs, name in pairs:
-          state[f'{prefix}.{hf_name}.{theirs}.weight'] = (
-              layer[ours][name]['kernel'].T)
+          state[f'{prefix}.{hf_name}.{theirs}.weight'] = layer[ours][name][
+              'kernel'
+          ].T
   state['lm_head.weight'] = params['decoder']['logits_dense']['kernel'].T
   return state
 
@@ -72,7 +90,8 @@ def test_config_from_hf():
 
 def test_state_dict_maps_onto_the_parameter_tree(backbone):
   params = hf_checkpoints.params_from_hf_state_dict(
-      _hf_state_dict(backbone), utils.T5)
+      _hf_state_dict(backbone), utils.T5
+  )
   utils.assert_trees_equal(params, backbone)
   state = _hf_state_dict(backbone)
   del state['encoder.final_layer_norm.weight']

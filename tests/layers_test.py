@@ -20,8 +20,10 @@ def test_dot_product_attention_is_unscaled_softmax_attention():
   weights /= weights.sum(-1, keepdims=True)
   expected = np.einsum('bnqk,bknd->bqnd', weights, value)
   np.testing.assert_allclose(
-      layers.dot_product_attention(query, key, value, bias), expected,
-      rtol=1e-5, atol=1e-6,
+      layers.dot_product_attention(query, key, value, bias),
+      expected,
+      rtol=1e-5,
+      atol=1e-6,
   )
 
 
@@ -44,14 +46,18 @@ def test_relative_position_buckets():
   # Causal: the future shares bucket 0; exact up to 15 steps back, then
   # log-spaced, monotone, and capped at the last bucket.
   np.testing.assert_array_equal(causal[distance >= 0], 0)
-  np.testing.assert_array_equal(causal[(distance < 0) & (distance > -16)],
-                                -distance[(distance < 0) & (distance > -16)])
+  np.testing.assert_array_equal(
+      causal[(distance < 0) & (distance > -16)],
+      -distance[(distance < 0) & (distance > -16)],
+  )
   assert np.all(np.diff(causal[distance <= 0][::-1]) >= 0)
   assert causal.max() == 31 and causal[0] == 31
   # Bidirectional: half the buckets each way (later keys in the upper half),
   # exact up to 7.
   both = bucket(distance, True, 32, 128)
-  np.testing.assert_array_equal(both[200 + np.arange(1, 8)], 16 + np.arange(1, 8))
+  np.testing.assert_array_equal(
+      both[200 + np.arange(1, 8)], 16 + np.arange(1, 8)
+  )
   np.testing.assert_array_equal(both[200 - np.arange(8)], np.arange(8))
   assert both.max() == 31 and set(both[distance < 0]) <= set(range(16))
 
@@ -73,8 +79,10 @@ def test_relative_position_bias_depends_only_on_the_distance():
 def test_masks():
   tokens = jnp.array([[5, 6, 0], [7, 0, 0]])
   padding = layers.make_attention_mask(tokens > 0, tokens > 0)
-  expected = np.asarray(tokens > 0)[:, None, :, None] & np.asarray(
-      tokens > 0)[:, None, None, :]
+  expected = (
+      np.asarray(tokens > 0)[:, None, :, None]
+      & np.asarray(tokens > 0)[:, None, None, :]
+  )
   np.testing.assert_array_equal(padding, expected)
   decoder = layers.make_decoder_mask(tokens)
   np.testing.assert_array_equal(

@@ -56,7 +56,10 @@ def test_retrieval_matches_a_numpy_oracle(bank_and_variables):
 
 def test_perturbed_retrieval_is_deterministic_in_evaluation():
   spt = config.SptConfig(
-      num_memories=6, memory_length=2, top_k=2, retrieval='perturbed_topk',
+      num_memories=6,
+      memory_length=2,
+      top_k=2,
+      retrieval='perturbed_topk',
       combine='weighted_sum',
   )
   bank = memory_bank.MemoryBank(config=spt, features=WIDTH)
@@ -78,10 +81,16 @@ def test_sampled_key_gradient_matches_dense_but_touches_few_keys():
   """`key_gradient='sampled'`: the same prompt and losses; without the
   balance loss the same gradient; with it, gradients on B*k + S keys only."""
   dense_cfg = config.SptConfig(
-      num_memories=20, memory_length=2, top_k=2, temperature=0.5)
+      num_memories=20, memory_length=2, top_k=2, temperature=0.5
+  )
   sampled_cfg = config.SptConfig(
-      num_memories=20, memory_length=2, top_k=2, temperature=0.5,
-      key_gradient='sampled', key_samples=3)
+      num_memories=20,
+      memory_length=2,
+      top_k=2,
+      temperature=0.5,
+      key_gradient='sampled',
+      key_samples=3,
+  )
   dense = memory_bank.MemoryBank(config=dense_cfg, features=WIDTH)
   sampled = memory_bank.MemoryBank(config=sampled_cfg, features=WIDTH)
   rng = np.random.default_rng(1)
@@ -91,25 +100,35 @@ def test_sampled_key_gradient_matches_dense_but_touches_few_keys():
 
   def loss(bank, params, balance_weight):
     prompt, _, aux = bank.apply(
-        {'params': params}, query, deterministic=False,
-        rngs={'dropout': jax.random.PRNGKey(2)})
-    return (jnp.sum(prompt * target) + aux['pull_loss']
-            + balance_weight * aux['balance_loss']), aux
+        {'params': params},
+        query,
+        deterministic=False,
+        rngs={'dropout': jax.random.PRNGKey(2)},
+    )
+    return (
+        jnp.sum(prompt * target)
+        + aux['pull_loss']
+        + balance_weight * aux['balance_loss']
+    ), aux
 
   for weight in (0.0, 1.0):
     (dense_loss, dense_aux), dense_grads = jax.value_and_grad(
-        lambda p: loss(dense, p, weight), has_aux=True)(params)
+        lambda p: loss(dense, p, weight), has_aux=True
+    )(params)
     (sampled_loss, sampled_aux), sampled_grads = jax.value_and_grad(
-        lambda p: loss(sampled, p, weight), has_aux=True)(params)
+        lambda p: loss(sampled, p, weight), has_aux=True
+    )(params)
     np.testing.assert_allclose(sampled_loss, dense_loss, rtol=1e-6)
     for name in dense_aux:
       np.testing.assert_allclose(sampled_aux[name], dense_aux[name], rtol=1e-6)
     np.testing.assert_allclose(
-        sampled_grads['values'], dense_grads['values'], rtol=1e-5, atol=1e-7)
+        sampled_grads['values'], dense_grads['values'], rtol=1e-5, atol=1e-7
+    )
     keys_grad = np.asarray(sampled_grads['keys'])
     if weight == 0.0:
       np.testing.assert_allclose(
-          keys_grad, dense_grads['keys'], rtol=1e-5, atol=1e-7)
+          keys_grad, dense_grads['keys'], rtol=1e-5, atol=1e-7
+      )
     else:
       assert (np.abs(keys_grad).sum(-1) > 0).sum() <= 4 * 2 + 3
       assert (np.abs(np.asarray(dense_grads['keys'])).sum(-1) > 0).sum() == 20

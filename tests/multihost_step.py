@@ -33,8 +33,12 @@ VOCAB = 64
 NUM_PARTITIONS = 2
 # 16 memories: two per device of the 8 over which the bank is split.
 SPT = config.SptConfig(
-    num_memories=16, memory_length=2, top_k=2, soft_prompt_length=2,
-    prompt_length=LENGTHS['prompt'])
+    num_memories=16,
+    memory_length=2,
+    top_k=2,
+    soft_prompt_length=2,
+    prompt_length=LENGTHS['prompt'],
+)
 
 
 def global_batch(step: int) -> Dict[str, np.ndarray]:
@@ -48,7 +52,8 @@ def global_batch(step: int) -> Dict[str, np.ndarray]:
   # The feature converter's layout: the discrete prompt after the input.
   encoder = np.concatenate([inputs, prompt], axis=1)
   decoder_inputs = np.concatenate(
-      [np.zeros((b, 1), np.int32), targets[:, :-1]], axis=1)
+      [np.zeros((b, 1), np.int32), targets[:, :-1]], axis=1
+  )
   return {
       'encoder_input_tokens': encoder,
       'decoder_input_tokens': decoder_inputs,
@@ -60,16 +65,21 @@ def global_batch(step: int) -> Dict[str, np.ndarray]:
 def _local_rows(sharded: trainer.ShardedTrainer, num_rows: int) -> slice:
   """The rows of a global batch that this process's devices hold."""
   sharding = partitioning.data_sharding(sharded.mesh)
-  starts = sorted({
-      index[0].start or 0
-      for index in sharding.addressable_devices_indices_map((num_rows,)).values()
-  })
+  starts = sorted(
+      {
+          index[0].start or 0
+          for index in sharding.addressable_devices_indices_map(
+              (num_rows,)
+          ).values()
+      }
+  )
   per_device = num_rows // sharded.mesh.shape['data']
   return slice(starts[0], starts[-1] + per_device)
 
 
-def run_steps(num_steps: int = 3, step_times: Optional[list] = None
-              ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+def run_steps(
+    num_steps: int = 3, step_times: Optional[list] = None
+) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
   """Losses [num_steps] and the final parameters, flat, as numpy arrays.
 
   Args:
@@ -80,8 +90,11 @@ def run_steps(num_steps: int = 3, step_times: Optional[list] = None
   t5 = config.t5_1_1_config('tiny', vocab_size=VOCAB, dropout_rate=0.0)
   model = models.SptModel(network.SptTransformer(t5, SPT))
   sharded = trainer.ShardedTrainer(
-      model, trainer.adafactor(learning_rate=0.01),
-      partitioning.create_mesh(NUM_PARTITIONS), partitioning.default_rules())
+      model,
+      trainer.adafactor(learning_rate=0.01),
+      partitioning.create_mesh(NUM_PARTITIONS),
+      partitioning.default_rules(),
+  )
   shapes = {k: v.shape for k, v in global_batch(0).items()}
   state = sharded.init_state(jax.random.PRNGKey(0), shapes)
   rows = _local_rows(sharded, GLOBAL_BATCH)
@@ -90,7 +103,8 @@ def run_steps(num_steps: int = 3, step_times: Optional[list] = None
     local = {k: v[rows] for k, v in global_batch(step).items()}
     start = time.perf_counter()
     state, metrics = sharded.train_step(
-        state, sharded.shard_batch(local), jax.random.PRNGKey(1))
+        state, sharded.shard_batch(local), jax.random.PRNGKey(1)
+    )
     losses.append(float(metrics['loss']))
     if step_times is not None:
       step_times.append(time.perf_counter() - start)

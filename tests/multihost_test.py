@@ -14,6 +14,7 @@ Design: every host reads its own shard of the data (data_sharding_test.py),
 so the data order of a run depends on the number of hosts; the step does
 not, and that is what the last test shows with identical global batches.
 """
+
 import json
 import os
 import re
@@ -33,18 +34,26 @@ TRAIN_STEPS = 40
 RUN = [
     '--gin_file=gin_configs/local/synthetic.gin',
     f'--gin.MIXTURE_OR_TASK_NAME="{tasks_test_utils.SHORT_RUN_TASK}"',
-    '--gin.BATCH_SIZE=8', '--gin.LOG_PERIOD=5', '--gin.CHECKPOINT_PERIOD=10',
-    '--gin.EVAL_MIXTURE_OR_TASK_NAME=None', '--gin.EVAL_BATCH_SIZE=32',
+    '--gin.BATCH_SIZE=8',
+    '--gin.LOG_PERIOD=5',
+    '--gin.CHECKPOINT_PERIOD=10',
+    '--gin.EVAL_MIXTURE_OR_TASK_NAME=None',
+    '--gin.EVAL_BATCH_SIZE=32',
 ]
 EVAL_MIXTURE = synthetic.HELDOUT_TASKS_MIXTURE
 
 
 def _two_process_eval(model_dir, output_dir, log_dir):
   """Accuracy per task from `spt_jax.local.eval` in two processes."""
-  cluster = processes.Cluster('spt_jax.local.eval', [
-      f'--gin_file={model_dir}/config.gin',
-      f'--gin.EVAL_MIXTURE_OR_TASK_NAME="{EVAL_MIXTURE}"',
-      f'--gin.EVAL_OUTPUT_DIR="{output_dir}"'], log_dir)
+  cluster = processes.Cluster(
+      'spt_jax.local.eval',
+      [
+          f'--gin_file={model_dir}/config.gin',
+          f'--gin.EVAL_MIXTURE_OR_TASK_NAME="{EVAL_MIXTURE}"',
+          f'--gin.EVAL_OUTPUT_DIR="{output_dir}"',
+      ],
+      log_dir,
+  )
   assert '"tasks"' in cluster.wait()[0]
   [name] = [n for n in os.listdir(output_dir) if n.startswith('eval_results_')]
   with open(os.path.join(output_dir, name)) as f:
@@ -57,8 +66,12 @@ def _eval_here(model_dir, output_dir):
   try:
     gin_utils.parse_gin(
         [f'{model_dir}/config.gin'],
-        [f'EVAL_MIXTURE_OR_TASK_NAME = "{EVAL_MIXTURE}"',
-         f'EVAL_OUTPUT_DIR = "{output_dir}"'], entry=eval_lib.run_eval)
+        [
+            f'EVAL_MIXTURE_OR_TASK_NAME = "{EVAL_MIXTURE}"',
+            f'EVAL_OUTPUT_DIR = "{output_dir}"',
+        ],
+        entry=eval_lib.run_eval,
+    )
     return gin.get_configurable(eval_lib.run_eval)().tasks
   finally:
     gin.clear_config()
@@ -69,11 +82,14 @@ def two_process_run(tmp_path_factory):
   """A run of 2 processes, killed after checkpoint 10 and resumed to the end."""
   root = tmp_path_factory.mktemp('two_processes')
   model_dir = str(root / 'run')
-  args = RUN + [f'--gin.MODEL_DIR="{model_dir}"',
-                f'--gin.TRAIN_STEPS={TRAIN_STEPS}']
+  args = RUN + [
+      f'--gin.MODEL_DIR="{model_dir}"',
+      f'--gin.TRAIN_STEPS={TRAIN_STEPS}',
+  ]
   first = processes.Cluster('spt_jax.local.train', args, str(root / 'first'))
   first.wait_for(
-      lambda: os.path.isdir(os.path.join(model_dir, 'checkpoints', '10')))
+      lambda: os.path.isdir(os.path.join(model_dir, 'checkpoints', '10'))
+  )
   first.kill()
   second = processes.Cluster('spt_jax.local.train', args, str(root / 'second'))
   return model_dir, second.wait()
@@ -84,19 +100,23 @@ def test_both_processes_killed_then_resumed_to_the_end(two_process_run):
   for output in outputs:
     resumed = int(re.search(r'Resumed from step (\d+)', output).group(1))
     assert 10 <= resumed < TRAIN_STEPS
-  summary = json.loads(outputs[0][outputs[0].rindex('\n{\n'):])
+  summary = json.loads(outputs[0][outputs[0].rindex('\n{\n') :])
   assert summary['step'] == TRAIN_STEPS
   assert np.isfinite(summary['metrics']['loss'])
   assert '"step"' not in outputs[1]  # One summary, from process 0.
-  steps = sorted(int(s) for s in os.listdir(os.path.join(model_dir, 'checkpoints')))
+  steps = sorted(
+      int(s) for s in os.listdir(os.path.join(model_dir, 'checkpoints'))
+  )
   assert steps[-1] == TRAIN_STEPS
 
 
 def test_two_process_checkpoint_scores_the_same_in_one_process(
-    two_process_run, tmp_path):
+    two_process_run, tmp_path
+):
   model_dir, _ = two_process_run
   name, two = _two_process_eval(
-      model_dir, str(tmp_path / 'two'), str(tmp_path / 'logs'))
+      model_dir, str(tmp_path / 'two'), str(tmp_path / 'logs')
+  )
   assert name == f'eval_results_{TRAIN_STEPS}.json'
   one = _eval_here(model_dir, str(tmp_path / 'one'))
   assert len(two) == 8 and two.keys() == one.keys()
@@ -110,16 +130,23 @@ def test_one_process_checkpoint_scores_the_same_in_two_processes(tmp_path):
   try:
     gin_utils.parse_gin(
         ['gin_configs/local/synthetic.gin'],
-        [f'MODEL_DIR = "{model_dir}"', 'TRAIN_STEPS = 10',
-         f'MIXTURE_OR_TASK_NAME = "{tasks_test_utils.SHORT_RUN_TASK}"',
-         'BATCH_SIZE = 8', 'EVAL_MIXTURE_OR_TASK_NAME = None',
-         'EVAL_BATCH_SIZE = 32'], entry=train_lib.train)
+        [
+            f'MODEL_DIR = "{model_dir}"',
+            'TRAIN_STEPS = 10',
+            f'MIXTURE_OR_TASK_NAME = "{tasks_test_utils.SHORT_RUN_TASK}"',
+            'BATCH_SIZE = 8',
+            'EVAL_MIXTURE_OR_TASK_NAME = None',
+            'EVAL_BATCH_SIZE = 32',
+        ],
+        entry=train_lib.train,
+    )
     gin.get_configurable(train_lib.train)(progress_bar=False)
   finally:
     gin.clear_config()
   one = _eval_here(model_dir, str(tmp_path / 'one'))
   _, two = _two_process_eval(
-      model_dir, str(tmp_path / 'two'), str(tmp_path / 'logs'))
+      model_dir, str(tmp_path / 'two'), str(tmp_path / 'logs')
+  )
   assert two.keys() == one.keys()
   for task in one:
     assert two[task] == pytest.approx(one[task], abs=1e-6), task
@@ -128,13 +155,16 @@ def test_one_process_checkpoint_scores_the_same_in_two_processes(tmp_path):
 def test_two_processes_compute_the_one_process_step(tmp_path):
   """Same global batches: the same losses and parameters, 2 x 4 devices vs 8."""
   from tests import multihost_step  # pylint: disable=g-import-not-at-top
+
   output = str(tmp_path / 'two.npz')
-  processes.Cluster('tests.multihost_step', [f'--output={output}'],
-                    str(tmp_path / 'logs')).wait()
+  processes.Cluster(
+      'tests.multihost_step', [f'--output={output}'], str(tmp_path / 'logs')
+  ).wait()
   losses, params = multihost_step.run_steps()
   two = np.load(output)
   np.testing.assert_allclose(two['losses'], losses, rtol=1e-5)
   assert sorted(set(two.files) - {'losses', 'step_times'}) == sorted(params)
   for name, value in params.items():
-    np.testing.assert_allclose(two[name], value, rtol=1e-4, atol=1e-6,
-                               err_msg=name)
+    np.testing.assert_allclose(
+        two[name], value, rtol=1e-4, atol=1e-6, err_msg=name
+    )

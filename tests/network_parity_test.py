@@ -34,8 +34,7 @@ def test_forward_logits_match(reference):
   model, net, params = reference
   encoder, decoder_inputs, targets = _batch()
   ours = net.apply(
-      {'params': params}, encoder, decoder_inputs, targets,
-      enable_dropout=False,
+      {'params': params}, encoder, decoder_inputs, targets, enable_dropout=False
   )
   theirs = t5_reference.hf_logits(model, encoder, decoder_inputs)
   assert ours.shape == theirs.shape == (3, 6, 96)
@@ -51,9 +50,13 @@ def test_cached_decoding_matches_step_by_step(reference):
       {'params': params}, encoder, enable_dropout=False, method=net.encode
   )
   cached = params_test_utils.cached_decode_logits(
-      net, params, encoded, encoder, decoder_inputs)
+      net, params, encoded, encoder, decoder_inputs
+  )
   for step in range(length):
     np.testing.assert_allclose(
-        cached[:, step], theirs[:, step], atol=ATOL, rtol=0,
+        cached[:, step],
+        theirs[:, step],
+        atol=ATOL,
+        rtol=0,
         err_msg=f'decode step {step}',
     )

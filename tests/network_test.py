@@ -19,8 +19,12 @@ SPT = config.SptConfig(
 # The gradient checks compile a backward pass per configuration; one layer a
 # side reaches every kind of parameter at half the program size.
 T5_ONE_LAYER = config.t5_1_1_config(
-    'tiny', vocab_size=VOCAB, dropout_rate=0.1, num_encoder_layers=1,
-    num_decoder_layers=1)
+    'tiny',
+    vocab_size=VOCAB,
+    dropout_rate=0.1,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+)
 
 
 def _tokens(shape, seed=0, pad_from=None):
@@ -37,9 +41,12 @@ def _init_fn(net, enc_len=9, dec_len=5):
       encoder_input_tokens=jnp.ones((2, enc_len), jnp.float32),  # T5X's dummy
       decoder_input_tokens=jnp.ones((2, dec_len), jnp.float32),  # inputs are
       decoder_target_tokens=jnp.ones((2, dec_len), jnp.float32),  # float ones.
-      encoder_positions=None, decoder_positions=None,
-      encoder_segment_ids=None, decoder_segment_ids=None,
-      decode=False, enable_dropout=False,
+      encoder_positions=None,
+      decoder_positions=None,
+      encoder_segment_ids=None,
+      decoder_segment_ids=None,
+      decode=False,
+      enable_dropout=False,
   )
 
 
@@ -82,20 +89,25 @@ def test_t5x_contract_calls():
   params = variables['params']
   enc, dec = _tokens((2, 9), pad_from=7), _tokens((2, 5), seed=1)
   logits = _apply(
-      net, encoder_segment_ids=None, decoder_segment_ids=None,
-      encoder_positions=None, decoder_positions=None,
-      decode=False, enable_dropout=True,
+      net,
+      encoder_segment_ids=None,
+      decoder_segment_ids=None,
+      encoder_positions=None,
+      decoder_positions=None,
+      decode=False,
+      enable_dropout=True,
   )({'params': params}, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(1)})
   assert logits.shape == (2, 5, VOCAB)
 
   encoded = _apply(net, enable_dropout=False, method=net.encode)(
-      {'params': params}, enc)
+      {'params': params}, enc
+  )
   assert encoded.shape == (2, SPT.prefix_length + 9, T5.emb_dim)
   assert SPT.prefix_length == 2 + 2 * 3
 
   max_len = 4
   _, cache_vars = _apply(
-      net, mutable=('cache',), decode=True, enable_dropout=False,
+      net, mutable=('cache',), decode=True, enable_dropout=False
   )(
       {'params': params},
       encoder_input_tokens=jnp.ones((2, 9), jnp.int32),
@@ -106,21 +118,33 @@ def test_t5x_contract_calls():
   ids = jnp.zeros((2, 1), jnp.int32)
   # Targets only shape the padding mask; any non-padding id will do.
   teacher_forced = _apply(net, enable_dropout=False)(
-      {'params': params}, enc, ids, jnp.ones_like(ids))
+      {'params': params}, enc, ids, jnp.ones_like(ids)
+  )
   step_logits, new_vars = _apply(
-      net, enable_dropout=False, decode=True, max_decode_length=max_len,
-      mutable=('cache',), method=net.decode,
+      net,
+      enable_dropout=False,
+      decode=True,
+      max_decode_length=max_len,
+      mutable=('cache',),
+      method=net.decode,
   )({'params': params, 'cache': cache}, encoded, enc, ids, ids)
   assert step_logits.shape == (2, 1, VOCAB)
   np.testing.assert_allclose(step_logits, teacher_forced, atol=1e-5)
-  assert int(new_vars['cache']['decoder']['layers_0']['self_attention']['cache_index']) == 1
+  assert (
+      int(
+          new_vars['cache']['decoder']['layers_0']['self_attention'][
+              'cache_index'
+          ]
+      )
+      == 1
+  )
 
 
 def test_retrieval_telemetry_and_losses_are_sown_on_request():
   net, variables = _init()
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
   _, sown = _apply(
-      net, enable_dropout=False, mutable=('intermediates', 'losses'),
+      net, enable_dropout=False, mutable=('intermediates', 'losses')
   )({'params': variables['params']}, enc, dec, dec)
   (indices,) = sown['intermediates']['retrieval_indices']
   (scores,) = sown['intermediates']['retrieval_scores']
@@ -130,19 +154,29 @@ def test_retrieval_telemetry_and_losses_are_sown_on_request():
   assert all(np.isfinite(v) for v in sown['losses'].values())
 
 
-@pytest.mark.parametrize('strategy', ['softmax_topk', 'straight_through', 'perturbed_topk'])
+@pytest.mark.parametrize(
+    'strategy', ['softmax_topk', 'straight_through', 'perturbed_topk']
+)
 @pytest.mark.parametrize('combine', ['concat', 'weighted_sum'])
 def test_gradients_reach_every_part(strategy, combine):
   spt = config.SptConfig(
-      num_memories=16, memory_length=3, top_k=3, soft_prompt_length=2,
-      retrieval=strategy, combine=combine,
+      num_memories=16,
+      memory_length=3,
+      top_k=3,
+      soft_prompt_length=2,
+      retrieval=strategy,
+      combine=combine,
   )
   net, variables = _init(spt, T5_ONE_LAYER)
   enc, dec = _tokens((4, 9)), _tokens((4, 5), seed=1)
 
   def loss(params):
     logits = net.apply(
-        {'params': params}, enc, dec, dec, enable_dropout=True,
+        {'params': params},
+        enc,
+        dec,
+        dec,
+        enable_dropout=True,
         rngs={'dropout': jax.random.PRNGKey(3)},
     )
     return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
@@ -154,7 +188,10 @@ def test_gradients_reach_every_part(strategy, combine):
       ('keys', grads['memory_bank']['keys']),
       ('values', grads['memory_bank']['values']),
       ('soft prompt', grads['soft_prompt']['prompt']),
-      ('backbone', grads['encoder']['layers_0']['attention']['query']['kernel']),
+      (
+          'backbone',
+          grads['encoder']['layers_0']['attention']['query']['kernel'],
+      ),
   ]:
     assert np.abs(grad).sum() > 0, f'no gradient for {name}'
 
@@ -176,7 +213,10 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   """The last T_p encoder positions are the discrete prompt: they choose the
   memories and are dropped before the encoder."""
   spt = config.SptConfig(
-      num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2,
+      num_memories=16,
+      memory_length=3,
+      top_k=2,
+      soft_prompt_length=2,
       prompt_length=4,
   )
   net, variables = _init(spt, enc_len=13)
@@ -184,8 +224,9 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
 
   def run(net, tokens):
-    logits, sown = _apply(net, enable_dropout=False, mutable=('intermediates',))(
-        {'params': params}, tokens, dec, dec)
+    logits, sown = _apply(
+        net, enable_dropout=False, mutable=('intermediates',)
+    )({'params': params}, tokens, dec, dec)
     return logits, np.asarray(sown['intermediates']['retrieval_indices'][0])
 
   # The first four input tokens as the in-band prompt, or as the span before
@@ -193,9 +234,14 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   with_prompt = jnp.concatenate([enc, enc[:, :4]], axis=1)
   logits, from_prompt = run(net, with_prompt)
   net_sep = network.SptTransformer(
-      T5, config.SptConfig(
-          num_memories=16, memory_length=3, top_k=2, soft_prompt_length=2,
-          prompt_span='before_separator', prompt_separator_id=int(enc[0, 4]),
+      T5,
+      config.SptConfig(
+          num_memories=16,
+          memory_length=3,
+          top_k=2,
+          soft_prompt_length=2,
+          prompt_span='before_separator',
+          prompt_separator_id=int(enc[0, 4]),
       ),
   )
   _, from_separator = run(net_sep, enc.at[:, 4].set(enc[0, 4]))
@@ -206,7 +252,8 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
   _, other = run(net, other_prompt)
   assert not np.array_equal(other, from_prompt)
   without_memory = network.SptTransformer(
-      T5, dataclasses.replace(spt, num_memories=0))
+      T5, dataclasses.replace(spt, num_memories=0)
+  )
   no_memory_params = {k: v for k, v in params.items() if k != 'memory_bank'}
   forward = _apply(without_memory, enable_dropout=False)
   short = forward({'params': no_memory_params}, with_prompt, dec, dec)
@@ -218,14 +265,19 @@ def test_in_band_prompt_drives_the_query_and_is_not_encoded():
 def test_vocab_sample_init_draws_embedding_rows():
   """Memory values and the soft prompt alike are rows of the embedding table."""
   spt = config.SptConfig(
-      num_memories=4, memory_length=2, top_k=2, soft_prompt_length=3,
+      num_memories=4,
+      memory_length=2,
+      top_k=2,
+      soft_prompt_length=3,
       memory_init='vocab_sample',
   )
   _, variables = _init(spt)
   params = variables['params']
   table = np.asarray(params['token_embedder']['embedding'])
-  for name, leaf in (('values', params['memory_bank']['values']),
-                     ('prompt', params['soft_prompt']['prompt'])):
+  for name, leaf in (
+      ('values', params['memory_bank']['values']),
+      ('prompt', params['soft_prompt']['prompt']),
+  ):
     rows = np.asarray(leaf).reshape(-1, T5.emb_dim)
     matches = np.all(rows[:, None, :] == table[None, :, :], axis=-1)
     assert np.all(matches.any(axis=1)), name
@@ -239,46 +291,83 @@ def test_disabled_spt_has_no_spt_parameters():
   assert set(variables['params']) == {'token_embedder', 'encoder', 'decoder'}
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(encoder_segment_ids=jnp.ones((2, 9), jnp.int32)), 'packed inputs'),
-    (dict(decoder_positions=jnp.ones((2, 5), jnp.int32)), 'packed inputs'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (
+            dict(encoder_segment_ids=jnp.ones((2, 9), jnp.int32)),
+            'packed inputs',
+        ),
+        (dict(decoder_positions=jnp.ones((2, 5), jnp.int32)), 'packed inputs'),
+    ],
+)
 def test_bad_inputs_are_named(kwargs, message):
   net, variables = _init()
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
   with pytest.raises(ValueError, match=message):
-    net.apply({'params': variables['params']}, enc, dec, dec, enable_dropout=False, **kwargs)
+    net.apply(
+        {'params': variables['params']},
+        enc,
+        dec,
+        dec,
+        enable_dropout=False,
+        **kwargs,
+    )
 
 
 def test_wrong_token_rank_and_encoded_length_are_named():
   net, variables = _init()
   params = variables['params']
   with pytest.raises(ValueError, match='encoder_input_tokens of shape'):
-    net.apply({'params': params}, jnp.ones((2, 9, 1), jnp.int32),
-              enable_dropout=False, method=net.encode)
+    net.apply(
+        {'params': params},
+        jnp.ones((2, 9, 1), jnp.int32),
+        enable_dropout=False,
+        method=net.encode,
+    )
   encoded = jnp.zeros((2, 9, T5.emb_dim))  # Missing the prefix positions.
   with pytest.raises(ValueError, match='plus the prefix'):
-    net.apply({'params': params}, encoded, _tokens((2, 9)), _tokens((2, 5)),
-              _tokens((2, 5)), enable_dropout=False, method=net.decode)
-  with_prompt = network.SptTransformer(T5, dataclasses.replace(SPT, prompt_length=9))
+    net.apply(
+        {'params': params},
+        encoded,
+        _tokens((2, 9)),
+        _tokens((2, 5)),
+        _tokens((2, 5)),
+        enable_dropout=False,
+        method=net.decode,
+    )
+  with_prompt = network.SptTransformer(
+      T5, dataclasses.replace(SPT, prompt_length=9)
+  )
   with pytest.raises(ValueError, match='prompt_length=9'):
-    with_prompt.apply({'params': params}, _tokens((2, 9)), enable_dropout=False,
-                      method=with_prompt.encode)
+    with_prompt.apply(
+        {'params': params},
+        _tokens((2, 9)),
+        enable_dropout=False,
+        method=with_prompt.encode,
+    )
 
 
 @functools.lru_cache(maxsize=None)  # Both policies compare to one plain run.
 def _squared_logit_gradients(remat_policy):
   """Gradients of the summed squared logits, one layer a side, no dropout."""
   t5 = config.t5_1_1_config(
-      'tiny', vocab_size=VOCAB, remat_policy=remat_policy, dropout_rate=0.0,
-      num_encoder_layers=1, num_decoder_layers=1)
+      'tiny',
+      vocab_size=VOCAB,
+      remat_policy=remat_policy,
+      dropout_rate=0.0,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+  )
   # Rematerialisation leaves the parameters as they are: one set for all.
   _, variables = _init(SPT, dataclasses.replace(t5, remat_policy='none'))
   net = network.SptTransformer(t5, SPT)
   enc, dec = _tokens((2, 9)), _tokens((2, 5), seed=1)
 
   def loss(p):
-    return jnp.sum(net.apply({'params': p}, enc, dec, dec, enable_dropout=False) ** 2)
+    return jnp.sum(
+        net.apply({'params': p}, enc, dec, dec, enable_dropout=False) ** 2
+    )
 
   return jax.jit(jax.grad(loss))(variables['params'])
 

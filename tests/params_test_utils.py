@@ -42,7 +42,8 @@ def initial_params(model, input_shapes, seed=0):
     seed: the PRNG seed.
   """
   return jax.jit(lambda rng: model.get_initial_variables(rng, input_shapes))(
-      jax.random.PRNGKey(seed))['params']
+      jax.random.PRNGKey(seed)
+  )['params']
 
 
 def logits(net, params):
@@ -78,18 +79,29 @@ def cached_decode_logits(net, params, encoded, encoder_tokens, decoder_inputs):
   length = decoder_inputs.shape[1]
   shape = decoder_inputs.shape
   _, variables = net.apply(
-      {'params': params}, jnp.ones_like(encoder_tokens),
-      jnp.ones(shape, jnp.int32), jnp.ones(shape, jnp.int32),
-      mutable=['cache'], decode=True, enable_dropout=False,
+      {'params': params},
+      jnp.ones_like(encoder_tokens),
+      jnp.ones(shape, jnp.int32),
+      jnp.ones(shape, jnp.int32),
+      mutable=['cache'],
+      decode=True,
+      enable_dropout=False,
   )
   cache = variables['cache']
   steps = []
   for t in range(length):
-    ids = decoder_inputs[:, t:t + 1]
+    ids = decoder_inputs[:, t : t + 1]
     logits, variables = net.apply(
-        {'params': params, 'cache': cache}, encoded, encoder_tokens, ids, ids,
-        enable_dropout=False, decode=True, max_decode_length=length,
-        mutable=['cache'], method=net.decode,
+        {'params': params, 'cache': cache},
+        encoded,
+        encoder_tokens,
+        ids,
+        ids,
+        enable_dropout=False,
+        decode=True,
+        max_decode_length=length,
+        mutable=['cache'],
+        method=net.decode,
     )
     cache = variables['cache']
     steps.append(np.asarray(logits[:, 0]))

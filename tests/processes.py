@@ -4,6 +4,7 @@ Each process gets its own fake CPU devices and joins the others through JAX's
 distributed runtime, a coordinator on 127.0.0.1, with gloo collectives, as
 hosts of a pod slice or GPU cluster join through theirs.
 """
+
 import os
 import socket
 import subprocess
@@ -27,8 +28,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(devices: int = DEVICES_PER_PROCESS,
-                extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+def process_env(
+    devices: int = DEVICES_PER_PROCESS,
+    extra: Optional[Mapping[str, str]] = None,
+) -> dict[str, str]:
   """The environment of one simulated host: its devices, gloo, the repository."""
   return {
       **os.environ,
@@ -41,11 +44,15 @@ def process_env(devices: int = DEVICES_PER_PROCESS,
   }
 
 
-def multiprocess_flags(index: int, port: int,
-                       count: int = PROCESSES) -> list[str]:
+def multiprocess_flags(
+    index: int, port: int, count: int = PROCESSES
+) -> list[str]:
   """T5X's and the local runner's flags for process `index` of `count`."""
-  return [f'--coordinator_address=127.0.0.1:{port}',
-          f'--process_count={count}', f'--process_index={index}']
+  return [
+      f'--coordinator_address=127.0.0.1:{port}',
+      f'--process_count={count}',
+      f'--process_index={index}',
+  ]
 
 
 class Cluster:
@@ -56,20 +63,41 @@ class Cluster:
     logs: each process's combined output file.
   """
 
-  def __init__(self, module: str, args: Sequence[str], log_dir: str,
-               multiprocess_flag: str = '--multiprocess',
-               count: int = PROCESSES, env=None):
+  def __init__(
+      self,
+      module: str,
+      args: Sequence[str],
+      log_dir: str,
+      multiprocess_flag: str = '--multiprocess',
+      count: int = PROCESSES,
+      env=None,
+  ):
     port = free_port()
     os.makedirs(log_dir, exist_ok=True)
-    self.logs = [os.path.join(log_dir, f'process_{i}.log') for i in range(count)]
+    self.logs = [
+        os.path.join(log_dir, f'process_{i}.log') for i in range(count)
+    ]
     self.procs = []
     for index, log in enumerate(self.logs):
-      argv = [sys.executable, '-m', module, multiprocess_flag,
-              *multiprocess_flags(index, port, count), *args]
+      argv = [
+          sys.executable,
+          '-m',
+          module,
+          multiprocess_flag,
+          *multiprocess_flags(index, port, count),
+          *args,
+      ]
       with open(log, 'w') as out:
-        self.procs.append(subprocess.Popen(
-            argv, cwd=REPO, env=process_env(extra=env), stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=process_env(extra=env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
 
   def output(self, index: int = 0) -> str:
     with open(self.logs[index]) as f:
@@ -78,7 +106,8 @@ class Cluster:
   def _tails(self) -> str:
     return '\n'.join(
         f'--- process {i} ---\n' + '\n'.join(self.output(i).splitlines()[-40:])
-        for i in range(len(self.procs)))
+        for i in range(len(self.procs))
+    )
 
   def kill(self) -> None:
     for proc in self.procs:
@@ -95,7 +124,9 @@ class Cluster:
         proc.wait(timeout=max(1.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
       self.kill()
-      pytest.fail(f'processes still running after {timeout} s:\n{self._tails()}')
+      pytest.fail(
+          f'processes still running after {timeout} s:\n{self._tails()}'
+      )
     codes = [proc.returncode for proc in self.procs]
     if any(codes):
       self.kill()
@@ -108,7 +139,9 @@ class Cluster:
     while not predicate():
       if any(proc.poll() is not None for proc in self.procs):
         self.kill()
-        pytest.fail(f'a process exited before the awaited state:\n{self._tails()}')
+        pytest.fail(
+            f'a process exited before the awaited state:\n{self._tails()}'
+        )
       if time.time() > deadline:
         self.kill()
         pytest.fail(f'not reached after {timeout} s:\n{self._tails()}')

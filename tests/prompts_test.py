@@ -9,20 +9,25 @@ from spt_jax.model import prompts
 
 
 def test_prompt_span_masks():
-  tokens = jnp.array([[5, 6, 9, 7, 0, 0], [9, 4, 4, 0, 0, 0], [3, 3, 3, 3, 0, 0]])
+  tokens = jnp.array(
+      [[5, 6, 9, 7, 0, 0], [9, 4, 4, 0, 0, 0], [3, 3, 3, 3, 0, 0]]
+  )
   np.testing.assert_array_equal(prompts.prompt_span_mask(tokens), tokens > 0)
   before = prompts.prompt_span_mask(tokens, 'before_separator', separator_id=9)
   np.testing.assert_array_equal(
-      before,
-      [[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]],
+      before, [[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]
   )
 
 
 def test_pool_query():
   embedded = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
   mask = jnp.array([[1, 1, 0], [0, 0, 0]])
-  np.testing.assert_allclose(prompts.pool_query(embedded, mask, 'mean'), [[1, 2], [0, 0]])
-  np.testing.assert_allclose(prompts.pool_query(embedded, mask, 'max'), [[2, 3], [0, 0]])
+  np.testing.assert_allclose(
+      prompts.pool_query(embedded, mask, 'mean'), [[1, 2], [0, 0]]
+  )
+  np.testing.assert_allclose(
+      prompts.pool_query(embedded, mask, 'max'), [[2, 3], [0, 0]]
+  )
   with pytest.raises(ValueError, match='mask \\[B, T\\]'):
     prompts.pool_query(embedded, mask[:, :2])
 

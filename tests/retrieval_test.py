@@ -18,7 +18,9 @@ def test_similarity_cosine_and_dot():
   np.testing.assert_allclose(
       retrieval.similarity(query, keys, 'cosine', 0.5), [[1.2, 1.6]], rtol=1e-6
   )
-  np.testing.assert_allclose(retrieval.similarity(query, keys, 'dot'), [[3.0, 8.0]])
+  np.testing.assert_allclose(
+      retrieval.similarity(query, keys, 'dot'), [[3.0, 8.0]]
+  )
   with pytest.raises(ValueError, match='equal D'):
     retrieval.similarity(query, jnp.ones((2, 3)))
 
@@ -35,10 +37,14 @@ def test_top_k_finds_the_largest(approx, num_chunks):
   measured here.
   """
   scores = _scores()
-  values, indices = retrieval.top_k(scores, 4, approx=approx, num_chunks=num_chunks)
+  values, indices = retrieval.top_k(
+      scores, 4, approx=approx, num_chunks=num_chunks
+  )
   expected = np.argsort(-np.asarray(scores), axis=-1)[:, :4]
   np.testing.assert_array_equal(indices, expected)
-  np.testing.assert_allclose(values, np.take_along_axis(np.asarray(scores), expected, -1))
+  np.testing.assert_allclose(
+      values, np.take_along_axis(np.asarray(scores), expected, -1)
+  )
 
 
 def test_softmax_weights():
@@ -77,13 +83,19 @@ def test_perturbed_marginals_and_their_gradient():
   # The estimator's gradient agrees with finite differences of the smoothed
   # (fixed-noise) marginal within Monte-Carlo error.
   cotangent = jnp.array([[0.0, 1.0, 0.0, 0.0]])
-  grad = jax.grad(lambda s: jnp.sum(retrieval.perturbed_topk_marginals(s, noise, 2, 0.5) * cotangent))(scores)
+  grad = jax.grad(
+      lambda s: jnp.sum(
+          retrieval.perturbed_topk_marginals(s, noise, 2, 0.5) * cotangent
+      )
+  )(scores)
   eps = 0.1
   finite = []
   for m in range(4):
     delta = jnp.zeros_like(scores).at[0, m].set(eps)
     up = retrieval.perturbed_topk_marginals(scores + delta, noise, 2, 0.5)[0, 1]
-    down = retrieval.perturbed_topk_marginals(scores - delta, noise, 2, 0.5)[0, 1]
+    down = retrieval.perturbed_topk_marginals(scores - delta, noise, 2, 0.5)[
+        0, 1
+    ]
     finite.append((up - down) / (2 * eps))
   np.testing.assert_allclose(grad[0], finite, atol=0.08)
   assert grad[0, 1] > 0 > grad[0, 0]
@@ -94,11 +106,14 @@ def test_perturbed_needs_an_rng():
     retrieval.retrieve(_scores(), 2, 'perturbed_topk')
 
 
-@pytest.mark.parametrize('combine, length', [('concat', 6), ('weighted_sum', 3)])
+@pytest.mark.parametrize(
+    'combine, length', [('concat', 6), ('weighted_sum', 3)]
+)
 def test_combine_values(combine, length):
   values = jnp.arange(12 * 3 * 2, dtype=jnp.float32).reshape(12, 3, 2)
   retrieved = retrieval.Retrieved(
-      indices=jnp.array([[4, 7]]), scores=jnp.zeros((1, 2)),
+      indices=jnp.array([[4, 7]]),
+      scores=jnp.zeros((1, 2)),
       weights=jnp.array([[0.25, 0.75]]),
   )
   out = retrieval.combine_values(values, retrieved, combine)
@@ -113,9 +128,15 @@ def test_combine_values(combine, length):
 def test_pull_loss_is_zero_for_aligned_keys_and_pulls_them():
   keys = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
   query = jnp.array([[2.0, 0.0]])
-  assert float(retrieval.pull_loss(query, keys, jnp.array([[0]]))) == pytest.approx(0.0, abs=1e-6)
-  assert float(retrieval.pull_loss(query, keys, jnp.array([[2]]))) == pytest.approx(2.0)
-  grad = jax.grad(lambda k: retrieval.pull_loss(query, k, jnp.array([[1]])))(keys)
+  assert float(
+      retrieval.pull_loss(query, keys, jnp.array([[0]]))
+  ) == pytest.approx(0.0, abs=1e-6)
+  assert float(
+      retrieval.pull_loss(query, keys, jnp.array([[2]]))
+  ) == pytest.approx(2.0)
+  grad = jax.grad(lambda k: retrieval.pull_loss(query, k, jnp.array([[1]])))(
+      keys
+  )
   assert grad[1, 0] < 0  # Moving key 1 towards the query lowers the loss.
   np.testing.assert_allclose(np.asarray(grad)[[0, 2]], 0.0)
 
@@ -123,7 +144,9 @@ def test_pull_loss_is_zero_for_aligned_keys_and_pulls_them():
 def test_balance_loss_prefers_uniform_usage():
   scores = jnp.zeros((4, 4))
   uniform = retrieval.balance_loss(scores, jnp.array([[0], [1], [2], [3]]))
-  collapsed = retrieval.balance_loss(scores + jnp.array([5.0, 0, 0, 0]), jnp.zeros((4, 1), jnp.int32))
+  collapsed = retrieval.balance_loss(
+      scores + jnp.array([5.0, 0, 0, 0]), jnp.zeros((4, 1), jnp.int32)
+  )
   assert float(uniform) == pytest.approx(1.0)
   assert float(collapsed) > 3.0
 
@@ -137,6 +160,7 @@ def test_shard_local_top_k_equals_one_device_and_divides_its_memory(num_chunks):
     pytest.skip('needs 8 devices')
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
+
   batch, memories, width = 64, 8 * 4096, 8
   query = jax.random.normal(jax.random.PRNGKey(0), (batch, width))
   keys = jax.random.normal(jax.random.PRNGKey(1), (memories, width))
@@ -148,15 +172,20 @@ def test_shard_local_top_k_equals_one_device_and_divides_its_memory(num_chunks):
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
   (expected, expected_indices), expected_grad = jax.jit(
-      grad_fn, static_argnums=2)(keys, query, 1)
+      grad_fn, static_argnums=2
+  )(keys, query, 1)
   mesh = partitioning.create_mesh()
   sharding = NamedSharding(mesh, PartitionSpec('data', None))
   temp = {}
   with partitioning.mesh_and_rules(mesh, partitioning.default_rules()):
     for chunks in (1, num_chunks):
-      compiled = jax.jit(
-          grad_fn, static_argnums=2, out_shardings=((None, None), sharding)
-      ).lower(jax.device_put(keys, sharding), query, chunks).compile()
+      compiled = (
+          jax.jit(
+              grad_fn, static_argnums=2, out_shardings=((None, None), sharding)
+          )
+          .lower(jax.device_put(keys, sharding), query, chunks)
+          .compile()
+      )
       temp[chunks] = compiled.memory_analysis().temp_size_in_bytes
     (value, indices), grad = compiled(jax.device_put(keys, sharding), query)
   np.testing.assert_array_equal(indices, expected_indices)
@@ -179,11 +208,18 @@ def _sampled_and_dense_balance(num_memories=40, batch=3, k=2, width=8):
 
   def sampled(keys, ids):
     scores = jax.lax.stop_gradient(
-        retrieval.similarity(query, keys, 'cosine', 0.5))
+        retrieval.similarity(query, keys, 'cosine', 0.5)
+    )
     _, indices = retrieval.top_k(scores, k)
     return retrieval.sampled_balance_loss(
-        query, jnp.take(keys, indices, axis=0), jnp.take(keys, ids, axis=0),
-        jax.nn.logsumexp(scores, axis=-1), num_memories, 'cosine', 0.5)
+        query,
+        jnp.take(keys, indices, axis=0),
+        jnp.take(keys, ids, axis=0),
+        jax.nn.logsumexp(scores, axis=-1),
+        num_memories,
+        'cosine',
+        0.5,
+    )
 
   return keys, dense, sampled
 
@@ -194,14 +230,15 @@ def test_sampled_balance_loss_has_the_dense_value_and_an_unbiased_gradient():
   every = jnp.arange(num_memories)
   np.testing.assert_allclose(sampled(keys, every), dense(keys), rtol=1e-6)
   np.testing.assert_allclose(
-      sampled(keys, every[:5]), dense(keys), rtol=1e-6)  # The value: any draw.
+      sampled(keys, every[:5]), dense(keys), rtol=1e-6
+  )  # The value: any draw.
   dense_grad = jax.grad(dense)(keys)
   # Every memory drawn once: the estimate is the gradient.
   np.testing.assert_allclose(
-      jax.grad(sampled)(keys, every), dense_grad, rtol=1e-4, atol=1e-7)
+      jax.grad(sampled)(keys, every), dense_grad, rtol=1e-4, atol=1e-7
+  )
   # Uniform draws of 8: the mean of many estimates converges to it.
-  draws = jax.random.randint(
-      jax.random.PRNGKey(0), (4000, 8), 0, num_memories)
+  draws = jax.random.randint(jax.random.PRNGKey(0), (4000, 8), 0, num_memories)
   mean = jax.jit(jax.vmap(jax.grad(sampled), (None, 0)))(keys, draws).mean(0)
   scale = np.abs(dense_grad).max()
   assert np.abs(mean - dense_grad).max() < 0.05 * scale

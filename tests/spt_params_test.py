@@ -29,10 +29,13 @@ def test_is_spt_param_and_split():
   assert backbone == {'encoder': 3}
 
 
-@pytest.mark.parametrize('spt', [
-    utils.SPT,
-    config.SptConfig(num_memories=8, memory_length=2, top_k=2, key_dim=16),
-])
+@pytest.mark.parametrize(
+    'spt',
+    [
+        utils.SPT,
+        config.SptConfig(num_memories=8, memory_length=2, top_k=2, key_dim=16),
+    ],
+)
 def test_initialize_spt_params_matches_the_network(backbone, spt):
   initialized = spt_params.initialize_spt_params(
       backbone, jax.random.PRNGKey(1), spt
@@ -54,10 +57,12 @@ def test_initialize_spt_params_from_vocab(backbone):
       backbone, jax.random.PRNGKey(2), utils.SPT, from_vocab=True
   )
   table = backbone['token_embedder']['embedding']
-  rows = np.concatenate([
-      initialized['memory_bank']['values'].reshape(-1, utils.T5.emb_dim),
-      initialized['soft_prompt']['prompt'],
-  ])
+  rows = np.concatenate(
+      [
+          initialized['memory_bank']['values'].reshape(-1, utils.T5.emb_dim),
+          initialized['soft_prompt']['prompt'],
+      ]
+  )
   # Every vector is a row of the embedding table, and they are not all one row.
   matches = np.all(rows[:, None, :] == table[None, :, :], axis=-1)
   assert np.all(matches.any(axis=1))
@@ -69,14 +74,21 @@ def test_initialize_spt_params_from_vocab(backbone):
       np.all(uniform['memory_bank']['values'][0, 0] == table, axis=-1)
   )
   with pytest.raises(ValueError, match='already hold'):
-    spt_params.initialize_spt_params(initialized, jax.random.PRNGKey(0), utils.SPT)
+    spt_params.initialize_spt_params(
+        initialized, jax.random.PRNGKey(0), utils.SPT
+    )
 
 
 @pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])
 def test_export_import_round_trip_is_bit_exact(backbone, tmp_path, suffix):
   spt = config.SptConfig(
-      num_memories=8, memory_length=2, top_k=2, key_dim=16,
-      soft_prompt_length=3, similarity='dot', temperature=0.5,
+      num_memories=8,
+      memory_length=2,
+      top_k=2,
+      key_dim=16,
+      soft_prompt_length=3,
+      similarity='dot',
+      temperature=0.5,
   )
   trained = spt_params.initialize_spt_params(
       backbone, jax.random.PRNGKey(3), spt
@@ -85,7 +97,8 @@ def test_export_import_round_trip_is_bit_exact(backbone, tmp_path, suffix):
   assert spt_params.export_spt_params(trained, path, spt) == path
   # Only the utils.SPT leaves travel: the file is far smaller than the model.
   spt_bytes = sum(
-      v.nbytes for g in ('memory_bank', 'soft_prompt')
+      v.nbytes
+      for g in ('memory_bank', 'soft_prompt')
       for v in jax.tree.leaves(trained[g])
   )
   assert os.path.getsize(path) < spt_bytes + 4096
@@ -93,13 +106,13 @@ def test_export_import_round_trip_is_bit_exact(backbone, tmp_path, suffix):
   groups, read_config = spt_params.read_spt_params(path)
   assert read_config == spt
   assert sorted(traverse_util.flatten_dict(groups, sep='/')) == [
-      'memory_bank/keys', 'memory_bank/query_projection/kernel',
-      'memory_bank/values', 'soft_prompt/prompt',
+      'memory_bank/keys',
+      'memory_bank/query_projection/kernel',
+      'memory_bank/values',
+      'soft_prompt/prompt',
   ]
   # Onto the bare backbone, and over a differently initialised utils.SPT tree.
-  other = spt_params.initialize_spt_params(
-      backbone, jax.random.PRNGKey(4), spt
-  )
+  other = spt_params.initialize_spt_params(backbone, jax.random.PRNGKey(4), spt)
   for base in (backbone, other):
     imported = spt_params.import_spt_params(base, path)
     utils.assert_trees_equal(imported, trained)
@@ -118,13 +131,14 @@ def test_export_import_errors(backbone, tmp_path):
     spt_params.export_spt_params(backbone, path, utils.SPT)
   with pytest.raises(ValueError, match="'memory_bank/keys' has shape"):
     spt_params.export_spt_params(
-        trained, path, config.SptConfig(num_memories=16, top_k=2,
-                                        memory_length=3, soft_prompt_length=2)
+        trained,
+        path,
+        config.SptConfig(
+            num_memories=16, top_k=2, memory_length=3, soft_prompt_length=2
+        ),
     )
   with pytest.raises(ValueError, match='.safetensors or .npz'):
-    spt_params.export_spt_params(
-        trained, str(tmp_path / 'spt.bin'), utils.SPT
-    )
+    spt_params.export_spt_params(trained, str(tmp_path / 'spt.bin'), utils.SPT)
   with pytest.raises(FileNotFoundError, match='No exported SPT parameters'):
     spt_params.import_spt_params(backbone, str(tmp_path / 'missing.npz'))
 

@@ -60,7 +60,9 @@ def state_dict_numpy(model):
 def converted(model):
   """(T5Config, params) of our network holding the model's weights."""
   cfg = hf_checkpoints.t5_config_from_hf(model.config.to_dict())
-  return cfg, hf_checkpoints.params_from_hf_state_dict(state_dict_numpy(model), cfg)
+  return cfg, hf_checkpoints.params_from_hf_state_dict(
+      state_dict_numpy(model), cfg
+  )
 
 
 def hf_logits(model, encoder_tokens, decoder_input_tokens):

@@ -38,7 +38,9 @@ def _zarr_spec(name, array, kvstore_driver='file'):
   }
   if kvstore_driver == 'gcs':  # Specs of checkpoints saved to GCS.
     spec['kvstore'] = {
-        'driver': 'gcs', 'bucket': 't5x-dummy-bucket', 'path': name
+        'driver': 'gcs',
+        'bucket': 't5x-dummy-bucket',
+        'path': name,
     }
   else:
     spec['kvstore'] = {'driver': 'file', 'path': name}
@@ -61,15 +63,23 @@ def write_legacy_t5x_checkpoint(directory, params, step=100):
       array = value.astype(ml_dtypes.bfloat16)
     spec = _zarr_spec(name, array, 'gcs' if i % 3 == 0 else 'file')
     store = ts.open(
-        {**spec, 'kvstore': {'driver': 'file',
-                             'path': os.path.join(checkpoint_dir, name)}},
-        create=True, open=True,
+        {
+            **spec,
+            'kvstore': {
+                'driver': 'file',
+                'path': os.path.join(checkpoint_dir, name),
+            },
+        },
+        create=True,
+        open=True,
     ).result()
     store.write(array).result()
     written[path] = spec
   param_states = {
-      path: {'v_row': np.ones(v.shape[:1], np.float32),
-             'v_col': np.ones(v.shape[1:2], np.float32)}
+      path: {
+          'v_row': np.ones(v.shape[:1], np.float32),
+          'v_col': np.ones(v.shape[1:2], np.float32),
+      }
       for path, v in flat.items()
   }
   contents = {
@@ -89,11 +99,14 @@ def write_legacy_t5x_checkpoint(directory, params, step=100):
 
 def _bf16_rounded(params):
   flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({
-      k: v.astype(ml_dtypes.bfloat16).astype(np.float32)
-      if k[-1] == 'rel_embedding' else v
-      for k, v in flat.items()
-  })
+  return traverse_util.unflatten_dict(
+      {
+          k: v.astype(ml_dtypes.bfloat16).astype(np.float32)
+          if k[-1] == 'rel_embedding'
+          else v
+          for k, v in flat.items()
+      }
+  )
 
 
 def test_legacy_t5x_checkpoint_loads_target_only(backbone, tmp_path):
@@ -146,10 +159,15 @@ def test_t5_config_from_params(backbone):
   inferred = t5x_checkpoints.t5_config_from_params(backbone, dropout_rate=0.0)
   assert inferred == utils.T5
   tied = config.t5_1_1_config(
-      'tiny', vocab_size=utils.VOCAB, num_decoder_layers=3,
+      'tiny',
+      vocab_size=utils.VOCAB,
+      num_decoder_layers=3,
       logits_via_embedding=True,
   )
-  assert t5x_checkpoints.t5_config_from_params(utils.init_params(t5=tied)[1]) == tied
+  assert (
+      t5x_checkpoints.t5_config_from_params(utils.init_params(t5=tied)[1])
+      == tied
+  )
   with pytest.raises(ValueError, match='token_embedder'):
     t5x_checkpoints.t5_config_from_params({'encoder': {}})
 

@@ -1,4 +1,5 @@
 """Tests of the postprocessors, metrics, task naming and aggregation."""
+
 import numpy as np
 import pytest
 import seqio
@@ -16,17 +17,23 @@ def test_rank_classification_postprocessor_and_accuracy():
       {'idx': np.array([1, 1], np.int32), 'is_correct': np.False_},
       {'idx': np.array([1, 2], np.int32), 'is_correct': np.False_},
   ]
-  targets = [metrics.rank_classification_postprocessor(
-      'ignored', example=row, is_target=True) for row in rows]
+  targets = [
+      metrics.rank_classification_postprocessor(
+          'ignored', example=row, is_target=True
+      )
+      for row in rows
+  ]
   assert targets[1] == (0, 1, True)
   assert metrics.rank_classification_postprocessor(-1.5) == -1.5
 
   # Example 0 picks choice 1 (correct); example 1 picks choice 2 (wrong).
   scores = [-3.0, -1.0, -2.0, -4.0, -0.5]
   assert eval_protocol.rank_classification_accuracy(targets, scores) == {
-      'accuracy': 50.0}
+      'accuracy': 50.0
+  }
   assert eval_protocol.rank_classification_accuracy(
-      targets, [-3.0, -1.0, -0.1, -4.0, -0.5]) == {'accuracy': 100.0}
+      targets, [-3.0, -1.0, -0.1, -4.0, -0.5]
+  ) == {'accuracy': 100.0}
   with pytest.raises(ValueError):
     eval_protocol.rank_classification_accuracy(targets, scores[:2])
 
@@ -34,7 +41,8 @@ def test_rank_classification_postprocessor_and_accuracy():
 def test_rank_classification_metric_is_a_seqio_score_metric():
   metric = seqio.metrics.LegacyMetric.empty(
       eval_protocol.rank_classification_accuracy,
-      metrics.rank_classification_postprocessor)
+      metrics.rank_classification_postprocessor,
+  )
   assert metric.model_output_type == seqio.metrics.ModelOutputType.SCORE
 
 
@@ -42,13 +50,12 @@ def test_label_metrics():
   assert metrics.choice_index(' Yes ', ('No', 'Yes')) == 1
   assert metrics.choice_index('perhaps', ('No', 'Yes')) == -1
   assert metrics.accuracy([1, 0, 1, 1], [1, 0, 0, 1]) == {'accuracy': 75.0}
-  assert metrics.f1([1, 0, 1, 1], [1, 0, 0, 1]) == pytest.approx(
-      {'f1': 80.0})
-  assert metrics.matthews_corrcoef([1, 0, 1, 0], [1, 0, 1, 0]) == {
-      'mcc': 100.0}
+  assert metrics.f1([1, 0, 1, 1], [1, 0, 0, 1]) == pytest.approx({'f1': 80.0})
+  assert metrics.matthews_corrcoef([1, 0, 1, 0], [1, 0, 1, 0]) == {'mcc': 100.0}
   assert metrics.matthews_corrcoef([1, 1, 1], [1, 1, 1]) == {'mcc': 0.0}
   assert metrics.macro_f1(3)([0, 1, 2, 2], [0, 1, 2, 1]) == pytest.approx(
-      {'macro_f1': 100 * (1 + 2 / 3 + 2 / 3) / 3})
+      {'macro_f1': 100 * (1 + 2 / 3 + 2 / 3) / 3}
+  )
 
 
 def test_correlations():
@@ -62,15 +69,18 @@ def test_correlations():
 def test_multirc_and_squad():
   targets = [((0, 0), 1), ((0, 0), 0), ((0, 1), 1)]
   assert metrics.multirc(targets, [1, 0, 0]) == pytest.approx(
-      {'f1a': 100 * 2 / 3, 'exact_match': 50.0})
+      {'f1a': 100 * 2 / 3, 'exact_match': 50.0}
+  )
   example = {'paragraph_idx': np.int32(3), 'question_idx': np.int32(4)}
   assert metrics.multirc_postprocessor(
-      'yes', ('No', 'Yes'), example=example, is_target=True) == ((3, 4), 1)
+      'yes', ('No', 'Yes'), example=example, is_target=True
+  ) == ((3, 4), 1)
   assert metrics.record_postprocessor(
-      'x', example={'answers': np.array([b'Paris', b'France'])},
-      is_target=True) == ['Paris', 'France']
+      'x', example={'answers': np.array([b'Paris', b'France'])}, is_target=True
+  ) == ['Paris', 'France']
   assert metrics.squad([['The Paris'], ['Rome city']], ['paris', 'Rome']) == (
-      pytest.approx({'exact_match': 50.0, 'f1': 100 * (1 + 2 / 3) / 2}))
+      pytest.approx({'exact_match': 50.0, 'f1': 100 * (1 + 2 / 3) / 2})
+  )
 
 
 def test_template_info_reads_task_names():
@@ -78,7 +88,9 @@ def test_template_info_reads_task_names():
   assert name == 'spt_t0__anli_r1__claim_true_false__score'
   assert eval_protocol.template_info(name) == ('anli_r1', 'claim_true_false')
   assert eval_protocol.template_info('spt_glue__glue_rte__then_correct') == (
-      'glue_rte', 'then_correct')
+      'glue_rte',
+      'then_correct',
+  )
   assert eval_protocol.is_score_task(name)
   with pytest.raises(ValueError):
     eval_protocol.template_info('spt_t0_train')
@@ -102,17 +114,21 @@ def test_aggregate_over_templates():
   assert summary['super_glue_cb']['median'] == 50.0
   assert summary['super_glue_cb']['num_templates'] == 3
   assert summary['super_glue_cb']['per_template'] == {
-      'a': 40.0, 'b': 50.0, 'c': 90.0}
+      'a': 40.0,
+      'b': 50.0,
+      'c': 90.0,
+  }
   assert summary['anli_r1']['num_templates'] == 1
 
 
 def test_add_task_replaces_an_existing_registration():
-  source = seqio.FunctionDataSource(lambda split, shuffle_files: None,
-                                    splits=['train'])
-  first = registry.add_task('spt_test__a__b', source=source,
-                            output_features={})
-  second = registry.add_task('spt_test__a__b', source=source,
-                             output_features={})
+  source = seqio.FunctionDataSource(
+      lambda split, shuffle_files: None, splits=['train']
+  )
+  first = registry.add_task('spt_test__a__b', source=source, output_features={})
+  second = registry.add_task(
+      'spt_test__a__b', source=source, output_features={}
+  )
   assert seqio.get_mixture_or_task('spt_test__a__b') is second
   assert first is not second
   registry.add_mixture('spt_test_mixture', ['spt_test__a__b'], 1.0)

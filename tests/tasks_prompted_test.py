@@ -20,17 +20,25 @@ def _local_source(tmp_path, lines):
       ''.join('{"q": "a b", "label": %d}\n' % (i % 2) for i in range(lines))
       + '\n'  # A blank line is not an example.
   )
-  return sources.LocalSource('toy', {'q': 'string', 'label': 'int'},
-                             ('train',), "'toy'", data_dir=str(tmp_path))
+  return sources.LocalSource(
+      'toy',
+      {'q': 'string', 'label': 'int'},
+      ('train',),
+      "'toy'",
+      data_dir=str(tmp_path),
+  )
 
 
-def test_lazy_mixing_rate_counts_the_data_once_when_asked(tmp_path, monkeypatch):
+def test_lazy_mixing_rate_counts_the_data_once_when_asked(
+    tmp_path, monkeypatch
+):
   source = _local_source(tmp_path, 7)
   assert prompted.count_examples(source) == 7
   counted = []
   count = prompted.count_examples
-  monkeypatch.setattr(prompted, 'count_examples',
-                      lambda *a: counted.append(a) or count(*a))
+  monkeypatch.setattr(
+      prompted, 'count_examples', lambda *a: counted.append(a) or count(*a)
+  )
   rate = prompted.lazy_mixing_rate(source, num_templates=3)
   assert not counted  # Nothing is read at registration.
   assert rate(None) == 7 and rate(None) == 7
@@ -47,7 +55,8 @@ def test_register_adds_a_task_per_template(tmp_path):
       ' "answer_choices": "no ||| yes"}]}'
   )
   dataset = prompted.PromptedDataset(
-      'toy', _local_source(tmp_path, 2), str(templates))
+      'toy', _local_source(tmp_path, 2), str(templates)
+  )
   features = vocab.output_features(vocab.synthetic_vocabulary())
   names = prompted.register('prompted_test', dataset, features)
   scored = prompted.register('prompted_test', dataset, features, score=True)

@@ -14,7 +14,9 @@ def test_task_names_round_trip():
   assert score == name + '__score'
   for n in (name, score):
     assert eval_protocol.template_info(n) == ('anli_r1', 'guaranteed')
-  assert eval_protocol.is_score_task(score) and not eval_protocol.is_score_task(name)
+  assert eval_protocol.is_score_task(score) and not eval_protocol.is_score_task(
+      name
+  )
   with pytest.raises(ValueError, match='must not contain'):
     eval_protocol.task_name('spt', 'a__b', 'c')
   for bad in ('spt__anli', 'spt__anli____score', 'a__b__c__d'):
@@ -23,8 +25,9 @@ def test_task_names_round_trip():
 
 
 def test_adding_twice_replaces_the_task_and_the_mixture():
-  source = seqio.FunctionDataSource(lambda split, shuffle_files: None,
-                                    splits=['train'])
+  source = seqio.FunctionDataSource(
+      lambda split, shuffle_files: None, splits=['train']
+  )
   name = 'registry_test__data__template'
   first = registry.add_task(name, source=source, output_features={})
   second = registry.add_task(name, source=source, output_features={})

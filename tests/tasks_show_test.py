@@ -1,4 +1,5 @@
 """Tests of `python -m tasks.show`."""
+
 import os
 import subprocess
 import sys
@@ -10,12 +11,18 @@ def test_lists_mixtures_and_tasks(capsys):
   assert show.main(['--list']) == 0
 
   out = capsys.readouterr().out
-  for mixture in ('spt_t0_train', 'spt_t0_heldout', 'spt_glue',
-                  'spt_super_glue', 'spt_synthetic_train',
-                  'spt_synthetic_heldout'):
+  for mixture in (
+      'spt_t0_train',
+      'spt_t0_heldout',
+      'spt_glue',
+      'spt_super_glue',
+      'spt_synthetic_train',
+      'spt_synthetic_heldout',
+  ):
     assert f'  {mixture}  (' in out
   assert 'spt_t0__super_glue_cb__premise_entails__score  splits=validation' in (
-      out)
+      out
+  )
   assert 'spt_synthetic__first__give_first  splits=train,validation' in out
 
 
@@ -45,9 +52,21 @@ def test_unknown_name(capsys):
 
 def test_runs_as_a_module():
   result = subprocess.run(
-      [sys.executable, '-m', 'tasks.show', 'spt_synthetic_heldout_tasks',
-       '--num_examples', '1', '--split', 'validation'],
-      capture_output=True, text=True, check=False, timeout=120,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      [
+          sys.executable,
+          '-m',
+          'tasks.show',
+          'spt_synthetic_heldout_tasks',
+          '--num_examples',
+          '1',
+          '--split',
+          'validation',
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+      timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'Mixture spt_synthetic_heldout_tasks: 8 tasks' in result.stdout

@@ -1,4 +1,5 @@
 """Tests of the data sources: local exports and missing-data errors."""
+
 import json
 
 import numpy as np
@@ -11,26 +12,41 @@ from tasks import show
 from tasks import sources
 from tasks import t0
 
-_FIELDS = {'question': 'string', 'choices.text': 'string_list',
-           'choices.score': 'float_list', 'label': 'int', 'hard': 'bool'}
+_FIELDS = {
+    'question': 'string',
+    'choices.text': 'string_list',
+    'choices.score': 'float_list',
+    'label': 'int',
+    'hard': 'bool',
+}
 _RECORDS = [
-    {'question': 'Which is red?', 'label': 1, 'hard': True,
-     'choices': {'text': ['sky', 'apple'], 'score': [0.5, 1.0]}},
-    {'question': 'Ünïcode?', 'label': 0, 'hard': False,
-     'choices': {'text': [], 'score': []}},
+    {
+        'question': 'Which is red?',
+        'label': 1,
+        'hard': True,
+        'choices': {'text': ['sky', 'apple'], 'score': [0.5, 1.0]},
+    },
+    {
+        'question': 'Ünïcode?',
+        'label': 0,
+        'hard': False,
+        'choices': {'text': [], 'score': []},
+    },
 ]
 
 
 def _source(tmp_path, **kwargs):
-  return sources.LocalSource('toy', _FIELDS, ['train'], "'toy'",
-                             data_dir=str(tmp_path), **kwargs)
+  return sources.LocalSource(
+      'toy', _FIELDS, ['train'], "'toy'", data_dir=str(tmp_path), **kwargs
+  )
 
 
 def _check_records(examples):
   assert len(examples) == 2
   assert examples[0]['question'] == b'Which is red?'
-  np.testing.assert_array_equal(examples[0]['choices']['text'],
-                                [b'sky', b'apple'])
+  np.testing.assert_array_equal(
+      examples[0]['choices']['text'], [b'sky', b'apple']
+  )
   np.testing.assert_allclose(examples[0]['choices']['score'], [0.5, 1.0])
   assert examples[0]['label'] == 1 and examples[0]['hard']
   assert examples[1]['question'].decode() == 'Ünïcode?'
@@ -50,38 +66,52 @@ def test_reads_json_lines(tmp_path):
 
   _check_records(list(ds.as_numpy_iterator()))
   assert ds.element_spec['choices']['text'].shape.as_list() == [None]
-  assert source.list_shards('train') == [str(tmp_path / 'toy' /
-                                             'train.jsonl')]
+  assert source.list_shards('train') == [str(tmp_path / 'toy' / 'train.jsonl')]
 
 
-@pytest.mark.parametrize('line, problem', [
-    ('{"question": "q", "label": 1, "hard": true, "choices": {"text": []}}',
-     "field 'choices.score' \\(float_list\\) is missing"),
-    ('{"question": "q", "label": null, "hard": true, '
-     '"choices": {"text": [], "score": []}}',
-     "field 'label' \\(int\\) is missing or null"),
-    ('{"question": 3, "label": 1, "hard": true, '
-     '"choices": {"text": [], "score": []}}',
-     "field 'question' should be string, got 3"),
-    ('{"question": "q", "label": "1", "hard": true, '
-     '"choices": {"text": [], "score": []}}',
-     "field 'label' should be int"),
-    ('{"question": "q", "label": true, "hard": true, '
-     '"choices": {"text": [], "score": []}}',
-     "field 'label' should be int"),
-    ('{"question": "q", "label": 1, "hard": true, '
-     '"choices": {"text": "sky", "score": []}}',
-     "field 'choices.text' should be string_list"),
-    ('{"question": "q", ', 'not valid JSON'),
-])
-def test_bad_json_records_name_the_file_line_and_field(tmp_path, line,
-                                                        problem):
+@pytest.mark.parametrize(
+    'line, problem',
+    [
+        (
+            '{"question": "q", "label": 1, "hard": true, "choices": {"text": []}}',
+            "field 'choices.score' \\(float_list\\) is missing",
+        ),
+        (
+            '{"question": "q", "label": null, "hard": true, '
+            '"choices": {"text": [], "score": []}}',
+            "field 'label' \\(int\\) is missing or null",
+        ),
+        (
+            '{"question": 3, "label": 1, "hard": true, '
+            '"choices": {"text": [], "score": []}}',
+            "field 'question' should be string, got 3",
+        ),
+        (
+            '{"question": "q", "label": "1", "hard": true, '
+            '"choices": {"text": [], "score": []}}',
+            "field 'label' should be int",
+        ),
+        (
+            '{"question": "q", "label": true, "hard": true, '
+            '"choices": {"text": [], "score": []}}',
+            "field 'label' should be int",
+        ),
+        (
+            '{"question": "q", "label": 1, "hard": true, '
+            '"choices": {"text": "sky", "score": []}}',
+            "field 'choices.text' should be string_list",
+        ),
+        ('{"question": "q", ', 'not valid JSON'),
+    ],
+)
+def test_bad_json_records_name_the_file_line_and_field(tmp_path, line, problem):
   (tmp_path / 'toy').mkdir()
   path = tmp_path / 'toy' / 'train.jsonl'
   path.write_text(json.dumps(_RECORDS[0]) + '\n\n' + line + '\n')
 
-  with pytest.raises(sources.InvalidRecordError,
-                     match=f'{path}, line 3: .*{problem}'):
+  with pytest.raises(
+      sources.InvalidRecordError, match=f'{path}, line 3: .*{problem}'
+  ):
     _source(tmp_path).get_dataset('train')
 
 
@@ -90,23 +120,30 @@ def test_reads_sharded_tfrecords(tmp_path):
   for shard, record in enumerate(_RECORDS):
     sources.write_tfrecord(
         str(tmp_path / 'toy' / f'train.tfrecord-0000{shard}-of-00002'),
-        [record], _FIELDS)
+        [record],
+        _FIELDS,
+    )
   source = _source(tmp_path)
 
-  _check_records(list(source.get_dataset('train', shuffle=False)
-                      .as_numpy_iterator()))
+  _check_records(
+      list(source.get_dataset('train', shuffle=False).as_numpy_iterator())
+  )
   assert len(source.list_shards('train')) == 2
-  second = list(source.get_dataset(
-      'train', shuffle=False, shard_info=seqio.ShardInfo(1, 2))
-                .as_numpy_iterator())
+  second = list(
+      source.get_dataset(
+          'train', shuffle=False, shard_info=seqio.ShardInfo(1, 2)
+      ).as_numpy_iterator()
+  )
   assert [e['question'] for e in second] == ['Ünïcode?'.encode()]
 
 
 def test_missing_local_export_names_the_dataset_and_the_fix(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
   task = seqio.get_mixture_or_task(
-      eval_protocol.task_name(t0.COLLECTION, 'dream', 'read_conversation'))
+      eval_protocol.task_name(t0.COLLECTION, 'dream', 'read_conversation')
+  )
 
   with pytest.raises(sources.DataNotFoundError) as error:
     task.get_dataset(None, split='train')
@@ -123,8 +160,9 @@ def test_missing_local_export_names_the_dataset_and_the_fix(
 
 
 def test_unprepared_tfds_dataset_names_the_dataset_and_the_fix(tmp_path):
-  source = sources.TfdsSource('super_glue/cb:1.0.2', {'train': 'train'},
-                              data_dir=str(tmp_path))
+  source = sources.TfdsSource(
+      'super_glue/cb:1.0.2', {'train': 'train'}, data_dir=str(tmp_path)
+  )
 
   with pytest.raises(sources.DataNotFoundError) as error:
     source.get_dataset('train')
@@ -137,9 +175,12 @@ def test_unprepared_tfds_dataset_names_the_dataset_and_the_fix(tmp_path):
 
 
 def test_manual_download_datasets_say_so(tmp_path):
-  source = sources.TfdsSource('story_cloze/2016:1.0.0',
-                              {'validation': 'validation'},
-                              data_dir=str(tmp_path), manual_download=True)
+  source = sources.TfdsSource(
+      'story_cloze/2016:1.0.0',
+      {'validation': 'validation'},
+      data_dir=str(tmp_path),
+      manual_download=True,
+  )
   with pytest.raises(sources.DataNotFoundError, match='manual_dir'):
     source.get_dataset('validation')
 

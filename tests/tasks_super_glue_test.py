@@ -1,4 +1,5 @@
 """Tests of the prompted SuperGLUE tasks on mocked TFDS data."""
+
 import pytest
 import seqio
 
@@ -12,10 +13,14 @@ from tests import tasks_test_utils as tu
 def test_super_glue_task(dataset):
   template = dataset.template_collection.templates[0]
   task = tu.offline_task(
-      eval_protocol.task_name(super_glue.COLLECTION, dataset.name, template.name))
+      eval_protocol.task_name(
+          super_glue.COLLECTION, dataset.name, template.name
+      )
+  )
 
   examples = tu.preprocess(
-      task, tu.mocked_source_dataset(task, 'train', num_examples=3))
+      task, tu.mocked_source_dataset(task, 'train', num_examples=3)
+  )
 
   assert len(examples) == 3
   for example in examples:
@@ -35,9 +40,10 @@ def test_super_glue_task(dataset):
 def test_super_glue_mixtures():
   everything = seqio.get_mixture_or_task(super_glue.MIXTURE)
   assert {eval_protocol.template_info(t.name)[0] for t in everything.tasks} == {
-      d.name for d in super_glue.DATASETS}
+      d.name for d in super_glue.DATASETS
+  }
   for dataset in super_glue.DATASETS:
-    config = dataset.name[len('super_glue_'):]
+    config = dataset.name[len('super_glue_') :]
     mixture = seqio.get_mixture_or_task(f'{super_glue.MIXTURE}_{config}')
     assert len(mixture.tasks) == len(dataset.template_collection.names)
     assert all(t.splits == ('train', 'validation') for t in mixture.tasks)

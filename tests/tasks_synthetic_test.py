@@ -15,10 +15,15 @@ _HELDOUT = [f for f in synthetic.FAMILIES if f.heldout]
 
 # Words every instruction of a family uses, so that paraphrases pool close.
 _KEY_WORDS = {
-    'first': ('first',), 'last': ('last',), 'reverse': ('revers',),
-    'category_first': ('first',), 'count': ('word',),
-    'cipher': ('secret code',), 'has_color': ('color',),
-    'category_last': ('last',), 'cipher_first': ('secret code', 'first'),
+    'first': ('first',),
+    'last': ('last',),
+    'reverse': ('revers',),
+    'category_first': ('first',),
+    'count': ('word',),
+    'cipher': ('secret code',),
+    'has_color': ('color',),
+    'category_last': ('last',),
+    'cipher_first': ('secret code', 'first'),
 }
 
 
@@ -32,7 +37,8 @@ def test_examples_are_deterministic_and_answer_among_choices():
     for index in range(50):
       example = synthetic.make_example(family.name, 'train', index, 'salt')
       assert example == synthetic.make_example(
-          family.name, 'train', index, 'salt')
+          family.name, 'train', index, 'salt'
+      )
       words = example['words'].split()
       assert synthetic.MIN_WORDS <= len(words) <= synthetic.MAX_WORDS
       assert len(set(words)) == len(words)
@@ -40,19 +46,22 @@ def test_examples_are_deterministic_and_answer_among_choices():
       assert len(example['choices']) == family.num_choices
       assert len(set(example['choices'])) == family.num_choices
       assert example['answer'] in example['choices']
-  assert (synthetic.make_example('first', 'train', 0, 'a') !=
-          synthetic.make_example('first', 'train', 0, 'b'))
+  assert synthetic.make_example(
+      'first', 'train', 0, 'a'
+  ) != synthetic.make_example('first', 'train', 0, 'b')
 
 
 def test_answers_follow_the_task_definitions():
   words = ['cat', 'red', 'apple', 'saw']
   assert synthetic.FAMILIES_BY_NAME['reverse'].answer(words) == (
-      'saw apple red cat')
+      'saw apple red cat'
+  )
   assert synthetic.FAMILIES_BY_NAME['category_last'].answer(words) == 'tool'
   assert synthetic.FAMILIES_BY_NAME['count'].answer(words) == 'four'
   assert synthetic.FAMILIES_BY_NAME['has_color'].answer(words) == 'yes'
   assert synthetic.FAMILIES_BY_NAME['cipher_first'].answer(words) == (
-      synthetic.CIPHER['cat'])
+      synthetic.CIPHER['cat']
+  )
   assert sorted(synthetic.CIPHER.values()) == sorted(synthetic.WORDS)
   assert all(k != v for k, v in synthetic.CIPHER.items())
 
@@ -71,8 +80,10 @@ def test_heldout_split_shares_no_example_with_training():
 
 
 def test_has_color_is_balanced():
-  answers = [synthetic.make_example('has_color', 'train', i)['answer']
-             for i in range(400)]
+  answers = [
+      synthetic.make_example('has_color', 'train', i)['answer']
+      for i in range(400)
+  ]
   assert 0.4 < answers.count('yes') / len(answers) < 0.6
 
 
@@ -82,8 +93,13 @@ def test_mixtures_hold_out_templates_and_families():
 
   train = tasks_of(synthetic.TRAIN_MIXTURE)
   assert len(train) == 28
-  assert sum(seqio.get_mixture_or_task(n).num_input_examples('train')
-             for n in train) == 28 * synthetic.TRAIN_EXAMPLES_PER_TASK
+  assert (
+      sum(
+          seqio.get_mixture_or_task(n).num_input_examples('train')
+          for n in train
+      )
+      == 28 * synthetic.TRAIN_EXAMPLES_PER_TASK
+  )
   trained_families = {eval_protocol.template_info(n)[0] for n in train}
   assert trained_families == {f.name for f in _TRAINED}
   heldout_templates = tasks_of(synthetic.HELDOUT_TEMPLATES_MIXTURE)
@@ -94,11 +110,14 @@ def test_mixtures_hold_out_templates_and_families():
     assert template in synthetic.FAMILIES_BY_NAME[family].templates.heldout
     assert name.replace('__score', '') not in train
   assert {eval_protocol.template_info(n)[0] for n in heldout_tasks} == {
-      f.name for f in _HELDOUT}
+      f.name for f in _HELDOUT
+  }
   assert sorted(tasks_of(synthetic.HELDOUT_MIXTURE)) == sorted(
-      heldout_templates + heldout_tasks)
+      heldout_templates + heldout_tasks
+  )
   assert sorted(tasks_of(synthetic.HELDOUT_GEN_MIXTURE)) == sorted(
-      n.replace('__score', '') for n in heldout_templates + heldout_tasks)
+      n.replace('__score', '') for n in heldout_templates + heldout_tasks
+  )
   assert len(tasks_of(synthetic.SEEN_MIXTURE)) == 28
   for name in heldout_templates + heldout_tasks:
     assert seqio.get_mixture_or_task(name).splits == ('validation',)
@@ -109,42 +128,55 @@ def test_instructions_share_their_key_words():
     for template in family.templates.templates:
       for word in _KEY_WORDS[family.name]:
         assert word in template.instruction.lower(), (
-            family.name, template.name)
+            family.name,
+            template.name,
+        )
 
 
 def test_feature_lengths_fit_every_template(sentencepiece):
   lengths = synthetic.SYNTHETIC_FEATURE_LENGTHS
-  longest = sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS:]
+  longest = sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS :]
   for family in synthetic.FAMILIES:
     for template in family.templates.templates:
-      example = {'words': ' '.join(longest), 'answer': ' '.join(longest),
-                 'choices': [' '.join(longest)]}
+      example = {
+          'words': ' '.join(longest),
+          'answer': ' '.join(longest),
+          'choices': [' '.join(longest)],
+      }
       rendered = template.render(example)
       assert len(sentencepiece.encode(rendered.inputs)) < lengths['inputs']
       assert len(sentencepiece.encode(rendered.targets)) < lengths['targets']
-      assert (len(sentencepiece.encode(template.instruction)) <
-              lengths['prompt']), template.name
+      assert (
+          len(sentencepiece.encode(template.instruction)) < lengths['prompt']
+      ), template.name
 
 
 def test_training_task_output(sentencepiece):
   name = eval_protocol.task_name(synthetic.COLLECTION, 'reverse', 'backwards')
   task = seqio.get_mixture_or_task(name)
-  ds = task.get_dataset(synthetic.SYNTHETIC_FEATURE_LENGTHS, split='train',
-                        shuffle=False)
+  ds = task.get_dataset(
+      synthetic.SYNTHETIC_FEATURE_LENGTHS, split='train', shuffle=False
+  )
   examples = list(ds.take(8).as_numpy_iterator())
-  again = list(task.get_dataset(synthetic.SYNTHETIC_FEATURE_LENGTHS,
-                                split='train', shuffle=False)
-               .take(8).as_numpy_iterator())
+  again = list(
+      task.get_dataset(
+          synthetic.SYNTHETIC_FEATURE_LENGTHS, split='train', shuffle=False
+      )
+      .take(8)
+      .as_numpy_iterator()
+  )
 
   for example, other in zip(examples, again):
     np.testing.assert_array_equal(example['inputs'], other['inputs'])
   first = examples[0]
   raw = synthetic.make_example('reverse', 'train', 0, 'backwards')
   assert first['inputs_pretokenized'].decode() == (
-      f"Reverse this list, writing it backwards: {raw['words']}")
+      f"Reverse this list, writing it backwards: {raw['words']}"
+  )
   assert first['targets_pretokenized'].decode() == raw['answer']
   assert first['prompt_pretokenized'].decode() == (
-      'Reverse this list, writing it backwards:')
+      'Reverse this list, writing it backwards:'
+  )
   for key in ('inputs', 'targets', 'prompt'):
     assert first[key].dtype == np.int32 and first[key][-1] == 1
     text = first[key + '_pretokenized'].decode()
@@ -153,19 +185,23 @@ def test_training_task_output(sentencepiece):
 
 def test_rank_classification_task_output():
   name = eval_protocol.task_name(
-      synthetic.COLLECTION, 'category_last', 'is_last_a', score=True)
+      synthetic.COLLECTION, 'category_last', 'is_last_a', score=True
+  )
   task = seqio.get_mixture_or_task(name)
-  rows = list(task.get_dataset(synthetic.SYNTHETIC_FEATURE_LENGTHS,
-                               split='validation', shuffle=False)
-              .as_numpy_iterator())
+  rows = list(
+      task.get_dataset(
+          synthetic.SYNTHETIC_FEATURE_LENGTHS, split='validation', shuffle=False
+      ).as_numpy_iterator()
+  )
 
   assert len(rows) == 4 * synthetic.VALIDATION_EXAMPLES_PER_TASK
   for e in range(synthetic.VALIDATION_EXAMPLES_PER_TASK):
-    example_rows = rows[4 * e:4 * e + 4]
+    example_rows = rows[4 * e : 4 * e + 4]
     assert [list(r['idx']) for r in example_rows] == [[e, c] for c in range(4)]
     assert sum(r['is_correct'] for r in example_rows) == 1
     assert {r['targets_pretokenized'].decode() for r in example_rows} == set(
-        synthetic.LEXICON)
+        synthetic.LEXICON
+    )
     assert all(r['targets'].dtype == np.int32 for r in example_rows)
 
 
@@ -186,8 +222,10 @@ def test_study_splits_keep_dev_and_test_apart_from_training():
   assert not train & dev and not train & test and not dev & test
   trained_families = {f for f, _ in train}
   # Held-out families are test only; the dev family is dev only.
-  assert {f for f, _ in test} - trained_families == {'category_last',
-                                                     'cipher_first'}
+  assert {f for f, _ in test} - trained_families == {
+      'category_last',
+      'cipher_first',
+  }
   assert {f for f, _ in dev} - trained_families == {'cipher_last'}
   for mixture in ('dev', 'test'):
     for name in _tasks_of(mixtures[mixture]):
@@ -195,8 +233,10 @@ def test_study_splits_keep_dev_and_test_apart_from_training():
       task = seqio.get_mixture_or_task(name)
       assert task.splits == ('validation',)
       assert task.num_input_examples('validation') == (
-          synthetic.STUDY_TEST_EXAMPLES_PER_TASK if mixture == 'test'
-          else synthetic.STUDY_DEV_EXAMPLES_PER_TASK)
+          synthetic.STUDY_TEST_EXAMPLES_PER_TASK
+          if mixture == 'test'
+          else synthetic.STUDY_DEV_EXAMPLES_PER_TASK
+      )
 
 
 def test_study_family_split_for_the_frozen_backbone():
@@ -207,15 +247,16 @@ def test_study_family_split_for_the_frozen_backbone():
   assert b == set(synthetic.STUDY_FAMILIES_B)
   assert not a & b and a | b == {f.name for f in _TRAINED}
   assert {f for f, _ in _templates_of(mixtures['test_b'])} == b | {
-      f.name for f in _HELDOUT}
-  assert {f for f, _ in _templates_of(mixtures['dev_b'])} == b | {
-      'cipher_last'}
+      f.name for f in _HELDOUT
+  }
+  assert {f for f, _ in _templates_of(mixtures['dev_b'])} == b | {'cipher_last'}
 
 
 def test_dev_examples_are_other_lists_of_the_evaluation_pool():
   for family in ('first', 'cipher_last'):
     dev = synthetic.SyntheticSource(
-        family, 't', ('validation',), 256, synthetic.DEV_SALT)
+        family, 't', ('validation',), 256, synthetic.DEV_SALT
+    )
     test = synthetic.SyntheticSource(family, 't', ('validation',), 256)
     dev_lists = {e['words'] for e in dev.examples('validation')}
     test_lists = {e['words'] for e in test.examples('validation')}
@@ -230,17 +271,21 @@ def test_dev_examples_are_other_lists_of_the_evaluation_pool():
 def test_study_instructions_recombine_trained_key_words(sentencepiece):
   key_words = {**_KEY_WORDS, 'cipher_last': ('secret code', 'last')}
   lengths = dict(synthetic.SYNTHETIC_FEATURE_LENGTHS, inputs=24)
-  longest = ' '.join(sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS:])
+  longest = ' '.join(sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS :])
   for family in synthetic.FAMILIES + synthetic.DEV_FAMILIES:
     is_dev = family in synthetic.DEV_FAMILIES
-    study = (synthetic.study_templates(family.name).templates
-             if is_dev or not family.heldout else ())
+    study = (
+        synthetic.study_templates(family.name).templates
+        if is_dev or not family.heldout
+        else ()
+    )
     own = () if is_dev else family.templates.templates
     for template in study + own:
       for word in key_words[family.name]:
         assert word in template.instruction.lower(), template.name
       rendered = template.render(
-          {'words': longest, 'answer': longest, 'choices': [longest]})
+          {'words': longest, 'answer': longest, 'choices': [longest]}
+      )
       # gin_configs/local/study/base.gin's feature lengths, with EOS.
       assert len(sentencepiece.encode(rendered.inputs)) < lengths['inputs']
       assert len(sentencepiece.encode(template.instruction)) < lengths['prompt']

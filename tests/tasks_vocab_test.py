@@ -17,8 +17,9 @@ def test_t5_vocab_path_follows_the_environment(monkeypatch):
 
 def test_a_missing_vocabulary_is_named(tmp_path):
   missing = seqio.SentencePieceVocabulary(str(tmp_path / 'none.model'))
-  with pytest.raises(vocabularies.VocabularyNotFoundError,
-                     match=r'none\.model.*SPT_VOCAB_PATH'):
+  with pytest.raises(
+      vocabularies.VocabularyNotFoundError, match=r'none\.model.*SPT_VOCAB_PATH'
+  ):
     vocabularies.vocabulary_size(missing)
 
 
@@ -30,5 +31,6 @@ def test_synthetic_vocabulary_and_output_features():
   assert vocabulary.decode(ids) == 'the cat'
   features = vocab.output_features(vocabulary)
   assert set(features) == {vocab.INPUTS, vocab.TARGETS, vocab.PROMPT}
-  assert all(f.add_eos and f.vocabulary is vocabulary
-             for f in features.values())
+  assert all(
+      f.add_eos and f.vocabulary is vocabulary for f in features.values()
+  )

@@ -8,6 +8,7 @@ tests/pod_sim/runtime) that writes its checkpoints, `logs`, `stop`, and the
 same launch again, which resumes. What this cannot check: libtpu and the TPU
 runtime themselves, and the real downloads of `setup`.
 """
+
 import json
 import os
 import shlex
@@ -32,11 +33,20 @@ def _run(args, root=None, env=None, timeout=300):
   full_env = {**os.environ, **(env or {})}
   full_env.update(
       PATH=SIM + os.pathsep + os.environ['PATH'],
-      SPT_SIM_ROOT=str(root or '/nonexistent'), SPT_SIM_PYTHON=sys.executable,
-      XLA_FLAGS=xla_flags.xla_flags(4), JAX_PLATFORMS='cpu',
-      TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([SCRIPT, 'tpu', *args], capture_output=True, text=True,
-                        env=full_env, timeout=timeout, cwd=REPO)
+      SPT_SIM_ROOT=str(root or '/nonexistent'),
+      SPT_SIM_PYTHON=sys.executable,
+      XLA_FLAGS=xla_flags.xla_flags(4),
+      JAX_PLATFORMS='cpu',
+      TF_CPP_MIN_LOG_LEVEL='3',
+  )
+  return subprocess.run(
+      [SCRIPT, 'tpu', *args],
+      capture_output=True,
+      text=True,
+      env=full_env,
+      timeout=timeout,
+      cwd=REPO,
+  )
 
 
 def _dry_run(*args, env=None):
@@ -49,19 +59,30 @@ def _remote(command):
   assert command[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
   assert command[5:8] == ['my-tpu', '--zone=us-central2-b', '--worker=all']
   assert command[-1].startswith('--command=')
-  return command[-1][len('--command='):]
+  return command[-1][len('--command=') :]
 
 
 def test_train_copies_the_project_and_starts_a_detached_job_per_worker():
-  args = ['--gin_file=gin_configs/runs/spt_finetune.gin',
-          '--gin.MODEL_DIR="gs://bucket/spt base"']
+  args = [
+      '--gin_file=gin_configs/runs/spt_finetune.gin',
+      '--gin.MODEL_DIR="gs://bucket/spt base"',
+  ]
   mkdir, copy, launch = _dry_run(
-      'train', *WHERE, '--env', 'EXTRA=a b', '--', *args,
-      env={'SPT_VOCAB_PATH': '/data/spiece.model'})
+      'train',
+      *WHERE,
+      '--env',
+      'EXTRA=a b',
+      '--',
+      *args,
+      env={'SPT_VOCAB_PATH': '/data/spiece.model'},
+  )
   assert _remote(mkdir) == 'mkdir -p "$HOME/spt"'
   assert copy[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp']
-  assert copy[6:] == ['my-tpu:spt/code.tar.gz', '--zone=us-central2-b',
-                      '--worker=all']
+  assert copy[6:] == [
+      'my-tpu:spt/code.tar.gz',
+      '--zone=us-central2-b',
+      '--worker=all',
+  ]
   steps = _remote(launch).split('; ')
   assert steps[0] == 'set -euo pipefail'
   assert 'is still running on $(hostname): stop it first' in _remote(launch)
@@ -72,9 +93,10 @@ def test_train_copies_the_project_and_starts_a_detached_job_per_worker():
       '"$HOME/spt/venv/bin/python" -m t5x.train '
       '"--gin_search_paths=$HOME/spt/code" '
       '--gin_file=gin_configs/runs/spt_finetune.gin '
-      + shlex.quote('--gin.MODEL_DIR="gs://bucket/spt base"') +
-      ' >> "$HOME/spt/logs/train.log" 2>&1 < /dev/null & '
-      'echo $! > "$HOME/spt/logs/train.pid"')
+      + shlex.quote('--gin.MODEL_DIR="gs://bucket/spt base"')
+      + ' >> "$HOME/spt/logs/train.log" 2>&1 < /dev/null & '
+      'echo $! > "$HOME/spt/logs/train.pid"'
+  )
 
 
 def test_setup_installs_the_pinned_jax_tpu_and_the_tested_t5x():
@@ -88,7 +110,10 @@ def test_setup_installs_the_pinned_jax_tpu_and_the_tested_t5x():
 
 def test_bad_launches_are_one_line_errors():
   out = _run(['train', *WHERE])
-  assert out.returncode == 2 and 'give the flags of t5x.train after --' in out.stderr
+  assert (
+      out.returncode == 2
+      and 'give the flags of t5x.train after --' in out.stderr
+  )
   out = _run(['infer', *WHERE, '--runner=local', '--', 'x'])
   assert out.returncode == 2 and '--runner=local has no infer' in out.stderr
   out = _run(['train', *WHERE, '--remote_dir', '~/spt', '--', 'x'])
@@ -125,17 +150,26 @@ def test_simulated_pod_setup_train_logs_stop_and_resume(tmp_path):
     calls = (root / f'worker_{i}' / 'uv_calls.txt').read_text().splitlines()
     home = root / f'worker_{i}'
     assert calls[0] == f'venv --python 3.11 {home}/spt/venv'
-    assert calls[1].startswith(f'pip install --python {home}/spt/venv/bin/python '
-                               f'jax[tpu]=={tpu_pod.jax_version()} -r ')
+    assert calls[1].startswith(
+        f'pip install --python {home}/spt/venv/bin/python '
+        f'jax[tpu]=={tpu_pod.jax_version()} -r '
+    )
     assert (home / 'spt' / 'code' / 'spt_jax' / 'local' / 'train.py').exists()
 
   model_dir = tmp_path / 'model'
-  launch = ['train', *WHERE, '--runner=local', '--',
-            '--gin_file=gin_configs/local/synthetic.gin',
-            f'--gin.MODEL_DIR="{model_dir}"', '--gin.TRAIN_STEPS=2000',
-            '--gin.CHECKPOINT_PERIOD=10', '--gin.BATCH_SIZE=8',
-            f'--gin.MIXTURE_OR_TASK_NAME="{tasks_test_utils.SHORT_RUN_TASK}"',
-            '--gin.EVAL_MIXTURE_OR_TASK_NAME=None']
+  launch = [
+      'train',
+      *WHERE,
+      '--runner=local',
+      '--',
+      '--gin_file=gin_configs/local/synthetic.gin',
+      f'--gin.MODEL_DIR="{model_dir}"',
+      '--gin.TRAIN_STEPS=2000',
+      '--gin.CHECKPOINT_PERIOD=10',
+      '--gin.BATCH_SIZE=8',
+      f'--gin.MIXTURE_OR_TASK_NAME="{tasks_test_utils.SHORT_RUN_TASK}"',
+      '--gin.EVAL_MIXTURE_OR_TASK_NAME=None',
+  ]
   out = _run(launch, root)
   assert out.returncode == 0, out.stdout + out.stderr
   assert out.stdout.count('train started on') == 2
@@ -155,7 +189,8 @@ def test_simulated_pod_setup_train_logs_stop_and_resume(tmp_path):
   assert stopped_at >= 10
 
   launch[launch.index('--gin.TRAIN_STEPS=2000')] = (
-      f'--gin.TRAIN_STEPS={stopped_at + 10}')
+      f'--gin.TRAIN_STEPS={stopped_at + 10}'
+  )
   out = _run(launch, root)
   assert out.returncode == 0, out.stdout + out.stderr
   _wait(lambda: not _jobs_running(root))
@@ -165,4 +200,6 @@ def test_simulated_pod_setup_train_logs_stop_and_resume(tmp_path):
     assert f'Resumed from step {stopped_at}' in log
   assert (checkpoints / str(stopped_at + 10)).is_dir()
   summary = (root / 'worker_0' / 'spt' / 'logs' / 'train.log').read_text()
-  assert json.loads(summary[summary.rindex('\n{\n'):])['step'] == stopped_at + 10
+  assert (
+      json.loads(summary[summary.rindex('\n{\n') :])['step'] == stopped_at + 10
+  )

@@ -48,9 +48,7 @@ def test_merge_params_keeps_new_spt_leaves_and_refuses_misfits(backbone):
       jax.tree.map(np.zeros_like, backbone), jax.random.PRNGKey(1), utils.SPT
   )
   merged = train_checkpoints.merge_params(initial, backbone)
-  utils.assert_trees_equal(
-      {k: merged[k] for k in backbone}, backbone
-  )
+  utils.assert_trees_equal({k: merged[k] for k in backbone}, backbone)
   for group in spt_params.SPT_PARAM_GROUPS:
     assert merged[group] is initial[group]
   with pytest.raises(ValueError, match='no place'):
@@ -62,19 +60,28 @@ def test_merge_params_keeps_new_spt_leaves_and_refuses_misfits(backbone):
 
 def _store_with_steps(tmp_path, steps=(0, 1, 2)):
   store = train_checkpoints.TrainCheckpoints(str(tmp_path / 'run'))
-  state = {'params': {'w': jnp.arange(4096, dtype=jnp.float32)},
-           'opt_state': {'v': jnp.ones(64)}, 'step': jnp.zeros((), jnp.int32)}
+  state = {
+      'params': {'w': jnp.arange(4096, dtype=jnp.float32)},
+      'opt_state': {'v': jnp.ones(64)},
+      'step': jnp.zeros((), jnp.int32),
+  }
   for step in steps:
-    store.save(step, {**state, 'step': jnp.int32(step)},
-               metadata={'metrics': {'loss': float(step)}})
+    store.save(
+        step,
+        {**state, 'step': jnp.int32(step)},
+        metadata={'metrics': {'loss': float(step)}},
+    )
   return store, state
 
 
 def _overwrite_inside_largest_file(step_dir):
   """8 bytes overwritten mid-file: the same size, other contents."""
-  files = [os.path.join(folder, name)
-           for folder, _, names in os.walk(step_dir) for name in names
-           if name != train_checkpoints.MANIFEST]
+  files = [
+      os.path.join(folder, name)
+      for folder, _, names in os.walk(step_dir)
+      for name in names
+      if name != train_checkpoints.MANIFEST
+  ]
   path = max(files, key=os.path.getsize)
   with open(path, 'r+b') as f:
     f.seek(os.path.getsize(path) // 2)
@@ -83,13 +90,16 @@ def _overwrite_inside_largest_file(step_dir):
 
 
 def test_a_corrupt_step_is_named_set_aside_and_the_step_before_restored(
-    tmp_path, caplog):
+    tmp_path, caplog
+):
   store, state = _store_with_steps(tmp_path)
   assert store.verify(2) and store.metadata(2) == {'metrics': {'loss': 2.0}}
   name = _overwrite_inside_largest_file(store.step_dir(2))
-  with pytest.raises(train_checkpoints.CorruptCheckpoint,
-                     match=f'step 2 in {store.step_dir(2)} is corrupt: its '
-                     f'file {name} does not match'):
+  with pytest.raises(
+      train_checkpoints.CorruptCheckpoint,
+      match=f'step 2 in {store.step_dir(2)} is corrupt: its '
+      f'file {name} does not match',
+  ):
     store.restore_params(2)
   step, restored = store.restore_latest(state)
   assert step == 1 and int(restored['step']) == 1
@@ -97,12 +107,12 @@ def test_a_corrupt_step_is_named_set_aside_and_the_step_before_restored(
   assert store.all_steps() == [0, 1]
   assert os.listdir(tmp_path / 'run' / 'damaged_checkpoints') == ['2']
   assert f'step 2 in {store.step_dir(2)} is corrupt: its file {name}' in (
-      caplog.text)
+      caplog.text
+  )
   store.close()
 
 
-def test_unverifiable_and_misfitting_steps_are_left_in_place(tmp_path,
-                                                            caplog):
+def test_unverifiable_and_misfitting_steps_are_left_in_place(tmp_path, caplog):
   store, state = _store_with_steps(tmp_path, steps=(0, 1))
   # A step saved before checksums were recorded is restored, with a warning.
   os.remove(os.path.join(store.step_dir(1), train_checkpoints.MANIFEST))
@@ -110,8 +120,10 @@ def test_unverifiable_and_misfitting_steps_are_left_in_place(tmp_path,
   assert 'step 1' in caplog.text and 'no checksums' in caplog.text
   # A sound step that does not fit the state is not damage: nothing moves.
   other = {**state, 'params': {'w': jnp.zeros(8)}}
-  with pytest.raises(train_checkpoints.CheckpointError,
-                     match='step 1 .* cannot be read.*nothing was moved'):
+  with pytest.raises(
+      train_checkpoints.CheckpointError,
+      match='step 1 .* cannot be read.*nothing was moved',
+  ):
     store.restore_latest(other)
   assert store.all_steps() == [0, 1]
   assert not os.path.exists(tmp_path / 'run' / 'damaged_checkpoints')
@@ -121,23 +133,38 @@ def test_unverifiable_and_misfitting_steps_are_left_in_place(tmp_path,
 def test_check_resumable_names_model_changes_and_allows_the_rest(tmp_path):
   model_dir = str(tmp_path)
   state = {'params': {'w': np.zeros((8, 4), np.float32)}}
-  settings = {'SptConfig.num_memories': 8, 'T5Config.dropout_rate': 0.0,
-              'T5Config.mlp_activations': ('gelu', 'linear'),
-              'TRAINABLE': 'all'}
+  settings = {
+      'SptConfig.num_memories': 8,
+      'T5Config.dropout_rate': 0.0,
+      'T5Config.mlp_activations': ('gelu', 'linear'),
+      'TRAINABLE': 'all',
+  }
   check = run_settings.check_resumable
   check(model_dir, settings, state)  # No record: an earlier run, not checked.
   run_settings.write_run_settings(model_dir, settings, state)
   check(model_dir, settings, state)
-  check(model_dir, {**settings, 'T5Config.dropout_rate': 0.1,
-                    'SptConfig.added_by_an_update': 1}, state)
+  check(
+      model_dir,
+      {
+          **settings,
+          'T5Config.dropout_rate': 0.1,
+          'SptConfig.added_by_an_update': 1,
+      },
+      state,
+  )
   with pytest.raises(
       gin_utils.ConfigError,
       match=r"SptConfig.num_memories: 8 -> 16; TRAINABLE: 'all' -> "
-      r"'spt_only'\. Train into a new MODEL_DIR") as e:
-    check(model_dir, {**settings, 'SptConfig.num_memories': 16,
-                      'TRAINABLE': 'spt_only'}, state)
+      r"'spt_only'\. Train into a new MODEL_DIR",
+  ) as e:
+    check(
+        model_dir,
+        {**settings, 'SptConfig.num_memories': 16, 'TRAINABLE': 'spt_only'},
+        state,
+    )
   assert '\n' not in str(e.value)
-  with pytest.raises(gin_utils.ConfigError,
-                     match=r"\['params'\]\['w'\]: float32\[8, 4\] -> "
-                     r"float32\[16, 4\]"):
+  with pytest.raises(
+      gin_utils.ConfigError,
+      match=r"\['params'\]\['w'\]: float32\[8, 4\] -> " r'float32\[16, 4\]',
+  ):
     check(model_dir, settings, {'params': {'w': np.zeros((16, 4), np.float32)}})

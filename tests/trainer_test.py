@@ -22,7 +22,9 @@ SHAPES = {
 
 def _model_and_params():
   t5 = config.t5_1_1_config('tiny', vocab_size=64, dropout_rate=0.0)
-  spt = config.SptConfig(num_memories=8, memory_length=2, top_k=2, soft_prompt_length=2)
+  spt = config.SptConfig(
+      num_memories=8, memory_length=2, top_k=2, soft_prompt_length=2
+  )
   model = models.SptModel(network.SptTransformer(t5, spt))
   params = params_test_utils.initial_params(model, SHAPES)
   return model, params
@@ -33,7 +35,9 @@ def _batch():
   targets = rng.integers(2, 64, size=(2, 4))
   return {
       'encoder_input_tokens': jnp.asarray(rng.integers(2, 64, size=(2, 8))),
-      'decoder_input_tokens': jnp.asarray(np.concatenate([np.zeros((2, 1), int), targets[:, :-1]], 1)),
+      'decoder_input_tokens': jnp.asarray(
+          np.concatenate([np.zeros((2, 1), int), targets[:, :-1]], 1)
+      ),
       'decoder_target_tokens': jnp.asarray(targets),
   }
 
@@ -53,8 +57,9 @@ def sgd_steps(model_and_params):
   for trainable in ('spt_only', 'all'):
     state = trainer.TrainState.create(params, optimizer, trainable)
     step = trainer.make_train_step(model, optimizer, trainable)
-    compiled = jax.jit(step).lower(
-        state, _batch(), jax.random.PRNGKey(1)).compile()
+    compiled = (
+        jax.jit(step).lower(state, _batch(), jax.random.PRNGKey(1)).compile()
+    )
     steps[trainable] = state, compiled
   return steps
 
@@ -71,7 +76,7 @@ def test_frozen_state_has_optimizer_slots_for_spt_parameters_only(
 
 
 def test_frozen_step_is_sgd_on_spt_parameters_and_keeps_the_backbone(
-    model_and_params, sgd_steps,
+    model_and_params, sgd_steps
 ):
   model, params = model_and_params
   state, frozen_step = sgd_steps['spt_only']
@@ -80,12 +85,15 @@ def test_frozen_step_is_sgd_on_spt_parameters_and_keeps_the_backbone(
   # Oracle: the full gradient, and SGD applied to the SPT groups alone.
   rng = jax.random.fold_in(jax.random.PRNGKey(1), 0)
   grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, _batch(), rng)[0]))(
-      params)
+      params
+  )
   spt_grads, _ = spt_params.split_spt_params(grads)
   for group in params:
-    for got, old, grad in zip(jax.tree.leaves(new_state.params[group]),
-                              jax.tree.leaves(params[group]),
-                              jax.tree.leaves(grads[group])):
+    for got, old, grad in zip(
+        jax.tree.leaves(new_state.params[group]),
+        jax.tree.leaves(params[group]),
+        jax.tree.leaves(grads[group]),
+    ):
       if group in spt_params.SPT_PARAM_GROUPS:
         np.testing.assert_allclose(got, old - 0.1 * grad, rtol=1e-5, atol=1e-6)
       else:

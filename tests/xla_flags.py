@@ -6,9 +6,7 @@ compiles in about half the CPU time (network_test: 136 -> 78 CPU seconds).
 The semantics are XLA's either way; only code generation differs.
 """
 
-FAST_COMPILE = (
-    '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-)
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
 def xla_flags(devices: int) -> str:

@@ -63,8 +63,12 @@ def spt_shapes_config(
 
 # The SptConfig fields that shape or initialise parameters (recorded).
 SHAPE_FIELDS = (
-    'num_memories', 'memory_length', 'soft_prompt_length', 'key_dim',
-    'memory_init', 'memory_init_scale',
+    'num_memories',
+    'memory_length',
+    'soft_prompt_length',
+    'key_dim',
+    'memory_init',
+    'memory_init_scale',
 )
 
 
@@ -113,8 +117,9 @@ def convert(
     )
   info = {
       'source': {
-          'hf_path' if hf_path else 't5x_path':
-              os.path.abspath(hf_path or t5x_path)
+          'hf_path'
+          if hf_path
+          else 't5x_path': os.path.abspath(hf_path or t5x_path)
       },
       't5_config': _t5_config_json(cfg),
       'spt_config': {f: getattr(spt, f) for f in SHAPE_FIELDS},
@@ -133,7 +138,9 @@ def _define_flags() -> None:
       't5x_path', None, 'T5X checkpoint folder (legacy or orbax).'
   )
   flags.DEFINE_string(
-      'output_dir', None, 'New folder for the converted checkpoint.',
+      'output_dir',
+      None,
+      'New folder for the converted checkpoint.',
       required=True,
   )
   flags.DEFINE_integer(
@@ -149,12 +156,15 @@ def _define_flags() -> None:
       'soft_prompt_length', 0, 'Positions of the parametric soft prompt.'
   )
   flags.DEFINE_enum(
-      'memory_init', SptConfig.memory_init, ['uniform', 'vocab_sample'],
+      'memory_init',
+      SptConfig.memory_init,
+      ['uniform', 'vocab_sample'],
       'Initialise memories and soft prompt uniformly or from sampled '
       'vocabulary embeddings.',
   )
   flags.DEFINE_float(
-      'memory_init_scale', SptConfig.memory_init_scale,
+      'memory_init_scale',
+      SptConfig.memory_init_scale,
       'Half-width of the uniform initialisation.',
   )
   flags.DEFINE_integer('seed', 0, 'Seed of the SPT initialisation.')
@@ -179,7 +189,9 @@ def main(argv: Sequence[str]) -> None:
       spt=spt,
       seed=FLAGS.seed,
   )
-  with open(os.path.join(FLAGS.output_dir, t5x_checkpoints.CONVERSION_INFO)) as f:
+  with open(
+      os.path.join(FLAGS.output_dir, t5x_checkpoints.CONVERSION_INFO)
+  ) as f:
     info = json.load(f)
   t5 = info['t5_config']
   print(
@@ -195,4 +207,6 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   _define_flags()
   # Bad paths, a non-T5 or mismatched config: their messages say it all.
-  gin_utils.run(main, short_errors=(ValueError, FileNotFoundError, FileExistsError))
+  gin_utils.run(
+      main, short_errors=(ValueError, FileNotFoundError, FileExistsError)
+  )

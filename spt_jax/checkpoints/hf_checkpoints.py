@@ -25,8 +25,12 @@ _HF_ENCODER_SUBLAYERS = (
 )
 _HF_DECODER_SUBLAYERS = (
     (0, 'SelfAttention', 'self_attention', 'pre_self_attention_layer_norm'),
-    (1, 'EncDecAttention', 'encoder_decoder_attention',
-     'pre_cross_attention_layer_norm'),
+    (
+        1,
+        'EncDecAttention',
+        'encoder_decoder_attention',
+        'pre_cross_attention_layer_norm',
+    ),
     (2, 'DenseReluDense', 'mlp', 'pre_mlp_layer_norm'),
 )
 
@@ -43,8 +47,14 @@ def _scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
 
 
 # config.json fields every Hugging Face T5 has.
-_HF_T5_FIELDS = ('vocab_size', 'd_model', 'num_heads', 'num_layers', 'd_kv',
-                 'd_ff')
+_HF_T5_FIELDS = (
+    'vocab_size',
+    'd_model',
+    'num_heads',
+    'num_layers',
+    'd_kv',
+    'd_ff',
+)
 
 
 def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides) -> T5Config:
@@ -110,8 +120,11 @@ def _hf_stack(state: Mapping[str, np.ndarray], stack: str, cfg: T5Config):
       prefix = f'{stack}.block.{i}.layer.{index}'
       layer[norm] = {'scale': state[f'{prefix}.layer_norm.weight']}
       if hf_module == 'DenseReluDense':
-        names = [n for n in ('wi', 'wi_0', 'wi_1', 'wo')
-                 if f'{prefix}.{hf_module}.{n}.weight' in state]
+        names = [
+            n
+            for n in ('wi', 'wi_0', 'wi_1', 'wo')
+            if f'{prefix}.{hf_module}.{n}.weight' in state
+        ]
         layer[module] = {
             n: {'kernel': state[f'{prefix}.{hf_module}.{n}.weight'].T}
             for n in names
@@ -171,8 +184,10 @@ def load_hf_state_dict(path: str) -> Dict[str, np.ndarray]:
     raise FileNotFoundError(f'No Hugging Face checkpoint at {path!r}.')
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
     return load_file(path)
   import torch  # pylint: disable=g-import-not-at-top
+
   state = torch.load(path, map_location='cpu', weights_only=True)
   return {k: v.float().numpy() for k, v in state.items()}
 
@@ -189,11 +204,14 @@ def load_hf_config(path: str) -> Dict[str, Any]:
 def check_backbone_shapes(params: Params, cfg: T5Config) -> None:
   """Raises unless every backbone weight has the shape `cfg` gives it."""
   from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+
   module = network.SptTransformer(cfg)
   tokens = jnp.ones((1, 2), jnp.int32)
   expected = jax.eval_shape(
-      lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
-                          enable_dropout=False))['params']
+      lambda: module.init(
+          jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False
+      )
+  )['params']
   expected = traverse_util.flatten_dict(dict(expected), sep='/')
   wrong = [
       f'{name} {tuple(np.shape(value))} (expected {expected[name].shape})'
@@ -219,7 +237,8 @@ def load_hf_t5(path: str) -> Tuple[T5Config, Params]:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'No Hugging Face checkpoint at {path!r}: no such file or folder.')
+        f'No Hugging Face checkpoint at {path!r}: no such file or folder.'
+    )
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   cfg = t5_config_from_hf(load_hf_config(folder))
   params = params_from_hf_state_dict(load_hf_state_dict(path), cfg)

@@ -139,7 +139,7 @@ def _check_spt_shapes(leaves: Mapping[str, np.ndarray], spt: SptConfig) -> None:
   for name, leading in expected.items():
     if name not in leaves:
       raise ValueError(f'The parameters lack {name!r}, which {spt} has.')
-    if leaves[name].shape[:len(leading)] != leading:
+    if leaves[name].shape[: len(leading)] != leading:
       raise ValueError(
           f'{name!r} has shape {leaves[name].shape}; the SptConfig expects it '
           f'to start with {leading}.'
@@ -177,6 +177,7 @@ def export_spt_params(params: Params, path: str, spt: SptConfig) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.endswith('.safetensors'):
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
     contiguous = {k: np.ascontiguousarray(v) for k, v in leaves.items()}
     save_file(contiguous, path, metadata)
   elif path.endswith('.npz'):
@@ -195,6 +196,7 @@ def read_spt_params(path: str) -> Tuple[Params, SptConfig]:
     raise FileNotFoundError(f'No exported SPT parameters at {path!r}.')
   if path.endswith('.safetensors'):
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
     with safe_open(path, framework='numpy') as f:
       metadata = f.metadata() or {}
       leaves = {name: f.get_tensor(name) for name in f.keys()}

@@ -32,8 +32,10 @@ _T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)$')
 
 
 def _is_tensorstore_spec(value: Any) -> bool:
-  return isinstance(value, Mapping) and 'driver' in value and (
-      'kvstore' in value or 'path' in value
+  return (
+      isinstance(value, Mapping)
+      and 'driver' in value
+      and ('kvstore' in value or 'path' in value)
   )
 
 

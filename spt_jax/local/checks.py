@@ -4,6 +4,7 @@ The task module and mixture, feature lengths, the data's first example, an
 output folder, a checkpoint against the model, the metrics of the evaluated
 tasks and a vocabulary's size: what train and eval check first.
 """
+
 import importlib
 import os
 from typing import Any, Dict, Mapping, Optional
@@ -32,7 +33,9 @@ def import_task_module(module: Optional[str]) -> None:
   try:
     importlib.import_module(module)
   except ModuleNotFoundError as e:
-    if e.name is None or not (module == e.name or module.startswith(e.name + '.')):
+    if e.name is None or not (
+        module == e.name or module.startswith(e.name + '.')
+    ):
       raise
     raise gin_utils.ConfigError(
         f'MIXTURE_OR_TASK_MODULE {module!r} cannot be imported ({e}). Put the '
@@ -104,7 +107,8 @@ def _check_first_example(task: seqio.Task, split: str) -> None:
   if not getattr(task.source, 'IS_LOCAL_EXPORT', False):
     return
   dataset = task.get_dataset(
-      sequence_length=None, split=split, shuffle=False, num_epochs=1)
+      sequence_length=None, split=split, shuffle=False, num_epochs=1
+  )
   for _ in dataset.take(1):
     return
   files = ', '.join(task.source.list_shards(split))
@@ -173,12 +177,15 @@ def _checkpoint_param_shapes(step_dir: str) -> Optional[Dict[str, tuple]]:
   """
   try:
     metadata = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(step_dir) / 'default')
+        epath.Path(step_dir) / 'default'
+    )
     params = dict(getattr(metadata, 'tree', metadata))['params']
   except Exception:  # pylint: disable=broad-except
     return None
-  return {k: tuple(v.shape) for k, v in
-          traverse_util.flatten_dict(params, sep='/').items()}
+  return {
+      k: tuple(v.shape)
+      for k, v in traverse_util.flatten_dict(params, sep='/').items()
+  }
 
 
 def check_checkpoint_fits(
@@ -209,9 +216,12 @@ def check_checkpoint_fits(
   }
   abstract = jax.eval_shape(
       lambda rng: model.get_initial_variables(rng, shapes)['params'],
-      jax.random.PRNGKey(0))
-  expected = {k: tuple(v.shape) for k, v in
-              traverse_util.flatten_dict(abstract, sep='/').items()}
+      jax.random.PRNGKey(0),
+  )
+  expected = {
+      k: tuple(v.shape)
+      for k, v in traverse_util.flatten_dict(abstract, sep='/').items()
+  }
   problems = [
       f'{name} has shape {saved.get(name, "(absent)")} there, the model '
       f'expects {expected.get(name, "(absent)")}'
@@ -223,7 +233,7 @@ def check_checkpoint_fits(
     config = f' ({config_file})' if config_file else ''
     raise gin_utils.ConfigError(
         f'Checkpoint {step_dir} does not fit the model: parameter '
-        f'{problems[0]}{more}. Evaluate with the run\'s own configuration'
+        f"{problems[0]}{more}. Evaluate with the run's own configuration"
         f'{config} and change only evaluation settings.'
     )
 
@@ -231,7 +241,8 @@ def check_checkpoint_fits(
 def check_metrics(name: str) -> None:
   """Fails when a task of `name` has no metric (it would report nothing)."""
   missing = [
-      task.name for task in seqio.get_subtasks(seqio.get_mixture_or_task(name))
+      task.name
+      for task in seqio.get_subtasks(seqio.get_mixture_or_task(name))
       if not task.metric_fns
   ]
   if missing:
@@ -270,9 +281,13 @@ def check_settings(
       ('EVAL_BATCH_SIZE', eval_batch_size),
   ):
     if not isinstance(value, int) or value <= 0:
-      raise gin_utils.ConfigError(f'{name}={value!r} must be a positive integer.')
-  for name, value in (('BATCH_SIZE', batch_size),
-                      ('EVAL_BATCH_SIZE', eval_batch_size)):
+      raise gin_utils.ConfigError(
+          f'{name}={value!r} must be a positive integer.'
+      )
+  for name, value in (
+      ('BATCH_SIZE', batch_size),
+      ('EVAL_BATCH_SIZE', eval_batch_size),
+  ):
     if value % data_parallelism:
       raise gin_utils.ConfigError(
           f'{name}={value} must be a multiple of the {data_parallelism} '
@@ -280,13 +295,17 @@ def check_settings(
       )
 
 
-def check_vocabulary_size(model: models.SptModel, mixture_or_task_name: str) -> None:
+def check_vocabulary_size(
+    model: models.SptModel, mixture_or_task_name: str
+) -> None:
   """Fails when the model's embedding is smaller than the task vocabulary.
 
   Token ids past the embedding table would be looked up out of range and
   train to a NaN loss.
   """
-  vocab_size = getattr(getattr(model.module, 'config', None), 'vocab_size', None)
+  vocab_size = getattr(
+      getattr(model.module, 'config', None), 'vocab_size', None
+  )
   if vocab_size is None:
     return
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
@@ -310,7 +329,7 @@ def check_initial_checkpoint(path: Optional[str]) -> None:
   if path and not tf.io.gfile.exists(path):
     raise gin_utils.ConfigError(
         f'INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a '
-        '`spt_jax.checkpoints.convert_checkpoint` output, a run\'s MODEL_DIR, a T5X '
+        "`spt_jax.checkpoints.convert_checkpoint` output, a run's MODEL_DIR, a T5X "
         'checkpoint or a Hugging Face T5 folder, or None to start from '
         'scratch.'
     )

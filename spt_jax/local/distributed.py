@@ -19,11 +19,13 @@ import jax
 def define_flags() -> None:
   """Defines the flags; called by a binary's `__main__` block, as in T5X."""
   flags.DEFINE_bool(
-      'multiprocess', False,
+      'multiprocess',
+      False,
       'Call jax.distributed.initialize() first (one process per host).',
   )
   flags.DEFINE_string(
-      'coordinator_address', None,
+      'coordinator_address',
+      None,
       'host:port of process 0 (--multiprocess; found automatically on TPU).',
   )
   flags.DEFINE_integer('process_count', None, 'Processes (--multiprocess).')

@@ -106,18 +106,27 @@ class ModelFns:
     self.model = model
     self.batch_size = batch_size
     self.rules = rules
-    self.params = jax.device_put(params, partitioning.params_shardings(
-        trainer.params_axes(model), self.mesh, rules))
+    self.params = jax.device_put(
+        params,
+        partitioning.params_shardings(
+            trainer.params_axes(model), self.mesh, rules
+        ),
+    )
     self._batch_sharding = partitioning.data_sharding(self.mesh)
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    replicated = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec()
+    )
     self._score = jax.jit(model.score_batch, out_shardings=replicated)
     self._predict = jax.jit(model.predict_batch, out_shardings=replicated)
 
-  def _global_batch(self, batch: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
+  def _global_batch(
+      self, batch: Mapping[str, np.ndarray]
+  ) -> Dict[str, jax.Array]:
     """The same host batch on every host, as arrays split over `data`."""
     return {
         k: jax.make_array_from_callback(
-            v.shape, self._batch_sharding, lambda index, v=v: v[index])
+            v.shape, self._batch_sharding, lambda index, v=v: v[index]
+        )
         for k, v in batch.items()
     }
 
@@ -190,7 +199,10 @@ def evaluate(
       score_fn=model_fns.score_fn,
   )
   task_metrics = {
-      task: {name: float(np.asarray(getattr(v, 'value', v))) for name, v in metrics.items()}
+      task: {
+          name: float(np.asarray(getattr(v, 'value', v)))
+          for name, v in metrics.items()
+      }
       for task, metrics in all_metrics.result().items()
   }
   if not task_metrics:
@@ -241,18 +253,24 @@ def run_eval(
   checks.check_metrics(mixture_or_task_name)
   if jax.process_index() == 0:
     # Found now rather than when the results are written, after scoring.
-    checks.check_output_dir(output_dir or os.path.join(checkpoint_dir, 'eval'),
-                     'EVAL_OUTPUT_DIR')
+    checks.check_output_dir(
+        output_dir or os.path.join(checkpoint_dir, 'eval'), 'EVAL_OUTPUT_DIR'
+    )
   store = train_checkpoints.TrainCheckpoints(checkpoint_dir)
   step = store.latest_step() if step is None else step
   mesh = partitioning.create_mesh(num_partitions)
   if step is not None:
     checks.check_checkpoint_fits(
-        model, store.step_dir(step),
-        os.path.join(checkpoint_dir, gin_utils.CONFIG_FILE))
+        model,
+        store.step_dir(step),
+        os.path.join(checkpoint_dir, gin_utils.CONFIG_FILE),
+    )
   params = store.restore_params(
-      step, partitioning.params_shardings(
-          trainer.params_axes(model), mesh, logical_axis_rules))
+      step,
+      partitioning.params_shardings(
+          trainer.params_axes(model), mesh, logical_axis_rules
+      ),
+  )
   # Every host computes the same metrics; one writes them.
   if jax.process_index() == 0:
     output_dir = output_dir or os.path.join(checkpoint_dir, 'eval')
@@ -275,6 +293,7 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize_from_flags()
   # Gin binds the importable module's function, not this `__main__` copy.
   from spt_jax.local import eval as eval_lib  # pylint: disable=g-import-not-at-top
+
   gin_utils.parse_gin_flags(entry=eval_lib.run_eval)
   results = gin.get_configurable(eval_lib.run_eval)()
   if jax.process_index() == 0:
@@ -283,5 +302,8 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   distributed.define_flags()
-  gin_utils.run(main, short_errors=(train_checkpoints.CheckpointError,),
-                usage_errors=checks.input_errors())
+  gin_utils.run(
+      main,
+      short_errors=(train_checkpoints.CheckpointError,),
+      usage_errors=checks.input_errors(),
+  )

@@ -93,7 +93,10 @@ class RunLock:
           logging.warning(
               'Cannot lock %s (%s): this file system has no locks, so nothing '
               'stops a second run from training into %s at the same time.',
-              self.path, e.strerror or e, self.model_dir)
+              self.path,
+              e.strerror or e,
+              self.model_dir,
+          )
           _HELD[self.path] = [None, 1]
           return
         f.seek(0)
@@ -106,13 +109,18 @@ class RunLock:
         ) from None
       f.seek(0)
       f.truncate()
-      f.write(json.dumps({
-          'pid': os.getpid(),
-          'host': socket.gethostname(),
-          'started': datetime.datetime.now().isoformat(sep=' ',
-                                                       timespec='seconds'),
-          'command': ' '.join(sys.argv)[:300],
-      }))
+      f.write(
+          json.dumps(
+              {
+                  'pid': os.getpid(),
+                  'host': socket.gethostname(),
+                  'started': datetime.datetime.now().isoformat(
+                      sep=' ', timespec='seconds'
+                  ),
+                  'command': ' '.join(sys.argv)[:300],
+              }
+          )
+      )
       f.flush()
       _HELD[self.path] = [f, 1]
 
@@ -134,4 +142,3 @@ class RunLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
-

@@ -3,6 +3,7 @@
 Written when a run starts; a resuming command whose model differs is refused
 before anything is restored.
 """
+
 import dataclasses
 import json
 import os
@@ -15,27 +16,34 @@ import numpy as np
 from spt_jax import gin_utils
 from spt_jax.local import train_checkpoints
 
-
 # A run's settings that define its model and method, as `check_resumable`
 # compares them; `<model_dir>/run_settings.json` holds those of the run.
 RUN_SETTINGS = 'run_settings.json'
 # Fields of the model's configs that a resumed run may change: how the same
 # model is computed (activation dtype, rematerialisation, the approximate
 # top-k) or regularised, not what it is.
-RESUMABLE_FIELDS = frozenset({
-    'T5Config.dtype', 'T5Config.dropout_rate', 'T5Config.remat_policy',
-    'T5Config.float32_attention_logits', 'SptConfig.approx_top_k',
-    'SptConfig.approx_recall_target', 'SptConfig.top_k_chunks',
-})
+RESUMABLE_FIELDS = frozenset(
+    {
+        'T5Config.dtype',
+        'T5Config.dropout_rate',
+        'T5Config.remat_policy',
+        'T5Config.float32_attention_logits',
+        'SptConfig.approx_top_k',
+        'SptConfig.approx_recall_target',
+        'SptConfig.top_k_chunks',
+    }
+)
 
 
 def _json_value(value: Any) -> Any:
   """`value` as its JSON round trip gives it back (tuples as lists...)."""
+
   def default(v):
     try:
       return np.dtype(v).name
     except TypeError:
       return str(v)
+
   return json.loads(json.dumps(value, default=default))
 
 
@@ -58,15 +66,17 @@ def run_settings(model: Any, trainable: str) -> Dict[str, Any]:
     if config is not None and dataclasses.is_dataclass(config):
       for field in dataclasses.fields(config):
         settings[f'{type(config).__name__}.{field.name}'] = getattr(
-            config, field.name)
+            config, field.name
+        )
   return _json_value(settings)
 
 
 def state_signature(abstract_state: Any) -> Dict[str, str]:
   """'dtype[shape]' of every leaf of a train state, by its path."""
   return {
-      jax.tree_util.keystr(path):
-          f'{np.dtype(leaf.dtype).name}{list(leaf.shape)}'
+      jax.tree_util.keystr(
+          path
+      ): f'{np.dtype(leaf.dtype).name}{list(leaf.shape)}'
       for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)
   }
 
@@ -76,8 +86,10 @@ def write_run_settings(
 ) -> None:
   """Records a run's settings and state shapes for `check_resumable`."""
   path = os.path.join(model_dir, RUN_SETTINGS)
-  record = {'settings': _json_value(dict(settings)),
-            'state': state_signature(abstract_state)}
+  record = {
+      'settings': _json_value(dict(settings)),
+      'state': state_signature(abstract_state),
+  }
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=1, sort_keys=True)
   os.replace(path + '.tmp', path)
@@ -111,8 +123,11 @@ def check_resumable(
   except FileNotFoundError:
     return
   except (OSError, ValueError) as e:
-    logging.warning('Cannot read %s (%s); the settings are not compared.',
-                    path, train_checkpoints.first_line(e))
+    logging.warning(
+        'Cannot read %s (%s); the settings are not compared.',
+        path,
+        train_checkpoints.first_line(e),
+    )
     return
   old, new = record.get('settings', {}), _json_value(dict(settings))
   # A setting only one side knows is a field added or removed by a code

@@ -42,7 +42,6 @@ from spt_jax.local import trainer
 from spt_jax.model import models
 from spt_jax.model import partitioning
 
-
 TrainingInterrupted = train_loop.TrainingInterrupted
 TrainingDiverged = train_loop.TrainingDiverged
 
@@ -72,8 +71,9 @@ def _interrupts_raise(message: Callable[[str], str]):
     del frame
     raise TrainingInterrupted(message(signal.Signals(signum).name))
 
-  previous = {sig: signal.signal(sig, handle)
-              for sig in (signal.SIGINT, signal.SIGTERM)}
+  previous = {
+      sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)
+  }
   try:
     yield
   finally:
@@ -162,31 +162,67 @@ def train(
   """
   mesh = partitioning.create_mesh(num_partitions)
   checks.check_run(
-      model, mesh, model_dir, mixture_or_task_name, mixture_or_task_module,
-      task_feature_lengths, eval_mixture_or_task_name, initial_checkpoint_path,
-      train_steps=train_steps, batch_size=batch_size, log_period=log_period,
-      checkpoint_period=checkpoint_period, eval_batch_size=eval_batch_size)
-  sharded = trainer.ShardedTrainer(model, optimizer or trainer.adafactor(),
-                                   mesh, logical_axis_rules, trainable)
+      model,
+      mesh,
+      model_dir,
+      mixture_or_task_name,
+      mixture_or_task_module,
+      task_feature_lengths,
+      eval_mixture_or_task_name,
+      initial_checkpoint_path,
+      train_steps=train_steps,
+      batch_size=batch_size,
+      log_period=log_period,
+      checkpoint_period=checkpoint_period,
+      eval_batch_size=eval_batch_size,
+  )
+  sharded = trainer.ShardedTrainer(
+      model,
+      optimizer or trainer.adafactor(),
+      mesh,
+      logical_axis_rules,
+      trainable,
+  )
   dataset = train_data.get_train_dataset(
-      mixture_or_task_name, task_feature_lengths, batch_size,
-      model.FEATURE_CONVERTER_CLS, random_seed, use_cached=use_cached_tasks,
-      cache_dirs=seqio_cache_dirs)
+      mixture_or_task_name,
+      task_feature_lengths,
+      batch_size,
+      model.FEATURE_CONVERTER_CLS,
+      random_seed,
+      use_cached=use_cached_tasks,
+      cache_dirs=seqio_cache_dirs,
+  )
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   store = train_checkpoints.TrainCheckpoints(model_dir, keep_checkpoints)
   state = sharded.init_state(init_rng, _model_input_shapes(dataset, batch_size))
   progress = _start_or_resume(
-      sharded, store, state, model_dir, initial_checkpoint_path)
+      sharded, store, state, model_dir, initial_checkpoint_path
+  )
   train_loop.run_steps(
-      progress, sharded, store, dataset, dropout_rng,
+      progress,
+      sharded,
+      store,
+      dataset,
+      dropout_rng,
       train_loop.Periods(train_steps, log_period, checkpoint_period),
-      mixture_or_task_name, progress_bar)
+      mixture_or_task_name,
+      progress_bar,
+  )
   eval_results = eval_mixture_or_task_name and _final_evaluation(
-      progress, model, eval_batch_size, mesh, logical_axis_rules,
-      eval_mixture_or_task_name, task_feature_lengths, store, model_dir)
+      progress,
+      model,
+      eval_batch_size,
+      mesh,
+      logical_axis_rules,
+      eval_mixture_or_task_name,
+      task_feature_lengths,
+      store,
+      model_dir,
+  )
   store.close()
-  return TrainResult(progress.step, progress.metrics, progress.history,
-                     eval_results)
+  return TrainResult(
+      progress.step, progress.metrics, progress.history, eval_results
+  )
 
 
 def _start_or_resume(
@@ -203,7 +239,8 @@ def _start_or_resume(
   """
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      state)
+      state,
+  )
   settings = run_settings.run_settings(sharded.model, sharded.trainable)
   if store.all_steps():
     run_settings.check_resumable(model_dir, settings, abstract)
@@ -224,15 +261,28 @@ def _start_or_resume(
   saved = store.metadata(step)
   pending = list(saved.get('window', []))
   return train_loop.Progress(
-      step=step, state=state, metrics=dict(saved.get('metrics', {})),
-      pending=pending, carried=len(pending),
-      restored_hint=(step, train_loop.suspect_hint(store, step)) if step
-      else None)
+      step=step,
+      state=state,
+      metrics=dict(saved.get('metrics', {})),
+      pending=pending,
+      carried=len(pending),
+      restored_hint=(step, train_loop.suspect_hint(store, step))
+      if step
+      else None,
+  )
 
 
-def _final_evaluation(progress, model, eval_batch_size, mesh, rules,
-                      mixture_or_task_name, task_feature_lengths, store,
-                      model_dir):
+def _final_evaluation(
+    progress,
+    model,
+    eval_batch_size,
+    mesh,
+    rules,
+    mixture_or_task_name,
+    task_feature_lengths,
+    store,
+    model_dir,
+):
   """`eval_lib.evaluate` of the trained parameters into MODEL_DIR/eval."""
 
   def interrupted(signal_name):
@@ -246,11 +296,15 @@ def _final_evaluation(progress, model, eval_batch_size, mesh, rules,
   with _interrupts_raise(interrupted):
     return eval_lib.evaluate(
         model_fns=eval_lib.ModelFns(
-            model, progress.state.params, eval_batch_size, mesh, rules),
+            model, progress.state.params, eval_batch_size, mesh, rules
+        ),
         mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths,
-        output_dir=(os.path.join(model_dir, 'eval')
-                    if jax.process_index() == 0 else None),
+        output_dir=(
+            os.path.join(model_dir, 'eval')
+            if jax.process_index() == 0
+            else None
+        ),
         step=progress.step,
     )
 
@@ -265,7 +319,8 @@ def _with_initial_params(sharded, state, path):
   try:
     pretrained = train_checkpoints.load_params(path)
     params = train_checkpoints.merge_params(
-        jax.device_get(state.params), pretrained)
+        jax.device_get(state.params), pretrained
+    )
   except (FileNotFoundError, ValueError) as e:
     raise gin_utils.ConfigError(
         f'INITIAL_CHECKPOINT_PATH {path!r}: {gin_utils.error_message(e)} '
@@ -280,6 +335,7 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize_from_flags()
   # Gin binds the importable module's function, not this `__main__` copy.
   from spt_jax.local import train as train_lib  # pylint: disable=g-import-not-at-top
+
   gin_utils.parse_gin_flags(entry=train_lib.train)
   result = gin.get_configurable(train_lib.train)()
   if jax.process_index() == 0:
@@ -295,9 +351,12 @@ if __name__ == '__main__':
   # `main` runs the importable module's `train`, which raises that module's
   # TrainingDiverged, not this `__main__` copy's.
   from spt_jax.local import train as _train_lib  # pylint: disable=g-import-not-at-top
+
   gin_utils.run(
       main,
-      short_errors=(train_checkpoints.CheckpointError,
-                    _train_lib.TrainingDiverged),
+      short_errors=(
+          train_checkpoints.CheckpointError,
+          _train_lib.TrainingDiverged,
+      ),
       usage_errors=checks.input_errors(),
   )

@@ -29,7 +29,9 @@ from spt_jax.checkpoints import t5x_checkpoints
 Params = Dict[str, Any]
 
 
-def merge_params(initial: Params, pretrained: Params, where: str = '') -> Params:
+def merge_params(
+    initial: Params, pretrained: Params, where: str = ''
+) -> Params:
   """`initial` with every leaf that `pretrained` has replaced by it.
 
   Parameters only `initial` has (the memory bank, the soft prompt) keep their
@@ -40,7 +42,9 @@ def merge_params(initial: Params, pretrained: Params, where: str = '') -> Params
   for name, value in pretrained.items():
     path = f'{where}/{name}' if where else name
     if name not in initial:
-      raise ValueError(f'Pretrained parameter {path!r} has no place in the network.')
+      raise ValueError(
+          f'Pretrained parameter {path!r} has no place in the network.'
+      )
     if isinstance(value, Mapping):
       merged[name] = merge_params(initial[name], value, path)
     else:
@@ -187,7 +191,8 @@ class TrainCheckpoints:
       previous = [s for s in self.all_steps() if s < step]
       kept = (
           f'the last complete checkpoint is step {previous[-1]}'
-          if previous else 'no earlier checkpoint exists'
+          if previous
+          else 'no earlier checkpoint exists'
       )
       if _no_space_left(e):
         raise CheckpointError(
@@ -209,8 +214,10 @@ class TrainCheckpoints:
     digests = _hash_files(step_dir, names)
     manifest = {
         'files': {
-            n: {'size': os.path.getsize(os.path.join(step_dir, n)),
-                'sha256': digests[n]}
+            n: {
+                'size': os.path.getsize(os.path.join(step_dir, n)),
+                'sha256': digests[n],
+            }
             for n in names
         },
         'metadata': dict(metadata),
@@ -257,7 +264,11 @@ class TrainCheckpoints:
     if manifest is None:
       logging.warning(
           'Checkpoint step %d in %s has no checksums (%s); restoring it '
-          'unverified.', step, step_dir, MANIFEST)
+          'unverified.',
+          step,
+          step_dir,
+          MANIFEST,
+      )
       return False
     files = manifest.get('files', {})
     for name, expected in sorted(files.items()):
@@ -266,18 +277,22 @@ class TrainCheckpoints:
       if not os.path.isfile(path):
         problem = 'is missing'
       elif os.path.getsize(path) != expected['size']:
-        problem = (f'has {os.path.getsize(path)} bytes instead of '
-                   f'{expected["size"]}')
+        problem = (
+            f'has {os.path.getsize(path)} bytes instead of '
+            f'{expected["size"]}'
+        )
       if problem:
         raise CorruptCheckpoint(
             f'Checkpoint step {step} in {step_dir} is corrupt: its file '
-            f'{name} {problem}.')
+            f'{name} {problem}.'
+        )
     digests = _hash_files(step_dir, sorted(files))
     for name in sorted(files):
       if digests[name] != files[name]['sha256']:
         raise CorruptCheckpoint(
             f'Checkpoint step {step} in {step_dir} is corrupt: its file '
-            f'{name} does not match the checksum saved with it.')
+            f'{name} does not match the checksum saved with it.'
+        )
     return True
 
   def _read(self, step: int, target: Any, partial: bool = False) -> Any:
@@ -289,7 +304,9 @@ class TrainCheckpoints:
               os.path.join(self.step_dir(step), _ITEM),
               args=ocp.args.PyTreeRestore(
                   item=target,
-                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                  restore_args=ocp.checkpoint_utils.construct_restore_args(
+                      target
+                  ),
                   partial_restore=True,
               ),
           )
@@ -333,15 +350,20 @@ class TrainCheckpoints:
         self.verify(step)
       except CorruptCheckpoint as e:
         failures.append(str(e))
-        logging.warning('%s Moving it to %s and trying the step before it.',
-                        e, self._damaged_dir)
+        logging.warning(
+            '%s Moving it to %s and trying the step before it.',
+            e,
+            self._damaged_dir,
+        )
         self._set_aside(step)
         continue
       return step, self._read(step, abstract_state)
     if failures:
       raise CheckpointError(
           'No checkpoint in {} can be read (moved to {}):\n  {}'.format(
-              self.directory, self._damaged_dir, '\n  '.join(failures)))
+              self.directory, self._damaged_dir, '\n  '.join(failures)
+          )
+      )
     return None
 
   @property
@@ -400,9 +422,13 @@ class TrainCheckpoints:
     if not sharded:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree.map(lambda _: device, tree['params'])
-    target = {'params': jax.tree.map(
-        lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-        tree['params'], shardings)}
+    target = {
+        'params': jax.tree.map(
+            lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+            tree['params'],
+            shardings,
+        )
+    }
     params = self._read(step, target, partial=True)['params']
     return params if sharded else jax.tree.map(np.asarray, params)
 

@@ -1,4 +1,5 @@
 """The local runner's training data: this host's shard of a mixture's examples, batched."""
+
 from typing import Mapping, Optional, Sequence, Type
 
 import jax
@@ -9,7 +10,9 @@ from spt_jax import gin_utils
 
 def host_shard() -> seqio.ShardInfo:
   """This process's share of the input: one shard per host."""
-  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  return seqio.ShardInfo(
+      index=jax.process_index(), num_shards=jax.process_count()
+  )
 
 
 def get_train_dataset(

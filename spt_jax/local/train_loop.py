@@ -56,7 +56,8 @@ class Progress:
   carried: int = 0
   restored_hint: Optional[Tuple[int, str]] = None
   history: List[Tuple[int, Dict[str, float]]] = dataclasses.field(
-      default_factory=list)
+      default_factory=list
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +75,13 @@ class Periods:
 _SUSPECT_STEPS = 2
 
 
-def _check_finite(pending, first_step: int, last_step: int, saved_step: int,
-                  restored: Optional[tuple[int, str]] = None):
+def _check_finite(
+    pending,
+    first_step: int,
+    last_step: int,
+    saved_step: int,
+    restored: Optional[tuple[int, str]] = None,
+):
   """Raises TrainingDiverged when a step's loss is not finite.
 
   Args:
@@ -108,8 +114,10 @@ def suspect_hint(store: train_checkpoints.TrainCheckpoints, step: int) -> str:
   """What to do when the loss diverges right after restoring `step`."""
   earlier = [s for s in store.all_steps() if s < step]
   if not earlier:
-    return ('It is the only checkpoint: train into a new MODEL_DIR, or lower '
-            'LEARNING_RATE.')
+    return (
+        'It is the only checkpoint: train into a new MODEL_DIR, or lower '
+        'LEARNING_RATE.'
+    )
   return (
       f'Move {store.step_dir(step)} out of {store.directory} to resume from '
       f'step {earlier[-1]}, the checkpoint before it; if that diverges too, '
@@ -139,26 +147,35 @@ class _StopRequest:
     if self.signal_name is not None:  # A second Ctrl-C: stop at once.
       raise KeyboardInterrupt
     self.signal_name = signal.Signals(signum).name
-    logging.warning('%s: saving the current step and stopping.', self.signal_name)
+    logging.warning(
+        '%s: saving the current step and stopping.', self.signal_name
+    )
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
-def _log_window(progress: Progress, saved_step: int, elapsed: float,
-                tokens_per_batch: int) -> Dict[str, float]:
+def _log_window(
+    progress: Progress, saved_step: int, elapsed: float, tokens_per_batch: int
+) -> Dict[str, float]:
   """The mean metrics of `progress.pending`, with this process's throughput.
 
   Raises:
     TrainingDiverged: a loss in the window is not finite.
   """
   pending = progress.pending
-  _check_finite(pending, progress.step - len(pending) + 1, progress.step,
-                saved_step, progress.restored_hint)
+  _check_finite(
+      pending,
+      progress.step - len(pending) + 1,
+      progress.step,
+      saved_step,
+      progress.restored_hint,
+  )
   values = jax.device_get(pending)
-  metrics = {k: float(np.mean([m[k] for m in values if k in m]))
-             for k in values[-1]}
+  metrics = {
+      k: float(np.mean([m[k] for m in values if k in m])) for k in values[-1]
+  }
   run_here = len(pending) - progress.carried
   metrics['steps_per_second'] = run_here / elapsed
   metrics['tokens_per_second'] = run_here * tokens_per_batch / elapsed
@@ -205,33 +222,46 @@ def run_steps(
   """
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
-      os.path.join(store.model_dir, 'train'), just_logging=not is_chief)
+      os.path.join(store.model_dir, 'train'), just_logging=not is_chief
+  )
   batches = dataset.skip(progress.step).as_numpy_iterator()
   bar = tqdm.tqdm(
-      total=periods.train_steps, initial=progress.step, desc='train',
-      unit='step', disable=not (progress_bar and is_chief), dynamic_ncols=True)
+      total=periods.train_steps,
+      initial=progress.step,
+      desc='train',
+      unit='step',
+      disable=not (progress_bar and is_chief),
+      dynamic_ncols=True,
+  )
   period_start, saved_step, stop = time.time(), progress.step, _StopRequest()
   with stop:
     while progress.step < periods.train_steps:
       progress.step += 1
       batch = sharded.shard_batch(
-          _next_batch(batches, progress.step, mixture_or_task_name))
+          _next_batch(batches, progress.step, mixture_or_task_name)
+      )
       progress.state, step_metrics = sharded.train_step(
-          progress.state, batch, dropout_rng)
+          progress.state, batch, dropout_rng
+      )
       progress.pending.append(step_metrics)
       bar.update(1)
       # A signal stops the run after the step it arrived in, saved.
       stopping = stop.signal_name is not None
       last = progress.step == periods.train_steps or stopping
       if progress.step % periods.log_period == 0 or last:
-        tokens_per_batch = (batch['encoder_input_tokens'].size
-                            + batch['decoder_target_tokens'].size)
+        tokens_per_batch = (
+            batch['encoder_input_tokens'].size
+            + batch['decoder_target_tokens'].size
+        )
         progress.metrics = _log_window(
-            progress, saved_step, time.time() - period_start, tokens_per_batch)
+            progress, saved_step, time.time() - period_start, tokens_per_batch
+        )
         writer.write_scalars(progress.step, progress.metrics)
         progress.history.append((progress.step, progress.metrics))
-        bar.set_postfix(loss=f'{progress.metrics["loss"]:.3f}',
-                        tok_s=f'{progress.metrics["tokens_per_second"]:.0f}')
+        bar.set_postfix(
+            loss=f'{progress.metrics["loss"]:.3f}',
+            tok_s=f'{progress.metrics["tokens_per_second"]:.0f}',
+        )
         progress.pending, progress.carried = [], 0
         period_start = time.time()
       if progress.step % periods.checkpoint_period == 0 or last:
@@ -246,14 +276,29 @@ def run_steps(
     raise TrainingInterrupted(
         f'{stop.signal_name} at step {progress.step}: saved checkpoint step '
         f'{progress.step} in {store.directory}; run the same command again '
-        'to resume.')
+        'to resume.'
+    )
 
 
-def _save(progress: Progress, store: train_checkpoints.TrainCheckpoints,
-          saved_step: int) -> None:
+def _save(
+    progress: Progress,
+    store: train_checkpoints.TrainCheckpoints,
+    saved_step: int,
+) -> None:
   """Saves the step with the metrics window a resumed run continues."""
   if progress.pending:
-    _check_finite(progress.pending, progress.step - len(progress.pending) + 1,
-                  progress.step, saved_step, progress.restored_hint)
-  store.save(progress.step, progress.state, metadata={
-      'metrics': progress.metrics, 'window': _host_metrics(progress.pending)})
+    _check_finite(
+        progress.pending,
+        progress.step - len(progress.pending) + 1,
+        progress.step,
+        saved_step,
+        progress.restored_hint,
+    )
+  store.save(
+      progress.step,
+      progress.state,
+      metadata={
+          'metrics': progress.metrics,
+          'window': _host_metrics(progress.pending),
+      },
+  )

@@ -95,7 +95,9 @@ def make_train_step(
     model: models.SptModel,
     optimizer: optax.GradientTransformation,
     trainable: str = 'all',
-) -> Callable[[TrainState, Mapping[str, Array], Array], Tuple[TrainState, Dict]]:
+) -> Callable[
+    [TrainState, Mapping[str, Array], Array], Tuple[TrainState, Dict]
+]:
   """A pure training step: (state, batch, dropout rng) -> (state, metrics).
 
   Only the `trainable` parameters are differentiated and updated (with
@@ -116,7 +118,8 @@ def make_train_step(
       raise ValueError(
           'sparse_bank_optimizer(keys=True) needs SptConfig.key_gradient = '
           f"'sampled' (got {spt.key_gradient!r}): dense keys' gradients "
-          'reach every memory (gin_configs/local/sampled_keys.gin sets both).')
+          'reach every memory (gin_configs/local/sampled_keys.gin sets both).'
+      )
     key_samples = spt.key_samples
 
   def train_step(state: TrainState, batch, dropout_rng):
@@ -126,7 +129,8 @@ def make_train_step(
       # The values' (and keys') gradient comes out as the gathered rows alone.
       (_, metrics), grads = sparse_updates.value_and_grad(
           lambda t, other: model.loss_and_retrieval(
-              {**frozen, **t}, batch, rng, other),
+              {**frozen, **t}, batch, rng, other
+          ),
           trained,
           top_k=spt.top_k,
           batch_size=batch['encoder_input_tokens'].shape[0],
@@ -239,17 +243,25 @@ class ShardedTrainer:
       self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]
   ) -> TrainState:
     """A sharded initial state, created in place on the mesh."""
+
     def init_params(rng):
       return self.model.get_initial_variables(rng, input_shapes)['params']
 
     self.state_shardings = state_shardings(
-        jax.eval_shape(init_params, rng), self.params_axes, self.optimizer,
-        self.mesh, self.rules, self.trainable)
+        jax.eval_shape(init_params, rng),
+        self.params_axes,
+        self.optimizer,
+        self.mesh,
+        self.rules,
+        self.trainable,
+    )
     with self._context():
-      params = jax.jit(
-          init_params, out_shardings=self.state_shardings.params)(rng)
-      return jax.jit(
-          self._create_state, out_shardings=self.state_shardings)(params)
+      params = jax.jit(init_params, out_shardings=self.state_shardings.params)(
+          rng
+      )
+      return jax.jit(self._create_state, out_shardings=self.state_shardings)(
+          params
+      )
 
   def state_from_params(self, params: Params) -> TrainState:
     """A fresh state (step 0, new optimizer slots) around given parameters."""
@@ -272,7 +284,11 @@ class ShardedTrainer:
       step = make_train_step(self.model, self.optimizer, self.trainable)
       self._train_step = jax.jit(
           step,
-          in_shardings=(self.state_shardings, partitioning.data_sharding(self.mesh), None),
+          in_shardings=(
+              self.state_shardings,
+              partitioning.data_sharding(self.mesh),
+              None,
+          ),
           out_shardings=(self.state_shardings, None),
           donate_argnums=(0,),
       )

@@ -19,18 +19,54 @@ from spt_jax import gin_utils
 # source of sizes; gin_configs/sizes/<size>.gin only names one (T5_SIZE) for
 # `t5_1_1_config`.
 T5_1_1_SIZES = {
-    'tiny': dict(emb_dim=64, num_heads=4, num_encoder_layers=2,
-                 num_decoder_layers=2, head_dim=16, mlp_dim=128),
-    'small': dict(emb_dim=512, num_heads=6, num_encoder_layers=8,
-                  num_decoder_layers=8, head_dim=64, mlp_dim=1024),
-    'base': dict(emb_dim=768, num_heads=12, num_encoder_layers=12,
-                 num_decoder_layers=12, head_dim=64, mlp_dim=2048),
-    'large': dict(emb_dim=1024, num_heads=16, num_encoder_layers=24,
-                  num_decoder_layers=24, head_dim=64, mlp_dim=2816),
-    'xl': dict(emb_dim=2048, num_heads=32, num_encoder_layers=24,
-               num_decoder_layers=24, head_dim=64, mlp_dim=5120),
-    'xxl': dict(emb_dim=4096, num_heads=64, num_encoder_layers=24,
-                num_decoder_layers=24, head_dim=64, mlp_dim=10240),
+    'tiny': dict(
+        emb_dim=64,
+        num_heads=4,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        head_dim=16,
+        mlp_dim=128,
+    ),
+    'small': dict(
+        emb_dim=512,
+        num_heads=6,
+        num_encoder_layers=8,
+        num_decoder_layers=8,
+        head_dim=64,
+        mlp_dim=1024,
+    ),
+    'base': dict(
+        emb_dim=768,
+        num_heads=12,
+        num_encoder_layers=12,
+        num_decoder_layers=12,
+        head_dim=64,
+        mlp_dim=2048,
+    ),
+    'large': dict(
+        emb_dim=1024,
+        num_heads=16,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=2816,
+    ),
+    'xl': dict(
+        emb_dim=2048,
+        num_heads=32,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=5120,
+    ),
+    'xxl': dict(
+        emb_dim=4096,
+        num_heads=64,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=10240,
+    ),
 }
 T5_VOCAB_SIZE = 32128
 
@@ -66,13 +102,22 @@ _CHOICES = {
 # may bind it (`2`, `2.0`, `True`; an int where a float is expected).
 _INT, _FLOAT, _BOOL = 'an integer', 'a number', 'True or False'
 _FIELD_TYPES = {
-    'num_memories': _INT, 'memory_length': _INT, 'key_dim': _INT,
-    'memory_init_scale': _FLOAT, 'top_k': _INT, 'temperature': _FLOAT,
-    'approx_top_k': _BOOL, 'approx_recall_target': _FLOAT,
-    'top_k_chunks': _INT, 'perturbed_samples': _INT,
-    'perturbed_sigma': _FLOAT, 'query_stop_gradient': _BOOL,
-    'prompt_length': _INT, 'prompt_separator_id': _INT,
-    'soft_prompt_length': _INT, 'key_samples': _INT,
+    'num_memories': _INT,
+    'memory_length': _INT,
+    'key_dim': _INT,
+    'memory_init_scale': _FLOAT,
+    'top_k': _INT,
+    'temperature': _FLOAT,
+    'approx_top_k': _BOOL,
+    'approx_recall_target': _FLOAT,
+    'top_k_chunks': _INT,
+    'perturbed_samples': _INT,
+    'perturbed_sigma': _FLOAT,
+    'query_stop_gradient': _BOOL,
+    'prompt_length': _INT,
+    'prompt_separator_id': _INT,
+    'soft_prompt_length': _INT,
+    'key_samples': _INT,
 }
 _OPTIONAL = ('key_dim', 'prompt_separator_id')
 _EXAMPLES = {_INT: '4', _FLOAT: '0.1', _BOOL: 'True'}
@@ -103,7 +148,6 @@ def _check_type(name: str, value: Any) -> None:
         f'{type(value).__name__}); bind it {how}e.g. '
         f'--gin.SptConfig.{name}={_EXAMPLES[kind]}.'
     )
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,9 +264,7 @@ class SptConfig:
       _check_type(field.name, getattr(self, field.name))
     for name in ('num_memories', 'soft_prompt_length', 'prompt_length'):
       if getattr(self, name) < 0:
-        _invalid(
-            f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.'
-        )
+        _invalid(f'SptConfig.{name} must be >= 0, got {getattr(self, name)}.')
 
   def _check_bank(self):
     """top_k, memory_length and top_k_chunks of a bank with memories."""
@@ -236,8 +278,10 @@ class SptConfig:
       _invalid(
           f'SptConfig.memory_length must be >= 1, got {self.memory_length}.'
       )
-    if self.top_k_chunks < 1 or self.num_memories % self.top_k_chunks or (
-        self.num_memories // self.top_k_chunks < self.top_k
+    if (
+        self.top_k_chunks < 1
+        or self.num_memories % self.top_k_chunks
+        or (self.num_memories // self.top_k_chunks < self.top_k)
     ):
       _invalid(
           f'SptConfig.top_k_chunks={self.top_k_chunks} must divide '
@@ -250,7 +294,9 @@ class SptConfig:
           'memory by a softmax over a single score, which is constant: the '
           'keys get no gradient from the task loss, only from the pull '
           "loss. Use top_k >= 2 or retrieval='perturbed_topk' to train "
-          'them through the task.', self.retrieval)
+          'them through the task.',
+          self.retrieval,
+      )
 
   def _check_scales(self):
     """Widths, scales and sample counts."""
@@ -286,11 +332,13 @@ class SptConfig:
       _invalid(
           f"SptConfig.key_gradient='sampled' needs retrieval in "
           f'{_SELECTED_SCORE_STRATEGIES} (weights of the selected scores '
-          f'alone), got {self.retrieval!r}.')
+          f'alone), got {self.retrieval!r}.'
+      )
     if self.key_samples < 1:
       _invalid(
           f'SptConfig.key_samples must be >= 1 (keys drawn per step for the '
-          f"balance loss of key_gradient='sampled'), got {self.key_samples}.")
+          f"balance loss of key_gradient='sampled'), got {self.key_samples}."
+      )
 
   def _check_prompt(self):
     """Perturbed top-k's noise and the discrete prompt's span."""
@@ -301,7 +349,10 @@ class SptConfig:
           'SptConfig.perturbed_sigma must be positive (the scale of the '
           f'noise of perturbed top-k), got {self.perturbed_sigma}.'
       )
-    if self.prompt_span == 'before_separator' and self.prompt_separator_id is None:
+    if (
+        self.prompt_span == 'before_separator'
+        and self.prompt_separator_id is None
+    ):
       _invalid(
           "SptConfig.prompt_span='before_separator' needs prompt_separator_id."
       )

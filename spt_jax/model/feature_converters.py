@@ -24,6 +24,7 @@ two cannot disagree.
 With `prompt_length=0` the converter is exactly seqio's and a task's `prompt`
 feature, if any, is dropped: the network then pools its query over the input.
 """
+
 import copy
 from typing import Mapping
 
@@ -31,7 +32,6 @@ import seqio
 import tensorflow as tf
 
 from spt_jax import gin_utils
-
 
 # Feature names of the task/model contract: `inputs` (the rendered prompt),
 # `targets` (the answer) and `prompt` (the template's instruction, the
@@ -62,17 +62,18 @@ class SptEncDecFeatureConverter(seqio.EncDecFeatureConverter):
       raise ValueError(
           'SptEncDecFeatureConverter cannot pack: SPT prepends retrieved '
           'prompts to every example, so examples cannot share a row. Set '
-          'pack=False (in T5X: utils.DatasetConfig.pack = False).')
+          'pack=False (in T5X: utils.DatasetConfig.pack = False).'
+      )
     if prompt_length < 0:
       raise ValueError(f'prompt_length must be >= 0, got {prompt_length}.')
     self.prompt_length = prompt_length
     super().__init__(pack=False, **kwargs)
 
-  def __call__(self, ds: tf.data.Dataset,
-               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+  def __call__(
+      self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
     """Converts task features to model features (see the module docstring)."""
-    lengths = {k: v for k, v in task_feature_lengths.items()
-               if k != PROMPT}
+    lengths = {k: v for k, v in task_feature_lengths.items() if k != PROMPT}
     if not self.prompt_length:
       return super().__call__(ds, lengths)
     if PROMPT not in ds.element_spec:
@@ -81,29 +82,39 @@ class SptEncDecFeatureConverter(seqio.EncDecFeatureConverter):
           f"(SptConfig.prompt_length), but the task has no '{PROMPT}' "
           f'feature (it has {sorted(ds.element_spec)}). Set '
           '`config.SptConfig.prompt_length = 0` to pool the retrieval query '
-          'over the input instead (SptConfig.prompt_span).')
+          'over the input instead (SptConfig.prompt_span).'
+      )
     lengths[PROMPT] = self.prompt_length
-    ds = ds.map(lambda ex: {**ex, PROMPT: ex[PROMPT][:self.prompt_length]},
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda ex: {**ex, PROMPT: ex[PROMPT][: self.prompt_length]},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     # seqio validates features against TASK_FEATURES: convert with a copy
     # whose task features include the prompt.
     with_prompt = copy.copy(self)
     with_prompt.TASK_FEATURES = {
-        **self.TASK_FEATURES, PROMPT: _Spec(dtype=tf.int32)}
+        **self.TASK_FEATURES,
+        PROMPT: _Spec(dtype=tf.int32),
+    }
     return seqio.EncDecFeatureConverter.__call__(with_prompt, ds, lengths)
 
   def _convert_example(
-      self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+      self, features: Mapping[str, tf.Tensor]
+  ) -> Mapping[str, tf.Tensor]:
     converted = dict(super()._convert_example(features))
     if PROMPT in self.TASK_FEATURES:
       converted['encoder_input_tokens'] = tf.concat(
-          [converted['encoder_input_tokens'], features[PROMPT]], axis=-1)
+          [converted['encoder_input_tokens'], features[PROMPT]], axis=-1
+      )
     return converted
 
   def get_model_feature_lengths(
-      self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-    lengths = dict(super().get_model_feature_lengths(
-        {k: v for k, v in task_feature_lengths.items() if k != PROMPT}))
+      self, task_feature_lengths: Mapping[str, int]
+  ) -> Mapping[str, int]:
+    lengths = dict(
+        super().get_model_feature_lengths(
+            {k: v for k, v in task_feature_lengths.items() if k != PROMPT}
+        )
+    )
     lengths['encoder_input_tokens'] += self.prompt_length
     return lengths
-

@@ -81,7 +81,9 @@ def dot_product_attention(
   weights = jax.nn.softmax(logits).astype(dtype)
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = weights * keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype)
+    weights = (
+        weights * keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype)
+    )
   return jnp.einsum('bnqk,bknd->bqnd', weights, value.astype(dtype))
 
 
@@ -186,9 +188,7 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:
       attention_bias = jnp.where(mask > 0, 0.0, -1e10).astype(jnp.float32)
     if bias is not None:
-      attention_bias = (
-          bias if attention_bias is None else attention_bias + bias
-      )
+      attention_bias = bias if attention_bias is None else attention_bias + bias
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
@@ -217,7 +217,9 @@ class MultiHeadAttention(nn.Module):
   def _update_cache(self, key, value, mask, bias):
     """Writes one step into the cache; returns the full keys/values, mask, bias."""
     is_initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_key = self.variable(
+        'cache', 'cached_key', jnp.zeros, key.shape, key.dtype
+    )
     cached_value = self.variable(
         'cache', 'cached_value', jnp.zeros, value.shape, value.dtype
     )
@@ -237,7 +239,9 @@ class MultiHeadAttention(nn.Module):
     zero = jnp.array(0, dtype=index.dtype)
     start = (zero, index, zero, zero)
     cached_key.value = lax.dynamic_update_slice(cached_key.value, key, start)
-    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, start)
+    cached_value.value = lax.dynamic_update_slice(
+        cached_value.value, value, start
+    )
     cache_index.value = index + 1
     # The step may attend to every position written so far.
     step_mask = (jnp.arange(max_length) <= index)[None, None, None, :]
@@ -261,7 +265,10 @@ class RMSNorm(nn.Module):
     variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     y = x * lax.rsqrt(variance + self.epsilon)
     scale = param_with_axes(
-        'scale', nn.initializers.ones, (x.shape[-1],), jnp.float32,
+        'scale',
+        nn.initializers.ones,
+        (x.shape[-1],),
+        jnp.float32,
         axes=('embed',),
     )
     return jnp.asarray(y * scale, self.dtype)
@@ -389,9 +396,9 @@ class RelativePositionBiases(nn.Module):
     log_ratio = np.log(np.maximum(n, 1) / max_exact) / np.log(
         max_distance / max_exact
     )
-    val_if_large = max_exact + (
-        log_ratio * (num_buckets - max_exact)
-    ).astype(np.int32)
+    val_if_large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(
+        np.int32
+    )
     val_if_large = np.minimum(val_if_large, num_buckets - 1)
     return bucket + np.where(is_small, n, val_if_large)
 

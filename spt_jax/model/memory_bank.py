@@ -38,6 +38,7 @@ from spt_jax.optim import sparse_updates
 
 Array = jax.Array
 
+
 class MemoryBank(nn.Module):
   """`num_memories` memory prompts and keys; returns the retrieved prompt.
 
@@ -94,10 +95,12 @@ class MemoryBank(nn.Module):
     retrieved = self._retrieve(scores, deterministic)
     rows = self._perturb(
         sparse_updates.RETRIEVED_VALUES,
-        jnp.take(values, retrieved.indices, axis=0))  # [B, k, P, H]
+        jnp.take(values, retrieved.indices, axis=0),
+    )  # [B, k, P, H]
     if sampled:
       retrieved, aux_losses = self._sampled_key_losses(
-          query, keys, scores, retrieved, deterministic)
+          query, keys, scores, retrieved, deterministic
+      )
     else:
       aux_losses = {
           'pull_loss': retrieval.pull_loss(query, keys, retrieved.indices),
@@ -106,7 +109,9 @@ class MemoryBank(nn.Module):
     prompt = retrieval.combine_rows(
         rows.astype(self.dtype), retrieved.weights, cfg.combine
     )
-    prompt = layers.with_sharding_constraint(prompt, ('batch', 'length', 'embed'))
+    prompt = layers.with_sharding_constraint(
+        prompt, ('batch', 'length', 'embed')
+    )
     return prompt, retrieved, aux_losses
 
   def _keys_and_values(
@@ -132,7 +137,9 @@ class MemoryBank(nn.Module):
     )
     return keys, values
 
-  def _retrieve(self, scores: Array, deterministic: bool) -> retrieval.Retrieved:
+  def _retrieve(
+      self, scores: Array, deterministic: bool
+  ) -> retrieval.Retrieved:
     """Top-k of `scores` [B, M] by the configured strategy."""
     cfg = self.config
     rng = None
@@ -181,23 +188,32 @@ class MemoryBank(nn.Module):
     """
     cfg = self.config
     selected_keys = self._perturb(
-        sparse_updates.RETRIEVED_KEYS,
-        jnp.take(keys, retrieved.indices, axis=0))  # [B, k, D]
+        sparse_updates.RETRIEVED_KEYS, jnp.take(keys, retrieved.indices, axis=0)
+    )  # [B, k, D]
     rng = jax.random.PRNGKey(0) if deterministic else self.make_rng('dropout')
     sampled_ids = jax.random.randint(
-        rng, (cfg.key_samples,), 0, cfg.num_memories, jnp.int32)
+        rng, (cfg.key_samples,), 0, cfg.num_memories, jnp.int32
+    )
     if not self.is_initializing():
       self.sow('intermediates', sparse_updates.SAMPLED_KEY_INDICES, sampled_ids)
     sampled_keys = self._perturb(
-        sparse_updates.SAMPLED_KEYS, jnp.take(keys, sampled_ids, axis=0))
+        sparse_updates.SAMPLED_KEYS, jnp.take(keys, sampled_ids, axis=0)
+    )
     selected_scores = retrieval.row_similarity(
-        query, selected_keys, cfg.similarity, cfg.temperature)
+        query, selected_keys, cfg.similarity, cfg.temperature
+    )
     retrieved = retrieval.rescored(
-        retrieved, selected_scores, cfg.retrieval, cfg.combine)
+        retrieved, selected_scores, cfg.retrieval, cfg.combine
+    )
     return retrieved, {
         'pull_loss': retrieval.pull_loss_of_rows(query, selected_keys),
         'balance_loss': retrieval.sampled_balance_loss(
-            query, selected_keys, sampled_keys,
-            jax.nn.logsumexp(scores, axis=-1), cfg.num_memories,
-            cfg.similarity, cfg.temperature),
+            query,
+            selected_keys,
+            sampled_keys,
+            jax.nn.logsumexp(scores, axis=-1),
+            cfg.num_memories,
+            cfg.similarity,
+            cfg.temperature,
+        ),
     }

@@ -70,7 +70,9 @@ def loss_normalizing_factor_and_weights(
   """
   targets = batch['decoder_target_tokens']
   weights = batch.get('decoder_loss_weights')
-  weights = jnp.asarray(targets > 0 if weights is None else weights, jnp.float32)
+  weights = jnp.asarray(
+      targets > 0 if weights is None else weights, jnp.float32
+  )
   name = getattr(loss_normalizing_factor, 'name', loss_normalizing_factor)
   if name is None or not isinstance(name, str):
     return loss_normalizing_factor, weights
@@ -80,7 +82,9 @@ def loss_normalizing_factor_and_weights(
     return float(np.prod(targets.shape)), weights
   if name == 'AVERAGE_PER_SEQUENCE':
     per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
-    weights = jnp.where(per_sequence > 0, weights / jnp.maximum(per_sequence, 1e-9), 0.0)
+    weights = jnp.where(
+        per_sequence > 0, weights / jnp.maximum(per_sequence, 1e-9), 0.0
+    )
     return jnp.sum(weights), weights
   raise ValueError(
       f'Unknown loss_normalizing_factor {loss_normalizing_factor!r}; expected '
@@ -89,7 +93,9 @@ def loss_normalizing_factor_and_weights(
 
 
 def token_cross_entropy(
-    logits: Array, targets: Array, label_smoothing: float = 0.0,
+    logits: Array,
+    targets: Array,
+    label_smoothing: float = 0.0,
     z_loss: float = 0.0,
 ) -> Tuple[Array, Array]:
   """Per-token loss [B, L] (z-loss included) and z-loss [B, L], as T5X's.
@@ -102,14 +108,21 @@ def token_cross_entropy(
   vocab_size = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)
   log_probs = logits - log_z[..., None]
-  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], -1)[
+      ..., 0
+  ]
   if label_smoothing:
     confidence = 1.0 - label_smoothing
     low = label_smoothing / max(vocab_size - 1, 1)
-    entropy = -(confidence * np.log(confidence)
-                + (vocab_size - 1) * low * np.log(low + 1e-20))
-    loss = -(confidence - low) * target_log_probs - low * jnp.sum(
-        log_probs, axis=-1) - entropy
+    entropy = -(
+        confidence * np.log(confidence)
+        + (vocab_size - 1) * low * np.log(low + 1e-20)
+    )
+    loss = (
+        -(confidence - low) * target_log_probs
+        - low * jnp.sum(log_probs, axis=-1)
+        - entropy
+    )
   else:
     loss = -target_log_probs
   z = z_loss * jnp.square(log_z)
@@ -146,9 +159,11 @@ def spt_loss(
     `weight_sum` and `weights` [B, L].
   """
   factor, weights = loss_normalizing_factor_and_weights(
-      loss_normalizing_factor, batch)
+      loss_normalizing_factor, batch
+  )
   token_loss, token_z = token_cross_entropy(
-      logits, batch['decoder_target_tokens'], label_smoothing, z_loss)
+      logits, batch['decoder_target_tokens'], label_smoothing, z_loss
+  )
   weight_sum = jnp.sum(weights)
   divisor = 1.0 if factor is None else factor
   cross_entropy_and_z = jnp.sum(token_loss * weights) / divisor
@@ -226,11 +241,15 @@ def loss_with_retrieval(
     reports the terms as its runner's metrics.
   """
   logits, collections = compute_logits(
-      params, batch, dropout_rng, mutable=['losses', 'intermediates'],
+      params,
+      batch,
+      dropout_rng,
+      mutable=['losses', 'intermediates'],
       other_variables=other_variables,
   )
   loss, terms = spt_loss(
-      logits, batch, collections.get('losses', {}), **loss_settings)
+      logits, batch, collections.get('losses', {}), **loss_settings
+  )
   return logits, loss, terms, retrieved_ids(collections)
 
 
@@ -239,6 +258,7 @@ def feature_converter_cls(module: network.SptTransformer):
   # Imported here: the network, loss and training step need neither seqio nor
   # TensorFlow (an accelerator image without them runs the benchmarks).
   from spt_jax.model import feature_converters  # pylint: disable=g-import-not-at-top
+
   return functools.partial(
       feature_converters.SptEncDecFeatureConverter,
       prompt_length=module.spt.prompt_length,
@@ -280,11 +300,10 @@ class SptModel:
     return feature_converter_cls(self.module)
 
   def get_initial_variables(
-      self,
-      rng: Array,
-      input_shapes: Mapping[str, Tuple[int, ...]],
+      self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]
   ) -> Dict[str, Any]:
     """`params` and `params_axes` for batches of the given feature shapes."""
+
     def ones(name):
       return jnp.ones(input_shapes[name], jnp.int32)
 
@@ -346,7 +365,11 @@ class SptModel:
     zero perturbation of the retrieved rows in `other_variables`.
     """
     logits, loss, terms, ids = loss_with_retrieval(
-        self.compute_logits, params, batch, dropout_rng, other_variables,
+        self.compute_logits,
+        params,
+        batch,
+        dropout_rng,
+        other_variables,
         aux_loss_weights=self.aux_loss_weights,
         label_smoothing=self.label_smoothing,
         z_loss=self.z_loss,
@@ -359,9 +382,12 @@ class SptModel:
         'cross_ent_loss': terms['cross_ent_loss'],
         'z_loss': terms['z_loss'],
         'accuracy': jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
-                    / jnp.maximum(terms['weight_sum'], 1.0),
-        **{f'{AUX_METRICS_PREFIX}{name}': terms[name]
-           for name in (*self.aux_loss_weights, 'aux_loss') if name in terms},
+        / jnp.maximum(terms['weight_sum'], 1.0),
+        **{
+            f'{AUX_METRICS_PREFIX}{name}': terms[name]
+            for name in (*self.aux_loss_weights, 'aux_loss')
+            if name in terms
+        },
     }
     return loss, (metrics, ids)
 

@@ -141,7 +141,9 @@ class DecoderLayer(nn.Module):
     )
     x = _dropout(cfg)(x, deterministic=deterministic) + inputs
 
-    y = layers.RMSNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
+    y = layers.RMSNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(
+        x
+    )
     y = attention(name='encoder_decoder_attention')(
         y, encoded, encoder_decoder_mask, deterministic=deterministic
     )
@@ -169,13 +171,17 @@ class Encoder(nn.Module):
     cfg = self.config
     self.relpos_bias = _relative_position_biases(cfg)
     # Arguments count from `self`: `deterministic` is the fourth.
-    layer_cls = _maybe_remat(EncoderLayer, cfg.remat_policy, static_argnums=(4,))
+    layer_cls = _maybe_remat(
+        EncoderLayer, cfg.remat_policy, static_argnums=(4,)
+    )
     # Setup names list entries `layers_0`, `layers_1`, ...
     self.layers = [layer_cls(config=cfg) for _ in range(cfg.num_encoder_layers)]
     self.encoder_norm = layers.RMSNorm(dtype=cfg.dtype)
     self.dropout = _dropout(cfg)
 
-  def __call__(self, embedded: Array, mask: Array, deterministic: bool) -> Array:
+  def __call__(
+      self, embedded: Array, mask: Array, deterministic: bool
+  ) -> Array:
     """Embedded inputs [B, T, H] with mask [B, 1, T, T] -> encodings [B, T, H]."""
     length = embedded.shape[1]
     bias = self.relpos_bias(length, length, True)
@@ -190,7 +196,9 @@ class Encoder(nn.Module):
     """The first layer's output [B, T, H], a contextual source for the query."""
     length = embedded.shape[1]
     bias = self.relpos_bias(length, length, True)
-    return self.layers[0](embedded.astype(self.config.dtype), mask, bias, deterministic)
+    return self.layers[0](
+        embedded.astype(self.config.dtype), mask, bias, deterministic
+    )
 
 
 class Decoder(nn.Module):
@@ -220,10 +228,17 @@ class Decoder(nn.Module):
     bias = _relative_position_biases(cfg)(length, length, False)
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _dropout(cfg)(y, deterministic=deterministic).astype(cfg.dtype)
-    layer_cls = _maybe_remat(DecoderLayer, cfg.remat_policy, static_argnums=(6, 7))
+    layer_cls = _maybe_remat(
+        DecoderLayer, cfg.remat_policy, static_argnums=(6, 7)
+    )
     for i in range(cfg.num_decoder_layers):
       y = layer_cls(config=cfg, name=f'layers_{i}')(
-          y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic,
+          y,
+          encoded,
+          decoder_mask,
+          encoder_decoder_mask,
+          bias,
+          deterministic,
           decode,
       )
     y = layers.RMSNorm(dtype=cfg.dtype, name='decoder_norm')(y)
@@ -309,10 +324,14 @@ class SptTransformer(nn.Module):
     tokens, prompt_tokens = self._split_prompt(encoder_input_tokens)
     embedded = self.token_embedder(tokens)
     if self.spt.prefix_length:
-      x, input_mask = self.prefix(tokens, embedded, prompt_tokens, deterministic)
+      x, input_mask = self.prefix(
+          tokens, embedded, prompt_tokens, deterministic
+      )
     else:
       x, input_mask = embedded, tokens > 0
-    mask = layers.make_attention_mask(input_mask, input_mask, dtype=self.config.dtype)
+    mask = layers.make_attention_mask(
+        input_mask, input_mask, dtype=self.config.dtype
+    )
     return self.encoder(x, mask, deterministic)
 
   def _split_prompt(self, encoder_input_tokens: Array):
@@ -329,7 +348,7 @@ class SptTransformer(nn.Module):
           f'positions, but SptConfig.prompt_length={prompt_length} of them '
           'should be the discrete prompt after the input: convert the task '
           'with SptEncDecFeatureConverter(prompt_length='
-          f'{prompt_length}) (the model\'s FEATURE_CONVERTER_CLS).'
+          f"{prompt_length}) (the model's FEATURE_CONVERTER_CLS)."
       )
     return prompts.split_prompt(
         encoder_input_tokens.astype(jnp.int32), prompt_length
@@ -387,7 +406,9 @@ class SptTransformer(nn.Module):
           jnp.ones_like(decoder_target_tokens), input_mask, dtype=dtype
       )
     else:
-      decoder_mask = layers.make_decoder_mask(decoder_target_tokens, dtype=dtype)
+      decoder_mask = layers.make_decoder_mask(
+          decoder_target_tokens, dtype=dtype
+      )
       encoder_decoder_mask = layers.make_attention_mask(
           decoder_target_tokens > 0, input_mask, dtype=dtype
       )

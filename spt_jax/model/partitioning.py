@@ -31,7 +31,9 @@ LogicalRules = Sequence[Tuple[str, MeshAxes]]
 MESH_AXES = ('data', 'model')
 
 
-def spt_logical_axis_rules(memory_mesh_axis: MeshAxes = MESH_AXES) -> LogicalRules:
+def spt_logical_axis_rules(
+    memory_mesh_axis: MeshAxes = MESH_AXES,
+) -> LogicalRules:
   """Rules for the logical axes SPT adds to the T5 network.
 
   Args:
@@ -89,21 +91,31 @@ def create_mesh(
     The mesh; its `data` axis spans the remaining factor.
   """
   devices = list(jax.devices() if devices is None else devices)
-  if (isinstance(num_partitions, bool) or not isinstance(num_partitions, int)
-      or num_partitions < 1 or len(devices) % num_partitions):
+  if (
+      isinstance(num_partitions, bool)
+      or not isinstance(num_partitions, int)
+      or num_partitions < 1
+      or len(devices) % num_partitions
+  ):
     divisors = [d for d in range(1, len(devices) + 1) if len(devices) % d == 0]
     raise gin_utils.ConfigError(
         f'NUM_PARTITIONS={num_partitions!r} (devices per model replica) must '
         f'divide the {len(devices)} available devices: use one of '
         f'{", ".join(map(str, divisors))}.'
     )
-  grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
+  grid = np.asarray(devices).reshape(
+      len(devices) // num_partitions, num_partitions
+  )
   return jax.sharding.Mesh(grid, MESH_AXES)
 
 
-def params_shardings(params_axes: Any, mesh: jax.sharding.Mesh, rules: LogicalRules):
+def params_shardings(
+    params_axes: Any, mesh: jax.sharding.Mesh, rules: LogicalRules
+):
   """NamedShardings for a parameter tree from its `params_axes` collection."""
-  logical_specs = flax.core.unfreeze(nn_partitioning.get_axis_names(params_axes))
+  logical_specs = flax.core.unfreeze(
+      nn_partitioning.get_axis_names(params_axes)
+  )
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
@@ -135,6 +147,7 @@ def current_mesh() -> Optional[Any]:
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', DeprecationWarning)
     from jax.interpreters import pxla  # pylint: disable=g-import-not-at-top
+
     physical = pxla.thread_resources.env.physical_mesh
   return None if physical.empty else physical
 
@@ -153,8 +166,13 @@ def logical_mesh_axis(
   spec = nn_partitioning.logical_to_mesh_axes((logical_name,))
   axis = spec[0] if spec else None
   names = (axis,) if isinstance(axis, str) else axis
-  if not isinstance(names, tuple) or not names or not all(
-      isinstance(name, str) and name in mesh.axis_names for name in names):
+  if (
+      not isinstance(names, tuple)
+      or not names
+      or not all(
+          isinstance(name, str) and name in mesh.axis_names for name in names
+      )
+  ):
     return None
   size = mesh_axis_size(mesh, axis)
   return (mesh, axis, size) if size > 1 else None

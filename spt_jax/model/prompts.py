@@ -95,7 +95,9 @@ def symmetric_uniform(scale: float):
 
 
 def sample_vocab_embeddings(
-    rng: Array, embedding_table: Array, shape: Tuple[int, ...],
+    rng: Array,
+    embedding_table: Array,
+    shape: Tuple[int, ...],
     population: int = VOCAB_SAMPLE_POPULATION,
 ) -> Array:
   """Rows of `embedding_table` [V, H] drawn at random into `shape` [..., H]."""

@@ -68,14 +68,16 @@ def similarity(
     )
   # Scores follow the bank's sharding; queries are small enough to replicate.
   return layers.with_sharding_constraint(
-      _pairwise_scores(query, keys, kind, temperature), (None, 'memory'))
+      _pairwise_scores(query, keys, kind, temperature), (None, 'memory')
+  )
 
 
 def _pairwise_scores(query, keys, kind, temperature):
   """[B, N] scores of query [B, D] against keys [N, D] (any N)."""
-  return jnp.einsum(
-      'bd,nd->bn', _normalized(query, kind), _normalized(keys, kind)
-  ) / temperature
+  return (
+      jnp.einsum('bd,nd->bn', _normalized(query, kind), _normalized(keys, kind))
+      / temperature
+  )
 
 
 def _normalized(x: Array, kind: str) -> Array:
@@ -94,9 +96,12 @@ def row_similarity(
   `similarity` on rows already gathered per query (the `sampled` keys'
   path recomputes the selected scores this way, differentiably).
   """
-  return jnp.einsum(
-      'bd,bnd->bn', _normalized(query, kind), _normalized(rows, kind)
-  ) / temperature
+  return (
+      jnp.einsum(
+          'bd,bnd->bn', _normalized(query, kind), _normalized(rows, kind)
+      )
+      / temperature
+  )
 
 
 def top_k(
@@ -130,8 +135,14 @@ def top_k(
       mesh, axis, size = shards
       if num_chunks % size == 0 and scores.shape[-1] % num_chunks == 0:
         return shard_local_top_k(
-            scores, k, mesh, axis, approx=approx, recall_target=recall_target,
-            chunks_per_shard=num_chunks // size)
+            scores,
+            k,
+            mesh,
+            axis,
+            approx=approx,
+            recall_target=recall_target,
+            chunks_per_shard=num_chunks // size,
+        )
   return _chunked_top_k(scores, k, select, num_chunks)
 
 
@@ -192,13 +203,16 @@ def shard_local_top_k(
 
   def local(shard):  # [B, M / S] -> [1, B, k] twice.
     values, indices = _chunked_top_k(
-        shard, k, select, chunks_per_shard, constrain=False)
+        shard, k, select, chunks_per_shard, constrain=False
+    )
     offset = lax.axis_index(axis).astype(jnp.int32) * local_memories
     return values[None], (indices + offset)[None]
 
   spec = jax.sharding.PartitionSpec
   values, indices = jax.shard_map(
-      local, mesh=mesh, in_specs=spec(None, axis),
+      local,
+      mesh=mesh,
+      in_specs=spec(None, axis),
       out_specs=(spec(axis), spec(axis)),
   )(scores)
   # [S, B, k] -> [B, S*k] -> [B, k].
@@ -330,7 +344,8 @@ def rescored(
   if strategy not in SELECTED_SCORE_WEIGHTS:
     raise ValueError(
         f'{strategy!r} weights depend on every score; rescoring the selected '
-        f'ones needs one of {list(SELECTED_SCORE_WEIGHTS)}.')
+        f'ones needs one of {list(SELECTED_SCORE_WEIGHTS)}.'
+    )
   weights = SELECTED_SCORE_WEIGHTS[strategy](selected_scores, combine)
   return Retrieved(retrieved.indices, selected_scores, weights)
 
@@ -424,7 +439,9 @@ def balance_loss(scores: Array, indices: Array) -> Array:
   """
   num_memories = scores.shape[-1]
   probs = jnp.mean(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), axis=0)
-  counts = jnp.zeros((num_memories,), jnp.float32).at[indices.reshape(-1)].add(1.0)
+  counts = (
+      jnp.zeros((num_memories,), jnp.float32).at[indices.reshape(-1)].add(1.0)
+  )
   fraction = counts / indices.size
   return num_memories * jnp.sum(lax.stop_gradient(fraction) * probs)
 
@@ -464,14 +481,17 @@ def sampled_balance_loss(
   log_partition = lax.stop_gradient(log_partition)
   # [B, B*k]: p_{b, m} for every query b and every selection m of the batch.
   selected_scores = _pairwise_scores(
-      query, selected_keys.reshape(batch * k, width), kind, temperature)
+      query, selected_keys.reshape(batch * k, width), kind, temperature
+  )
   sampled_scores = _pairwise_scores(query, sampled_keys, kind, temperature)
   sampled_probs = lax.stop_gradient(
-      jnp.exp(sampled_scores - log_partition[:, None]))
+      jnp.exp(sampled_scores - log_partition[:, None])
+  )
   # Value log Z_b; gradient the sampled estimate of d log Z_b.
   num_samples = sampled_keys.shape[0]
   log_z = log_partition + (num_memories / num_samples) * jnp.sum(
       sampled_probs * (sampled_scores - lax.stop_gradient(sampled_scores)),
-      axis=-1)
+      axis=-1,
+  )
   probs = jnp.exp(selected_scores - log_z[:, None])
   return num_memories * jnp.sum(probs) / (batch * batch * k)

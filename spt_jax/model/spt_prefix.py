@@ -111,7 +111,9 @@ class SptPrefix(nn.Module):
           tokens, spt.prompt_span, spt.prompt_separator_id
       )
     if spt.query_source == 'first_layer':
-      mask = layers.make_attention_mask(context, context, dtype=self.config.dtype)
+      mask = layers.make_attention_mask(
+          context, context, dtype=self.config.dtype
+      )
       source = self.encoder.first_layer(source, mask, deterministic)
     query = prompts.pool_query(source, span, spt.query_pooling)
     if spt.query_stop_gradient:
@@ -130,7 +132,5 @@ class SptPrefix(nn.Module):
       self.sow('intermediates', 'retrieval_scores', retrieved.scores)
       # Unweighted: the model (models.py) owns the loss weights.
       for name, value in aux_losses.items():
-        self.sow(
-            'losses', name, value, init_fn=lambda: 0.0, reduce_fn=jnp.add
-        )
+        self.sow('losses', name, value, init_fn=lambda: 0.0, reduce_fn=jnp.add)
     return prompt

@@ -4,6 +4,7 @@ The runners check, before training, that the model's vocabulary holds every id
 a task's vocabulary can produce; the tasks read the T5 vocabulary's path from
 `$SPT_VOCAB_PATH` (`VOCAB_PATH_ENV`), which the error names.
 """
+
 import seqio
 
 from spt_jax import gin_utils

@@ -84,7 +84,8 @@ def factor_rule(
   if missing:
     raise KeyError(
         f'No Adafactor factor rule for logical axes {missing} (of {tuple(axes)}); '
-        'add them to adafactor.LOGICAL_FACTOR_RULES.')
+        'add them to adafactor.LOGICAL_FACTOR_RULES.'
+    )
   dims = tuple(rules[axis] for axis in axes)
   if ROW not in dims or COLUMN not in dims:
     dims = tuple(NONE if d in (ROW, COLUMN) else d for d in dims)
@@ -119,9 +120,11 @@ def parse_rule(
   if rule is not None and len(rule) != len(shape):
     raise ValueError(
         f'Factor rule {rule} has rank {len(rule)}; the parameter has shape '
-        f'{tuple(shape)}.')
-  batch_dims = () if rule is None else tuple(
-      i for i, d in enumerate(rule) if d == BATCH)
+        f'{tuple(shape)}.'
+    )
+  batch_dims = (
+      () if rule is None else tuple(i for i, d in enumerate(rule) if d == BATCH)
+  )
   if rule is None or (len(shape) <= 2 and not batch_dims):
     return every_dim, _heuristic_dims(shape, min_dim_size_to_factor)
   rows = tuple(i for i, d in enumerate(rule) if d == ROW)
@@ -179,8 +182,10 @@ class Adafactor:
     """A copy factoring by the `params_axes` collection of a Flax model."""
     names = flax.core.unfreeze(nn_partitioning.get_axis_names(params_axes))
     factor_rules = jax.tree.map(
-        lambda spec: factor_rule(tuple(spec), rules), names,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        lambda spec: factor_rule(tuple(spec), rules),
+        names,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+    )
     return dataclasses.replace(self, factor_rules=factor_rules)
 
   def _rules_for(self, params: Params) -> list:
@@ -188,15 +193,20 @@ class Adafactor:
     flat_rules = {}
     if self.factor_rules is not None:
       flat_rules = flax.traverse_util.flatten_dict(
-          flax.core.unfreeze(self.factor_rules))
-    return [flat_rules.get(tuple(_key(k) for k in path))
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+          flax.core.unfreeze(self.factor_rules)
+      )
+    return [
+        flat_rules.get(tuple(_key(k) for k in path))
+        for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
 
   def _dims(self, params: Params) -> list:
     rules = self._rules_for(params)
     leaves = jax.tree.leaves(params)
-    return [parse_rule(rule, leaf.shape, self.min_dim_size_to_factor)
-            for rule, leaf in zip(rules, leaves)]
+    return [
+        parse_rule(rule, leaf.shape, self.min_dim_size_to_factor)
+        for rule, leaf in zip(rules, leaves)
+    ]
 
   def init(self, params: Params) -> AdafactorState:
     """Zero second moments, factored where the rules say."""
@@ -208,13 +218,18 @@ class Adafactor:
         moments.append({'v': jnp.zeros(leaf.shape, jnp.float32)})
       else:
         rows, columns = factored
-        moments.append({
-            'v_row': jnp.zeros(tuple(np.delete(shape, columns)), jnp.float32),
-            'v_col': jnp.zeros(tuple(np.delete(shape, rows)), jnp.float32),
-        })
+        moments.append(
+            {
+                'v_row': jnp.zeros(
+                    tuple(np.delete(shape, columns)), jnp.float32
+                ),
+                'v_col': jnp.zeros(tuple(np.delete(shape, rows)), jnp.float32),
+            }
+        )
     return AdafactorState(
         count=jnp.zeros((), jnp.int32),
-        moments=jax.tree.unflatten(treedef, moments))
+        moments=jax.tree.unflatten(treedef, moments),
+    )
 
   def state_axes(self, params: Params, param_axes: Params) -> AdafactorState:
     """The logical axes of `init(params)`: each statistic keeps its
@@ -233,13 +248,16 @@ class Adafactor:
         moments.append({'v': jax.sharding.PartitionSpec(*spec)})
       else:
         rows, columns = factored
-        moments.append({
-            'v_row': _drop_dims(spec, columns),
-            'v_col': _drop_dims(spec, rows),
-        })
+        moments.append(
+            {
+                'v_row': _drop_dims(spec, columns),
+                'v_col': _drop_dims(spec, rows),
+            }
+        )
     return AdafactorState(
         count=jax.sharding.PartitionSpec(),
-        moments=jax.tree.unflatten(treedef, moments))
+        moments=jax.tree.unflatten(treedef, moments),
+    )
 
   def update(
       self, grads: Params, state: AdafactorState, params: Params
@@ -252,13 +270,17 @@ class Adafactor:
     decay = 1.0 - step ** (-self.decay_rate)
     updates, moments = [], []
     for param, grad, moment, (averaged, factored) in zip(
-        leaves, grad_leaves, moment_leaves, self._dims(params)):
+        leaves, grad_leaves, moment_leaves, self._dims(params)
+    ):
       update, moment = self._update_one(
-          param, grad.astype(jnp.float32), moment, decay, averaged, factored)
+          param, grad.astype(jnp.float32), moment, decay, averaged, factored
+      )
       updates.append(update.astype(param.dtype))
       moments.append(moment)
-    return (jax.tree.unflatten(treedef, updates),
-            AdafactorState(state.count + 1, jax.tree.unflatten(treedef, moments)))
+    return (
+        jax.tree.unflatten(treedef, updates),
+        AdafactorState(state.count + 1, jax.tree.unflatten(treedef, moments)),
+    )
 
   def _update_one(self, param, grad, moment, decay, averaged, factored):
     """The update [shape of param] and new moments of one parameter."""
@@ -270,24 +292,32 @@ class Adafactor:
     else:
       rows, columns = factored
       v_row = decay * moment['v_row'] + (1.0 - decay) * jnp.mean(
-          grad_sqr, axis=columns)
+          grad_sqr, axis=columns
+      )
       v_col = decay * moment['v_col'] + (1.0 - decay) * jnp.mean(
-          grad_sqr, axis=rows)
+          grad_sqr, axis=rows
+      )
       new_moment = {'v_row': v_row, 'v_col': v_col}
       # `rows` renumbered for v_row, whose `columns` dimensions are gone.
       reduced_rows = tuple(d - sum(c < d for c in columns) for d in rows)
       row_factor = (
-          v_row / jnp.mean(v_row, axis=reduced_rows, keepdims=True))**-0.5
+          v_row / jnp.mean(v_row, axis=reduced_rows, keepdims=True)
+      ) ** -0.5
       col_factor = v_col**-0.5
-      scaled = (grad * jnp.expand_dims(row_factor, columns)
-                * jnp.expand_dims(col_factor, rows))
+      scaled = (
+          grad
+          * jnp.expand_dims(row_factor, columns)
+          * jnp.expand_dims(col_factor, rows)
+      )
     if self.clipping_threshold is not None:
       scaled = scaled / jnp.maximum(
-          1.0, _rms(scaled, averaged) / self.clipping_threshold)
+          1.0, _rms(scaled, averaged) / self.clipping_threshold
+      )
     step_size = self.learning_rate
     if self.multiply_by_parameter_scale:
       step_size = step_size * jnp.maximum(
-          _rms(param.astype(jnp.float32), averaged), self.epsilon2)
+          _rms(param.astype(jnp.float32), averaged), self.epsilon2
+      )
     return -step_size * scaled, new_moment
 
 
@@ -295,7 +325,8 @@ def _drop_dims(
     spec: Sequence[Any], dims: Tuple[int, ...]
 ) -> jax.sharding.PartitionSpec:
   return jax.sharding.PartitionSpec(
-      *(axis for i, axis in enumerate(spec) if i not in dims))
+      *(axis for i, axis in enumerate(spec) if i not in dims)
+  )
 
 
 def _key(entry) -> str:
@@ -310,7 +341,6 @@ def with_param_axes(optimizer: Any, params_axes: Mapping[str, Any]) -> Any:
   """
   bind = getattr(optimizer, 'with_param_axes', None)
   return optimizer if bind is None else bind(params_axes)
-
 
 
 def state_axes(optimizer: Any, params: Params, param_axes: Params) -> Any:
@@ -334,7 +364,8 @@ def state_axes(optimizer: Any, params: Params, param_axes: Params) -> Any:
     return derive(params, param_axes)
   by_path = {}
   flat_axes = jax.tree.leaves(
-      param_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+      param_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )
   flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
   for (path, leaf), spec in zip(flat_params, flat_axes):
     by_path[tuple(_key(k) for k in path)] = (tuple(leaf.shape), spec)
@@ -349,4 +380,5 @@ def state_axes(optimizer: Any, params: Params, param_axes: Params) -> Any:
     return jax.sharding.PartitionSpec()
 
   return jax.tree_util.tree_map_with_path(
-      slot_axes, jax.eval_shape(optimizer.init, params))
+      slot_axes, jax.eval_shape(optimizer.init, params)
+  )

@@ -95,7 +95,7 @@ def dedup(indices: Array, row_grads: Array, num_memories: int) -> RowSparse:
       flat, size=size, fill_value=num_memories, return_inverse=True
   )
   grads = jax.ops.segment_sum(
-      row_grads.reshape((size,) + row_grads.shape[indices.ndim:]),
+      row_grads.reshape((size,) + row_grads.shape[indices.ndim :]),
       inverse.reshape(-1),
       num_segments=size,
   )
@@ -148,7 +148,9 @@ def lazy_sgd() -> RowOptimizer:
   return RowOptimizer(
       init=lambda values: (),
       update=lambda values, state, grad, lr: (
-          lazy_sgd_update(values, grad, lr), state),
+          lazy_sgd_update(values, grad, lr),
+          state,
+      ),
       state_axes=lambda values_axes: (),
   )
 
@@ -198,7 +200,9 @@ def lazy_adam_update(
   step = -lr_t * mu / (jnp.sqrt(nu) + eps)
   new_values = values.at[grad.rows].add(step.astype(values.dtype), mode='drop')
   return new_values, LazyAdamState(
-      count, _put_rows(state.mu, grad.rows, mu), _put_rows(state.nu, grad.rows, nu)
+      count,
+      _put_rows(state.mu, grad.rows, mu),
+      _put_rows(state.nu, grad.rows, nu),
   )
 
 
@@ -209,9 +213,11 @@ def lazy_adam(
   return RowOptimizer(
       init=lazy_adam_init,
       update=lambda values, state, grad, lr: lazy_adam_update(
-          values, state, grad, lr, b1, b2, eps),
+          values, state, grad, lr, b1, b2, eps
+      ),
       state_axes=lambda values_axes: LazyAdamState(
-          jax.sharding.PartitionSpec(), values_axes, values_axes),
+          jax.sharding.PartitionSpec(), values_axes, values_axes
+      ),
   )
 
 
@@ -288,32 +294,41 @@ def value_and_grad(
   sparse_keys = key_samples is not None
   rest, bank = split_rows(params, row_sparse_names(sparse_keys))
   values = bank[VALUES]
-  zeros = {RETRIEVED_VALUES: jnp.zeros(
-      (batch_size, top_k) + values.shape[1:], values.dtype)}
+  zeros = {
+      RETRIEVED_VALUES: jnp.zeros(
+          (batch_size, top_k) + values.shape[1:], values.dtype
+      )
+  }
   if sparse_keys:
     keys = bank[KEYS]
     zeros[RETRIEVED_KEYS] = jnp.zeros(
-        (batch_size, top_k) + keys.shape[1:], keys.dtype)
+        (batch_size, top_k) + keys.shape[1:], keys.dtype
+    )
     zeros[SAMPLED_KEYS] = jnp.zeros((key_samples,) + keys.shape[1:], keys.dtype)
 
   def loss(rest, perturbations):
     return loss_and_retrieval(
-        merge_rows(rest, bank), {'perturbations': {BANK: perturbations}})
+        merge_rows(rest, bank), {'perturbations': {BANK: perturbations}}
+    )
 
   (loss_value, (aux, ids)), (rest_grads, row_grads) = jax.value_and_grad(
       loss, argnums=(0, 1), has_aux=True
   )(rest, zeros)
   num_memories = values.shape[0]
-  grads = {VALUES: dedup(
-      ids['indices'], row_grads[RETRIEVED_VALUES], num_memories)}
+  grads = {
+      VALUES: dedup(ids['indices'], row_grads[RETRIEVED_VALUES], num_memories)
+  }
   if sparse_keys:
     grads[KEYS] = dedup(
-        jnp.concatenate([ids['indices'].reshape(-1),
-                         ids[SAMPLED_KEY_INDICES]]),
-        jnp.concatenate([
-            row_grads[RETRIEVED_KEYS].reshape((-1,) + keys.shape[1:]),
-            row_grads[SAMPLED_KEYS]]),
-        num_memories)
+        jnp.concatenate([ids['indices'].reshape(-1), ids[SAMPLED_KEY_INDICES]]),
+        jnp.concatenate(
+            [
+                row_grads[RETRIEVED_KEYS].reshape((-1,) + keys.shape[1:]),
+                row_grads[SAMPLED_KEYS],
+            ]
+        ),
+        num_memories,
+    )
   return (loss_value, aux), merge_rows(rest_grads, grads)
 
 
@@ -363,14 +378,16 @@ class SparseBankOptimizer(NamedTuple):
 
   def with_param_axes(self, params_axes: Any) -> 'SparseBankOptimizer':
     """Binds the logical axes to the dense optimizer (see adafactor.py)."""
-    return self._replace(dense=spt_adafactor.with_param_axes(
-        self.dense, params_axes))
+    return self._replace(
+        dense=spt_adafactor.with_param_axes(self.dense, params_axes)
+    )
 
   def init(self, params: Params) -> SparseBankState:
     rest, rows = split_rows(params, self.row_names)
     return SparseBankState(
         self.dense.init(rest),
-        {name: self.rows.init(table) for name, table in rows.items()})
+        {name: self.rows.init(table) for name, table in rows.items()},
+    )
 
   def state_axes(self, params: Params, param_axes: Params) -> SparseBankState:
     """The logical axes of `init(params)` (see `adafactor.state_axes`)."""
@@ -378,7 +395,8 @@ class SparseBankOptimizer(NamedTuple):
     rest_axes, row_axes = split_rows(param_axes, self.row_names)
     return SparseBankState(
         spt_adafactor.state_axes(self.dense, rest, rest_axes),
-        {name: self.rows.state_axes(axes) for name, axes in row_axes.items()})
+        {name: self.rows.state_axes(axes) for name, axes in row_axes.items()},
+    )
 
   def apply(
       self, grads: Params, state: SparseBankState, params: Params
@@ -390,7 +408,8 @@ class SparseBankOptimizer(NamedTuple):
     new_rows, rows_state = {}, {}
     for name, table in rows.items():
       new_rows[name], rows_state[name] = self.rows.update(
-          table, state.rows[name], row_grads[name], self.learning_rate)
+          table, state.rows[name], row_grads[name], self.learning_rate
+      )
     return (
         merge_rows(optax.apply_updates(rest, updates), new_rows),
         SparseBankState(dense_state, rows_state),
@@ -411,4 +430,5 @@ def sparse_bank_optimizer(
         f'Unknown row optimizer {rows!r}; expected one of {list(ROW_OPTIMIZERS)}.'
     )
   return SparseBankOptimizer(
-      dense, ROW_OPTIMIZERS[rows](**row_kwargs), learning_rate, keys)
+      dense, ROW_OPTIMIZERS[rows](**row_kwargs), learning_rate, keys
+  )

@@ -109,8 +109,10 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     text = '\n'.join('\t'.join(line) for line in [columns] + lines)
   elif path.endswith('.md'):
     text = '\n'.join(
-        ['| ' + ' | '.join(columns) + ' |',
-         '|' + '|'.join('---' for _ in columns) + '|']
+        [
+            '| ' + ' | '.join(columns) + ' |',
+            '|' + '|'.join('---' for _ in columns) + '|',
+        ]
         + ['| ' + ' | '.join(line) + ' |' for line in lines]
     )
   else:
@@ -131,7 +133,10 @@ def write_matrix(names: Sequence[str], matrix: np.ndarray, path: str) -> str:
 
 
 def plot_heatmap(
-    counts: retrieval_stats.Counts, path: str, max_memories: int = 64, row_inches: float = 0.25
+    counts: retrieval_stats.Counts,
+    path: str,
+    max_memories: int = 64,
+    row_inches: float = 0.25,
 ) -> str:
   """A PNG of each name's usage share over memories, above the Jaccard overlap.
 
@@ -217,7 +222,8 @@ def write_report(
   }
   for kind in retrieval_stats.OVERLAP_KINDS:
     paths[kind] = write_matrix(
-        names, retrieval_stats.overlap_matrix(counts, kind),
+        names,
+        retrieval_stats.overlap_matrix(counts, kind),
         out(f'retrieval_overlap_{kind}.tsv'),
     )
   paths['counts'] = out('retrieval_counts.npz')
@@ -261,15 +267,28 @@ def analyze(
   if not model.module.spt.num_memories:
     raise ValueError('The model has no memory bank to analyse.')
   params = train_checkpoints.TrainCheckpoints(model_dir).restore_params()
-  indices_by_name = collect_by_task(model, params, task_batches(
-      model.FEATURE_CONVERTER_CLS(pack=False), mixture_or_task_names,
-      task_feature_lengths, split, batch_size,
-  ))
+  indices_by_name = collect_by_task(
+      model,
+      params,
+      task_batches(
+          model.FEATURE_CONVERTER_CLS(pack=False),
+          mixture_or_task_names,
+          task_feature_lengths,
+          split,
+          batch_size,
+      ),
+  )
   if group_by == 'dataset':
-    indices_by_name = retrieval_stats.group_indices(indices_by_name, lambda n: n.split('/')[0])
+    indices_by_name = retrieval_stats.group_indices(
+        indices_by_name, lambda n: n.split('/')[0]
+    )
   elif group_by != 'template':
-    raise ValueError(f"group_by must be 'template' or 'dataset', got {group_by!r}.")
-  return write_report(indices_by_name, model.module.spt.num_memories, output_dir)
+    raise ValueError(
+        f"group_by must be 'template' or 'dataset', got {group_by!r}."
+    )
+  return write_report(
+      indices_by_name, model.module.spt.num_memories, output_dir
+  )
 
 
 def task_batches(
@@ -325,6 +344,7 @@ def main(argv: Sequence[str]) -> None:
   # Gin binds the importable module's functions, not this `__main__` copy.
   from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   from spt_jax.study import analysis as analysis_lib  # pylint: disable=g-import-not-at-top
+
   gin_utils.parse_gin_flags()
   model_dir = gin.query_parameter('%MODEL_DIR')
   paths = analysis_lib.analyze(
@@ -342,12 +362,17 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   flags.DEFINE_list(
-      'mixtures', ['spt_synthetic_train', 'spt_synthetic_heldout_gen'],
+      'mixtures',
+      ['spt_synthetic_train', 'spt_synthetic_heldout_gen'],
       'Mixtures or tasks to run over (generation tasks: one row per example).',
   )
   flags.DEFINE_string('output_dir', None, 'Default: MODEL_DIR/analysis.')
   flags.DEFINE_string('split', 'validation', 'Dataset split.')
-  flags.DEFINE_enum('group_by', 'template', ['template', 'dataset'],
-                    'One row per template, or per dataset (task family).')
+  flags.DEFINE_enum(
+      'group_by',
+      'template',
+      ['template', 'dataset'],
+      'One row per template, or per dataset (task family).',
+  )
   FLAGS = flags.FLAGS
   gin_utils.run(main)

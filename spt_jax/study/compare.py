@@ -92,7 +92,9 @@ def parse_variant(spec: str) -> Variant:
         f'Expected a variant as NAME:GIN_FILE[,GIN_FILE][@VARIANT], got {spec!r}.'
     )
   files, _, init_from = rest.partition('@')
-  return Variant(name, tuple(f for f in files.split(',') if f), init_from or None)
+  return Variant(
+      name, tuple(f for f in files.split(',') if f), init_from or None
+  )
 
 
 def check_variants(variants: Sequence[Variant]) -> None:
@@ -154,11 +156,17 @@ def read_rows(
     split: str = 'validation',
 ) -> TaskRows:
   """Reads a `__score` task's rows into memory."""
-  rows = task.get_dataset(task_feature_lengths, split=split, shuffle=False).cache()
-  targets = [(int(r['idx'][0]), int(r['idx'][1]), bool(r['is_correct']))
-             for r in rows.as_numpy_iterator()]
+  rows = task.get_dataset(
+      task_feature_lengths, split=split, shuffle=False
+  ).cache()
+  targets = [
+      (int(r['idx'][0]), int(r['idx'][1]), bool(r['is_correct']))
+      for r in rows.as_numpy_iterator()
+  ]
   converted = feature_converter(rows, task_feature_lengths)
-  return TaskRows(targets, next(converted.batch(len(targets)).as_numpy_iterator()))
+  return TaskRows(
+      targets, next(converted.batch(len(targets)).as_numpy_iterator())
+  )
 
 
 def evaluate_rows(
@@ -171,18 +179,22 @@ def evaluate_rows(
   own metric (`spt_jax.eval_protocol.rank_classification_accuracy`).
   """
   first = next(iter(rows.values()))
-  features = {k: np.concatenate([r.features[k] for r in rows.values()])
-              for k in first.features}
+  features = {
+      k: np.concatenate([r.features[k] for r in rows.values()])
+      for k in first.features
+  }
   enumerated = tf.data.Dataset.from_tensor_slices(features).enumerate()
   scores = [score for _, score in sorted(model_fns.score_fn(enumerated))]
   per_task, start = {}, 0
   for task, task_rows in rows.items():
     stop = start + len(task_rows.targets)
     per_task[task] = eval_protocol.rank_classification_accuracy(
-        task_rows.targets, scores[start:stop])
+        task_rows.targets, scores[start:stop]
+    )
     start = stop
   return eval_lib.EvalResults(
-      tasks=per_task, datasets=eval_protocol.aggregate_over_templates(per_task))
+      tasks=per_task, datasets=eval_protocol.aggregate_over_templates(per_task)
+  )
 
 
 def measure_retrieval(
@@ -230,8 +242,11 @@ class _Data:
 
   @staticmethod
   def _key(model, task, lengths):
-    return (task.name, tuple(sorted(lengths.items())),
-            model.module.spt.prompt_length)
+    return (
+        task.name,
+        tuple(sorted(lengths.items())),
+        model.module.spt.prompt_length,
+    )
 
   def rows(self, model, mixture: str, lengths) -> Dict[str, TaskRows]:
     """Task name -> its rows, for every task of the mixture."""
@@ -252,13 +267,21 @@ class _Data:
       key = self._key(model, task, lengths)
       if key in self._rows:  # Read already for scoring.
         tokens = self._rows[key].features['encoder_input_tokens']
-        self._probes[key] = [{'encoder_input_tokens': tokens[:self.PROBE_EXAMPLES]}]
+        self._probes[key] = [
+            {'encoder_input_tokens': tokens[: self.PROBE_EXAMPLES]}
+        ]
       elif key not in self._probes:
         batches = analysis.task_batches(
-            converter, [task.name], lengths, batch_size=self.PROBE_EXAMPLES,
-            max_batches=1)
+            converter,
+            [task.name],
+            lengths,
+            batch_size=self.PROBE_EXAMPLES,
+            max_batches=1,
+        )
         self._probes[key] = next(iter(batches.values()))
-      probes['/'.join(eval_protocol.template_info(task.name))] = self._probes[key]
+      probes['/'.join(eval_protocol.template_info(task.name))] = self._probes[
+          key
+      ]
     return probes
 
 
@@ -275,18 +298,22 @@ def train_and_measure(folder: str, data: _Data) -> results.RunResult:
   lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
   evaluated = evaluate_rows(
       data.rows(model, eval_mixture, lengths),
-      eval_lib.ModelFns(model, params, gin.query_parameter('%EVAL_BATCH_SIZE')))
+      eval_lib.ModelFns(model, params, gin.query_parameter('%EVAL_BATCH_SIZE')),
+  )
   retrieval = {}
   if model.module.spt.num_memories:
     trained = data.probes(model, train_mixture, lengths)
     probes = {**trained, **data.probes(model, eval_mixture, lengths)}
     retrieval = measure_retrieval(model, params, probes, list(trained), folder)
   return results.RunResult(
-      variant='', seed=-1, step=result.step,
+      variant='',
+      seed=-1,
+      step=result.step,
       train_loss=result.metrics.get('cross_ent_loss', float('nan')),
       datasets={d: v['mean'] for d, v in evaluated.datasets.items()},
       tasks={t: m['accuracy'] for t, m in evaluated.tasks.items()},
-      retrieval=retrieval, seconds=time.time() - start,
+      retrieval=retrieval,
+      seconds=time.time() - start,
   )
 
 
@@ -294,7 +321,9 @@ def recorded_seeds(variants: Sequence[Variant], model_dir: str) -> int:
   """How many seeds, from 0 on, every variant has a recorded run of."""
   seed = 0
   while all(
-      os.path.exists(os.path.join(run_dir(model_dir, v.name, seed), RESULT_FILE))
+      os.path.exists(
+          os.path.join(run_dir(model_dir, v.name, seed), RESULT_FILE)
+      )
       for v in variants
   ):
     seed += 1
@@ -337,8 +366,13 @@ def run_study(
     if not done:
       configure(base_gin_files, variant, bindings, model_dir, seed)
       steps[path] = gin.query_parameter('%TRAIN_STEPS')
-  bar = tqdm.tqdm(total=sum(steps.values()), desc='study', unit='step',
-                  dynamic_ncols=True, disable=not steps)
+  bar = tqdm.tqdm(
+      total=sum(steps.values()),
+      desc='study',
+      unit='step',
+      dynamic_ncols=True,
+      disable=not steps,
+  )
   with bar:
     for i, (seed, variant, path, done) in enumerate(pending):
       if done:
@@ -358,14 +392,18 @@ def run_study(
   return runs
 
 
-def write_results(runs: Mapping[str, Sequence[results.RunResult]], model_dir: str) -> str:
+def write_results(
+    runs: Mapping[str, Sequence[results.RunResult]], model_dir: str
+) -> str:
   """Writes results.txt and results.png into model_dir; returns the tables:
   accuracies, then paired differences (when the variants allow one)."""
   table = results.results_table(runs)
   differences = results.differences_table(runs)
   if differences:
-    table += ('\n\nPaired differences (accuracy points, variant - baseline, '
-              'same seeds), mean [95% t interval over seeds]:\n' + differences)
+    table += (
+        '\n\nPaired differences (accuracy points, variant - baseline, '
+        'same seeds), mean [95% t interval over seeds]:\n' + differences
+    )
   with open(os.path.join(model_dir, RESULTS_TABLE), 'w') as f:
     f.write(table + '\n')
   results.plot_results(runs, os.path.join(model_dir, RESULTS_PLOT))
@@ -377,8 +415,7 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS['verbosity'].present:
     # Progress bars and the table; --verbosity=0 shows the runner's logs.
     logging.set_verbosity(logging.WARNING)
-  defaults = (STUDY_VARIANTS if FLAGS.frozen_backbone
-              else FULL_TRAINING_VARIANTS)
+  defaults = STUDY_VARIANTS if FLAGS.frozen_backbone else FULL_TRAINING_VARIANTS
   variants = [parse_variant(v) for v in FLAGS.variant or defaults]
   base = FLAGS.gin_file or [BASE_GIN]
   is_chief = jax.process_index() == 0
@@ -391,33 +428,51 @@ def main(argv: Sequence[str]) -> None:
   # Seeds recorded beyond --seeds (the study's, when the default runs again)
   # are shown too.
   seeds = max(FLAGS.seeds, recorded_seeds(variants, FLAGS.model_dir))
-  runs = run_study(variants, range(seeds), FLAGS.model_dir, base,
-                   FLAGS.gin_bindings, on_seed_done=record)
+  runs = run_study(
+      variants,
+      range(seeds),
+      FLAGS.model_dir,
+      base,
+      FLAGS.gin_bindings,
+      on_seed_done=record,
+  )
   if is_chief:
     table = write_results(runs, FLAGS.model_dir)
-    print('\nZero-shot held-out accuracy (%, rank classification), mean ± '
-          'standard error over seeds:\n')
+    print(
+        '\nZero-shot held-out accuracy (%, rank classification), mean ± '
+        'standard error over seeds:\n'
+    )
     print(table)
     trained = sum(r.seconds for rs in runs.values() for r in rs)
-    print(f'\nThis invocation: {time.time() - start:.0f} s; the runs recorded '
-          f'took {trained:.0f} s to train and evaluate.')
-    print(f'Written to {os.path.join(FLAGS.model_dir, RESULTS_TABLE)} and '
-          f'{RESULTS_PLOT}.')
+    print(
+        f'\nThis invocation: {time.time() - start:.0f} s; the runs recorded '
+        f'took {trained:.0f} s to train and evaluate.'
+    )
+    print(
+        f'Written to {os.path.join(FLAGS.model_dir, RESULTS_TABLE)} and '
+        f'{RESULTS_PLOT}.'
+    )
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('model_dir', 'runs/default',
-                      'Each run trains in MODEL_DIR/<variant>/seed_<seed>.')
+  flags.DEFINE_string(
+      'model_dir',
+      'runs/default',
+      'Each run trains in MODEL_DIR/<variant>/seed_<seed>.',
+  )
   flags.DEFINE_integer('seeds', 1, 'Seeds per variant (0, 1, ...).')
   flags.DEFINE_multi_string(
-      'variant', [],
+      'variant',
+      [],
       'NAME:GIN_FILE[,GIN_FILE][@VARIANT] added to the base configuration; '
-      '@VARIANT starts from that variant\'s run of the same seed (default: '
+      "@VARIANT starts from that variant's run of the same seed (default: "
       f'{", ".join(FULL_TRAINING_VARIANTS)}).',
   )
   flags.DEFINE_bool(
-      'frozen_backbone', False,
+      'frozen_backbone',
+      False,
       'Add the frozen-backbone setting to the default variants: '
-      f'{", ".join(FROZEN_BACKBONE_VARIANTS)}.')
+      f'{", ".join(FROZEN_BACKBONE_VARIANTS)}.',
+  )
   FLAGS = flags.FLAGS
   gin_utils.run(main)

@@ -1,5 +1,6 @@
 """The study results: a run's `result.json`, the table and plot of mean +- SE
 over seeds, and the paired differences between variants with t intervals."""
+
 import dataclasses
 import json
 import math
@@ -8,7 +9,6 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
-
 
 # Rows of the table after the accuracies: (label, RunResult field, key).
 RETRIEVAL_ROWS = (
@@ -76,7 +76,9 @@ def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
     return float('nan'), float('nan')
   if len(values) == 1:
     return float(values[0]), float('nan')
-  return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+  return float(np.mean(values)), float(
+      np.std(values, ddof=1) / math.sqrt(len(values))
+  )
 
 
 def paired_difference(
@@ -93,13 +95,19 @@ def paired_difference(
     (mean difference, low, high); the bounds are nan with one pair.
   """
   if len(a) != len(b) or not a:
-    raise ValueError(f'Paired differences need equal, non-empty seed lists; '
-                     f'got {len(a)} and {len(b)} values.')
+    raise ValueError(
+        f'Paired differences need equal, non-empty seed lists; '
+        f'got {len(a)} and {len(b)} values.'
+    )
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   mean = float(d.mean())
   if len(d) < 2:
     return mean, float('nan'), float('nan')
-  half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+  half = (
+      stats.t.ppf(0.5 + confidence / 2, len(d) - 1)
+      * d.std(ddof=1)
+      / math.sqrt(len(d))
+  )
   return mean, mean - float(half), mean + float(half)
 
 
@@ -115,8 +123,11 @@ def _paired(
 ) -> Tuple[List[RunResult], List[RunResult]]:
   """The two variants' runs of the seeds both have, in seed order."""
   by_seed = {r.seed: r for r in runs[baseline]}
-  pairs = [(r, by_seed[r.seed]) for r in sorted(runs[variant], key=lambda r: r.seed)
-           if r.seed in by_seed]
+  pairs = [
+      (r, by_seed[r.seed])
+      for r in sorted(runs[variant], key=lambda r: r.seed)
+      if r.seed in by_seed
+  ]
   return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -128,15 +139,29 @@ def differences_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
   if not comparisons:
     return ''
   columns = [(v, b, *_paired(runs, v, b)) for v, b in comparisons]
-  header = ['dataset'] + [f'{v} - {b} ({len(a)} seeds)' for v, b, a, _ in columns]
+  header = ['dataset'] + [
+      f'{v} - {b} ({len(a)} seeds)' for v, b, a, _ in columns
+  ]
   datasets = sorted({d for _, _, a, _ in columns for d in a[0].datasets})
-  rows = [[d] + [_difference_cell([r.datasets[d] for r in a],
-                                  [r.datasets[d] for r in b])
-                 if d in a[0].datasets else '' for _, _, a, b in columns]
-          for d in datasets]
-  rows.append([AVERAGE] + [
-      _difference_cell([r.average for r in a], [r.average for r in b])
-      for _, _, a, b in columns])
+  rows = [
+      [d]
+      + [
+          _difference_cell(
+              [r.datasets[d] for r in a], [r.datasets[d] for r in b]
+          )
+          if d in a[0].datasets
+          else ''
+          for _, _, a, b in columns
+      ]
+      for d in datasets
+  ]
+  rows.append(
+      [AVERAGE]
+      + [
+          _difference_cell([r.average for r in a], [r.average for r in b])
+          for _, _, a, b in columns
+      ]
+  )
   return _format_table(header, rows)
 
 
@@ -150,7 +175,7 @@ def _cell(values: Sequence[float], digits: int = 1) -> str:
 
 
 def _groups(
-    runs: Mapping[str, Sequence[RunResult]]
+    runs: Mapping[str, Sequence[RunResult]],
 ) -> List[Tuple[Tuple[str, ...], List[str]]]:
   """Variants grouped by the datasets they are evaluated on, in order."""
   groups: Dict[Tuple[str, ...], List[str]] = {}
@@ -167,8 +192,10 @@ def _format_table(header: List[str], rows: List[List[str]]) -> str:
   def fmt(row):
     return ' | '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
 
-  return '\n'.join([fmt(header), '-+-'.join('-' * w for w in widths)]
-                   + [fmt(r) for r in rows])
+  return '\n'.join(
+      [fmt(header), '-+-'.join('-' * w for w in widths)]
+      + [fmt(r) for r in rows]
+  )
 
 
 def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
@@ -186,18 +213,29 @@ def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
         [d] + [_cell([r.datasets[d] for r in runs[n]]) for n in names]
         for d in datasets
     ]
-    rows.append([AVERAGE] + [_cell([r.average for r in runs[n]]) for n in names])
-    rows.append(['train loss (last)'] + [
-        _cell([r.train_loss for r in runs[n]], 3) for n in names])
+    rows.append(
+        [AVERAGE] + [_cell([r.average for r in runs[n]]) for n in names]
+    )
+    rows.append(
+        ['train loss (last)']
+        + [_cell([r.train_loss for r in runs[n]], 3) for n in names]
+    )
     if any(runs[n][0].retrieval for n in names):
       for label, key in RETRIEVAL_ROWS:
         digits = 2 if 'overlap' in label else 1
-        rows.append([label] + [
-            _cell([r.retrieval[key] for r in runs[n] if r.retrieval], digits)
-            for n in names])
+        rows.append(
+            [label]
+            + [
+                _cell(
+                    [r.retrieval[key] for r in runs[n] if r.retrieval], digits
+                )
+                for n in names
+            ]
+        )
     tables.append(
         f'seeds per variant: {"/".join(map(str, seeds))}\n'
-        + _format_table(header, rows))
+        + _format_table(header, rows)
+    )
   return '\n\n'.join(tables)
 
 
@@ -214,7 +252,9 @@ def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
     labels = list(datasets) + [AVERAGE]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-      stats = [mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets]
+      stats = [
+          mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets
+      ]
       stats.append(mean_and_se([r.average for r in runs[name]]))
       means = [m for m, _ in stats]
       errors = [0.0 if math.isnan(se) else se for _, se in stats]
@@ -230,7 +270,8 @@ def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
     ax.set_title(
         f'zero-shot accuracy on the held-out templates of {len(datasets)} '
         f'families, mean ± SE over {seeds} seed(s); dotted: 1 in 4',
-        fontsize=10)
+        fontsize=10,
+    )
     ax.legend(fontsize=8, ncol=len(names), loc='upper left')
   figure.tight_layout()
   figure.savefig(path, dpi=80)

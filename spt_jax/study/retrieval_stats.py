@@ -3,17 +3,21 @@
 Usage counts, entropy, overlap between tasks and the consistency of a
 family's templates, from the indices `analysis.collect_retrievals` gathers.
 """
+
 import math
 from typing import Any, Callable, Dict, Iterable, List, Mapping
 
 import numpy as np
 
-
 Counts = Mapping[str, np.ndarray]
 OVERLAP_KINDS = ('jaccard', 'cosine')
 TABLE_COLUMNS = (
-    'name', 'examples', 'distinct_memories', 'entropy_bits',
-    'normalized_entropy', 'top_memories',
+    'name',
+    'examples',
+    'distinct_memories',
+    'entropy_bits',
+    'normalized_entropy',
+    'top_memories',
 )
 
 
@@ -81,14 +85,16 @@ def retrieval_table(
     top = [m for m in top if c[m] > 0]
     max_entropy = math.log2(c.size) if c.size > 1 else 1.0
     entropy = entropy_bits(c)
-    rows.append({
-        'name': name,
-        'examples': total // top_k,
-        'distinct_memories': int(np.count_nonzero(c)),
-        'entropy_bits': entropy,
-        'normalized_entropy': entropy / max_entropy,
-        'top_memories': ' '.join(f'{m}:{c[m] / total:.2f}' for m in top),
-    })
+    rows.append(
+        {
+            'name': name,
+            'examples': total // top_k,
+            'distinct_memories': int(np.count_nonzero(c)),
+            'entropy_bits': entropy,
+            'normalized_entropy': entropy / max_entropy,
+            'top_memories': ' '.join(f'{m}:{c[m] / total:.2f}' for m in top),
+        }
+    )
   return rows
 
 
@@ -175,11 +181,13 @@ def retrieval_consistency(
   for i, a in enumerate(trained):
     for j in range(i + 1, len(trained)):
       (same if _family(a) == _family(trained[j]) else other).append(
-          jaccard[i, j])
+          jaccard[i, j]
+      )
   families = {}
   for name in trained:
     families[_family(name)] = families.get(_family(name), 0) + np.asarray(
-        counts[name])
+        counts[name]
+    )
   heldout = [n for n in counts if n not in trained and _family(n) in families]
   hits = [nearest_family(counts[n], families)[_family(n)] for n in heldout]
 

@@ -41,7 +41,8 @@ SPT_PARAMS_PATTERN = rf'^.*({"|".join(spt_params.SPT_PARAM_GROUPS)}).*$'
 
 def logical_factor_rules():
   """T5X's standard Adafactor factor rules, with the local runner's table
-  (`spt_jax.optim.adafactor.LOGICAL_FACTOR_RULES`, SPT's axes included) on top."""
+  (`spt_jax.optim.adafactor.LOGICAL_FACTOR_RULES`, SPT's axes included) on top.
+  """
   rules = flax.core.unfreeze(adafactor.standard_logical_factor_rules())
   rules.update(spt_adafactor.LOGICAL_FACTOR_RULES)
   return flax.core.freeze(rules)
@@ -91,10 +92,12 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
     if kwargs.get('feature_converter_cls') is not None:
       raise ValueError(
           'SptEncoderDecoderModel builds its feature converter from the '
-          "network's prompt_length; do not set feature_converter_cls.")
+          "network's prompt_length; do not set feature_converter_cls."
+      )
     kwargs['feature_converter_cls'] = spt_models.feature_converter_cls(module)
     super().__init__(
-        module, input_vocabulary, output_vocabulary, optimizer_def, **kwargs)
+        module, input_vocabulary, output_vocabulary, optimizer_def, **kwargs
+    )
     self.aux_loss_weights = {
         'pull_loss': pull_loss_weight,
         'balance_loss': balance_loss_weight,
@@ -122,7 +125,11 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
     zero perturbation of the retrieved rows in `other_variables`.
     """
     logits, loss, terms, ids = spt_models.loss_with_retrieval(
-        self._compute_logits, params, batch, dropout_rng, other_variables,
+        self._compute_logits,
+        params,
+        batch,
+        dropout_rng,
+        other_variables,
         aux_loss_weights=self.aux_loss_weights,
         label_smoothing=self._label_smoothing,
         z_loss=self._z_loss,
@@ -147,14 +154,17 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
     # auxiliary losses, which are reported beside it.
     num_tokens = batch['decoder_target_tokens'].size
     metrics['cross_ent_loss'] = metrics_lib.AveragePerStep(
-        total=terms['cross_ent_loss'])
+        total=terms['cross_ent_loss']
+    )
     metrics['cross_ent_loss_per_all_target_tokens'] = clu_metrics.Average(
-        total=jnp.sum(terms['cross_ent_loss']), count=num_tokens)
+        total=jnp.sum(terms['cross_ent_loss']), count=num_tokens
+    )
     prefix = spt_models.AUX_METRICS_PREFIX
     for name in (*self.aux_loss_weights, 'aux_loss'):
       if name in terms:
         metrics[f'{prefix}{name}'] = metrics_lib.AveragePerStep(
-            total=terms[name])
+            total=terms[name]
+        )
     return loss, (metrics, ids)
 
   def score_batch(
@@ -169,9 +179,11 @@ class SptEncoderDecoderModel(models.EncoderDecoderModel):
     `retrieval_scores`)."""
     if not return_intermediates:
       return spt_models.sequence_scores(
-          self._compute_logits(params, batch), batch)
+          self._compute_logits(params, batch), batch
+      )
     logits, variables = self._compute_logits(
-        params, batch, mutable=['intermediates'])
+        params, batch, mutable=['intermediates']
+    )
     intermediates = flax.core.unfreeze(variables.get('intermediates', {}))
     token_scores = spt_models.token_scores(logits, batch)
     # Singleton tuples, as every sown value (one per instantiation).

@@ -36,6 +36,7 @@ from t5x import trainer as t5x_trainer
 from spt_jax.checkpoints import spt_params
 from spt_jax.optim import sparse_updates
 
+
 def is_bank_row_param(
     path: str, value: Any = None, sparse_keys: bool = False
 ) -> bool:
@@ -60,7 +61,8 @@ def is_dense_spt_param(
   """The SPT parameters but the bank's rows: the dense traversal of a frozen
   backbone (gin_configs/runs/frozen_backbone.gin)."""
   return spt_params.is_spt_param(path) and not is_bank_row_param(
-      path, value, sparse_keys)
+      path, value, sparse_keys
+  )
 
 
 @flax.struct.dataclass
@@ -80,29 +82,33 @@ class LazyRowOptimizer(optimizers.OptimizerDef):
   def __init__(self, rows: str = 'adam', **row_kwargs):
     """Args:
 
-      rows: 'sgd' or 'adam' (`sparse_updates.ROW_OPTIMIZERS`).
-      **row_kwargs: e.g. b1, b2, eps of LazyAdam.
+    rows: 'sgd' or 'adam' (`sparse_updates.ROW_OPTIMIZERS`).
+    **row_kwargs: e.g. b1, b2, eps of LazyAdam.
     """
     if rows not in sparse_updates.ROW_OPTIMIZERS:
       raise ValueError(
           f'Unknown row optimizer {rows!r}; expected one of '
-          f'{list(sparse_updates.ROW_OPTIMIZERS)}.')
+          f'{list(sparse_updates.ROW_OPTIMIZERS)}.'
+      )
     self.rows = sparse_updates.ROW_OPTIMIZERS[rows](**row_kwargs)
     super().__init__(_RowHyperParams(learning_rate=None))
 
   def init_state(self, params):
     return optimizers.OptimizerState(
-        jnp.asarray(0, jnp.int32), jax.tree.map(self.rows.init, params))
+        jnp.asarray(0, jnp.int32), jax.tree.map(self.rows.init, params)
+    )
 
   def apply_gradient(self, hyper_params, params, state, grads):
     if hyper_params.learning_rate is None:
       raise ValueError(
-          'LazyRowOptimizer: no learning rate; T5X\'s trainer passes its '
-          'schedule\'s (apply_gradient(..., learning_rate=...)).')
+          "LazyRowOptimizer: no learning rate; T5X's trainer passes its "
+          "schedule's (apply_gradient(..., learning_rate=...))."
+      )
     flat_params = traverse_util.flatten_dict(flax.core.unfreeze(params))
     flat_grads = traverse_util.flatten_dict(flax.core.unfreeze(grads))
     flat_states = traverse_util.flatten_dict(
-        flax.core.unfreeze(state.param_states))
+        flax.core.unfreeze(state.param_states)
+    )
     new_params, new_states = {}, {}
     for key, value in flat_params.items():
       grad = flat_grads[key]
@@ -110,22 +116,27 @@ class LazyRowOptimizer(optimizers.OptimizerDef):
         raise TypeError(
             f'LazyRowOptimizer takes row-sparse gradients; {"/".join(key)} '
             'got a dense one. Train with t5x_sparse.SparseBankTrainer '
-            '(gin_configs/runs/sparse_bank.gin).')
+            '(gin_configs/runs/sparse_bank.gin).'
+        )
       new_params[key], new_states[key] = self.rows.update(
-          value, flat_states[key], grad, hyper_params.learning_rate)
+          value, flat_states[key], grad, hyper_params.learning_rate
+      )
     new_params = traverse_util.unflatten_dict(new_params)
     new_states = traverse_util.unflatten_dict(new_states)
     if isinstance(params, flax.core.FrozenDict):
       new_params, new_states = flax.core.freeze(new_params), flax.core.freeze(
-          new_states)
+          new_states
+      )
     return new_params, optimizers.OptimizerState(state.step + 1, new_states)
 
   def derive_logical_axes(self, optimizer, param_logical_axes):
     """Slots [M, P, H] take the values' axes; scalars are replicated."""
     flat_axes = traverse_util.flatten_dict(
-        flax.core.unfreeze(param_logical_axes))
+        flax.core.unfreeze(param_logical_axes)
+    )
     states = traverse_util.unflatten_dict(
-        {k: self.rows.state_axes(axes) for k, axes in flat_axes.items()})
+        {k: self.rows.state_axes(axes) for k, axes in flat_axes.items()}
+    )
     return optimizers.Optimizer(
         optimizer.optimizer_def,
         optimizers.OptimizerState(None, states),
@@ -145,14 +156,16 @@ def sparse_train_with_lr(
   spt = model.module.spt
   (_, metrics), grads = sparse_updates.value_and_grad(
       lambda params, other: model.loss_and_retrieval(
-          params, batch, dropout_rng, other),
+          params, batch, dropout_rng, other
+      ),
       train_state.params,
       top_k=spt.top_k,
       batch_size=batch['encoder_input_tokens'].shape[0],
       key_samples=spt.key_samples if sparse_keys else None,
   )
   return t5x_trainer.apply_grads(
-      train_state, grads, metrics, learning_rate, weight_metrics_computer=None)
+      train_state, grads, metrics, learning_rate, weight_metrics_computer=None
+  )
 
 
 class SparseBankTrainer(t5x_trainer.Trainer):
@@ -172,15 +185,18 @@ class SparseBankTrainer(t5x_trainer.Trainer):
       raise ValueError(
           'SparseBankTrainer.sparse_keys needs SptConfig.key_gradient = '
           f"'sampled' (got {key_gradient!r}): dense keys' gradients reach "
-          'every memory (gin_configs/runs/sampled_keys.gin sets both).')
+          'every memory (gin_configs/runs/sampled_keys.gin sets both).'
+      )
     if self._num_microbatches is not None and self._num_microbatches > 1:
       raise ValueError(
           'SparseBankTrainer does not accumulate microbatches; set '
-          'num_microbatches = None.')
+          'num_microbatches = None.'
+      )
     if self._weight_metrics_computer is not None:
       raise ValueError(
           'SparseBankTrainer: weight metrics need dense gradients of every '
-          'parameter; leave weight_metrics_computer unset.')
+          'parameter; leave weight_metrics_computer unset.'
+      )
 
   @functools.cached_property
   def _partitioned_train_step(self):

@@ -86,6 +86,7 @@ a folder's TFRecords), `preprocessing` (the discrete prompt and output
 features) and `mixtures` (`register`, `register_from_environment`: the tasks
 and T0's mixtures).
 """
+
 from tasks.p3 import datasets
 from tasks.p3 import promptsource
 from tasks.p3 import folders

@@ -2,6 +2,7 @@
 
 Part of `tasks.p3` (see its docstring).
 """
+
 import dataclasses
 import re
 from typing import Optional
@@ -65,6 +66,7 @@ class T0Dataset:
       None.
     heldout: whether T0 evaluates on it zero-shot (validation split).
   """
+
   dataset: str
   subset: Optional[str] = None
   train_stage: Optional[str] = None

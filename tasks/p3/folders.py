@@ -2,6 +2,7 @@
 
 Part of `tasks.p3` (see its docstring).
 """
+
 import dataclasses
 import os
 import re
@@ -27,6 +28,7 @@ class P3Folder:
     score: whether it is a `_score_eval` folder.
     splits: the splits it has files for.
   """
+
   path: str
   prefix: str
   dataset: str
@@ -41,12 +43,16 @@ class P3Folder:
   @property
   def task_name(self) -> str:
     return eval_protocol.task_name(
-        p3_datasets.COLLECTION, self.dataset,
-        p3_datasets.name_part(self.template) or p3_datasets.DEFAULT_TEMPLATE, self.score)
+        p3_datasets.COLLECTION,
+        self.dataset,
+        p3_datasets.name_part(self.template) or p3_datasets.DEFAULT_TEMPLATE,
+        self.score,
+    )
 
 
-def parse_folder_name(name: str, prefixes: Sequence[str]
-                      ) -> tuple[str, str, str, bool]:
+def parse_folder_name(
+    name: str, prefixes: Sequence[str]
+) -> tuple[str, str, str, bool]:
   """Splits a P3 folder name into (prefix, dataset, template, score).
 
   Args:
@@ -59,12 +65,12 @@ def parse_folder_name(name: str, prefixes: Sequence[str]
     prefix is its own dataset, with template ''.
   """
   score = name.endswith(p3_datasets.SCORE_EVAL_SUFFIX)
-  base = name[:-len(p3_datasets.SCORE_EVAL_SUFFIX)] if score else name
+  base = name[: -len(p3_datasets.SCORE_EVAL_SUFFIX)] if score else name
   matches = [p for p in prefixes if base.startswith(p + '_')]
   if not matches:
     return base, p3_datasets.name_part(base), '', score
   prefix = max(matches, key=len)
-  template = base[len(prefix) + 1:]
+  template = base[len(prefix) + 1 :]
   dataset = prefix
   if prefix == p3_datasets.ANLI:
     match = re.fullmatch(r'(.*)_(r[123])', template)
@@ -77,7 +83,8 @@ def parse_folder_name(name: str, prefixes: Sequence[str]
 # `info.<split>.json` or `<split>.tfrecord-0000i-of-0000N`.
 _SPLIT_FILE = re.compile(
     r'^(?:info\.(?P<info>[^.]+)\.json'
-    r'|(?P<records>[^.]+)\.tfrecord-\d+-of-\d+)$')
+    r'|(?P<records>[^.]+)\.tfrecord-\d+-of-\d+)$'
+)
 
 
 def find_folders(p3_dir: str, prefixes: Sequence[str]) -> list[P3Folder]:
@@ -100,23 +107,30 @@ def find_folders(p3_dir: str, prefixes: Sequence[str]) -> list[P3Folder]:
     raise p3_datasets.P3ConfigError(
         f'P3 directory {p3_dir} (${p3_datasets.P3_DIR_ENV}) does not exist. Download P3 '
         '(huggingface.co/datasets/bigscience/P3, e.g. `git clone` with '
-        'git-lfs) and point it at the repository or its data/ folder.')
+        'git-lfs) and point it at the repository or its data/ folder.'
+    )
   splits = {}
   for path in tf.io.gfile.glob(os.path.join(root, '*', '*')):
     match = _SPLIT_FILE.match(os.path.basename(path))
     if match:
       folder = os.path.dirname(path)
       splits.setdefault(folder, set()).add(
-          match.group('info') or match.group('records'))
+          match.group('info') or match.group('records')
+      )
   if not splits:
     raise p3_datasets.P3ConfigError(
         f'No P3 folder under {root} (${p3_datasets.P3_DIR_ENV}): expected '
         '<dataset>_<subset>_<template>/ folders holding info.<split>.json and '
-        '<split>.tfrecord-*-of-* files.')
+        '<split>.tfrecord-*-of-* files.'
+    )
   folders = []
   for path in sorted(splits):
     prefix, dataset, template, score = parse_folder_name(
-        os.path.basename(path), prefixes)
-    folders.append(P3Folder(path, prefix, dataset, template, score,
-                            tuple(sorted(splits[path]))))
+        os.path.basename(path), prefixes
+    )
+    folders.append(
+        P3Folder(
+            path, prefix, dataset, template, score, tuple(sorted(splits[path]))
+        )
+    )
   return folders

@@ -2,6 +2,7 @@
 
 Part of `tasks.p3` (see its docstring).
 """
+
 from typing import Mapping
 
 import seqio
@@ -11,9 +12,11 @@ from spt_jax.model import vocabularies
 from tasks import vocab
 
 
-def add_prompt(dataset: tf.data.Dataset,
-               output_features: Mapping[str, seqio.Feature],
-               instruction: str) -> tf.data.Dataset:
+def add_prompt(
+    dataset: tf.data.Dataset,
+    output_features: Mapping[str, seqio.Feature],
+    instruction: str,
+) -> tf.data.Dataset:
   """Adds the template's instruction to every example, tokenized once.
 
   Args:
@@ -27,13 +30,19 @@ def add_prompt(dataset: tf.data.Dataset,
     `prompt_pretokenized` string [] (the instruction).
   """
   vocabulary = output_features[vocab.PROMPT].vocabulary
-  vocabularies.vocabulary_size(vocabulary)  # A clear error if it cannot be read.
+  vocabularies.vocabulary_size(
+      vocabulary
+  )  # A clear error if it cannot be read.
   tokens = tf.constant(vocabulary.encode(instruction), tf.int32)
   text = tf.constant(instruction)
   return dataset.map(
-      lambda ex: {**ex, vocab.PROMPT: tokens,
-                  f'{vocab.PROMPT}_pretokenized': text},
-      num_parallel_calls=tf.data.AUTOTUNE)
+      lambda ex: {
+          **ex,
+          vocab.PROMPT: tokens,
+          f'{vocab.PROMPT}_pretokenized': text,
+      },
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
 
 
 def add_prompt_from_inputs(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -55,14 +64,18 @@ def add_prompt_from_inputs(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
   def add(ex):
     text = ex.get(f'{vocab.INPUTS}_pretokenized', tf.constant(''))
-    return {**ex, vocab.PROMPT: ex[vocab.INPUTS],
-            f'{vocab.PROMPT}_pretokenized': text}
+    return {
+        **ex,
+        vocab.PROMPT: ex[vocab.INPUTS],
+        f'{vocab.PROMPT}_pretokenized': text,
+    }
 
   return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def output_features(vocabulary: seqio.Vocabulary, with_prompt: bool
-                    ) -> Mapping[str, seqio.Feature]:
+def output_features(
+    vocabulary: seqio.Vocabulary, with_prompt: bool
+) -> Mapping[str, seqio.Feature]:
   """The features of P3 tasks.
 
   Args:

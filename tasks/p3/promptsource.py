@@ -2,6 +2,7 @@
 
 Part of `tasks.p3` (see its docstring).
 """
+
 import dataclasses
 import functools
 import os
@@ -33,6 +34,7 @@ class PromptsourceTemplate:
     original_task: promptsource's `metadata.original_task`.
     file: the `templates.yaml` it was read from, named in log messages.
   """
+
   name: str
   jinja: str
   answer_choices: Optional[str]
@@ -50,10 +52,12 @@ class PromptsourceTemplate:
     text; the fallback is logged, naming the file and the template.
     """
     template = prompt_templates.Template(
-        name=self.name, jinja=self.jinja, answer_choices=self.answer_choices)
+        name=self.name, jinja=self.jinja, answer_choices=self.answer_choices
+    )
     source = prompt_templates.split_source(self.jinja)[0]
     literal = prompt_templates.clean_instruction(
-        re.sub(r'{{.*?}}|{%.*?%}|{#.*?#}', ' ', source, flags=re.DOTALL))
+        re.sub(r'{{.*?}}|{%.*?%}|{#.*?#}', ' ', source, flags=re.DOTALL)
+    )
     try:
       instruction = template.instruction
     except Exception as e:  # pylint: disable=broad-except
@@ -64,8 +68,12 @@ class PromptsourceTemplate:
       reason = 'rendered with blank fields, its input is empty'
     logging.warning(
         'promptsource %s, template %r: %s. Its instruction is the text of its '
-        'input outside Jinja blocks: %r', self.file or '(no file)', self.name,
-        reason, literal)
+        'input outside Jinja blocks: %r',
+        self.file or '(no file)',
+        self.name,
+        reason,
+        literal,
+    )
     return literal, LITERAL
 
   @property
@@ -108,24 +116,33 @@ def read_promptsource_yaml(path: str) -> tuple[PromptsourceTemplate, ...]:
     except yaml.YAMLError as e:
       raise ValueError(f'{path} is not valid YAML: {e}') from e
   if not isinstance(data, Mapping) or not isinstance(
-      data.get('templates'), Mapping):
+      data.get('templates'), Mapping
+  ):
     raise ValueError(
         f"{path} is not a promptsource template file: it has no 'templates' "
-        'mapping.')
+        'mapping.'
+    )
   templates = []
   for key, entry in data['templates'].items():
-    if not isinstance(entry, Mapping) or 'name' not in entry or (
-        'jinja' not in entry):
-      raise ValueError(
-          f"{path}: template {key!r} lacks 'name' or 'jinja'.")
+    if (
+        not isinstance(entry, Mapping)
+        or 'name' not in entry
+        or ('jinja' not in entry)
+    ):
+      raise ValueError(f"{path}: template {key!r} lacks 'name' or 'jinja'.")
     metadata = entry.get('metadata') or {}
     answer_choices = entry.get('answer_choices')
-    templates.append(PromptsourceTemplate(
-        name=str(entry['name']),
-        jinja=str(entry['jinja']),
-        answer_choices=None if answer_choices is None else str(answer_choices),
-        original_task=bool(metadata.get('original_task')),
-        file=path))
+    templates.append(
+        PromptsourceTemplate(
+            name=str(entry['name']),
+            jinja=str(entry['jinja']),
+            answer_choices=None
+            if answer_choices is None
+            else str(answer_choices),
+            original_task=bool(metadata.get('original_task')),
+            file=path,
+        )
+    )
   return tuple(templates)
 
 
@@ -147,8 +164,11 @@ class Promptsource:
       p3_datasets.P3ConfigError: no promptsource template file under `path`.
     """
     path = os.path.expanduser(path)
-    for candidate in (os.path.join(path, 'promptsource', 'templates'),
-                      os.path.join(path, 'templates'), path):
+    for candidate in (
+        os.path.join(path, 'promptsource', 'templates'),
+        os.path.join(path, 'templates'),
+        path,
+    ):
       if self._files_under(candidate):
         self.templates_dir = candidate
         break
@@ -157,20 +177,23 @@ class Promptsource:
           f'No promptsource template files (<dataset>[/<subset>]/'
           f'templates.yaml) under {path} (${p3_datasets.PROMPTSOURCE_DIR_ENV}). Point it '
           'at a checkout of github.com/bigscience-workshop/promptsource, or '
-          'unset it to use P3 without instructions.')
+          'unset it to use P3 without instructions.'
+      )
     # P3 folder prefix -> templates.yaml, and its templates once read.
     self._files = {}
     self._templates = {}
     for file in self._files_under(self.templates_dir):
       parts = os.path.relpath(os.path.dirname(file), self.templates_dir).split(
-          os.sep)
+          os.sep
+      )
       self._files[p3_datasets.p3_name(*parts)] = file
 
   @staticmethod
   def _files_under(folder: str) -> list[str]:
     return sorted(
-        tf.io.gfile.glob(os.path.join(folder, '*', 'templates.yaml')) +
-        tf.io.gfile.glob(os.path.join(folder, '*', '*', 'templates.yaml')))
+        tf.io.gfile.glob(os.path.join(folder, '*', 'templates.yaml'))
+        + tf.io.gfile.glob(os.path.join(folder, '*', '*', 'templates.yaml'))
+    )
 
   @property
   def prefixes(self) -> Sequence[str]:
@@ -184,5 +207,6 @@ class Promptsource:
     if prefix not in self._templates:
       self._templates[prefix] = {
           p3_datasets.p3_name(t.name): t
-          for t in read_promptsource_yaml(self._files[prefix])}
+          for t in read_promptsource_yaml(self._files[prefix])
+      }
     return self._templates[prefix]

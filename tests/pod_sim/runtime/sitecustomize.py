@@ -3,6 +3,7 @@
 On a TPU VM the runtime joins the slice's hosts; here a worker's Python that
 runs a training binary joins the others through JAX's distributed runtime.
 """
+
 import os
 import sys
 
@@ -14,6 +15,9 @@ if os.environ.get('SPT_SIM_COORDINATOR'):
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
     os.environ.setdefault('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.distributed.initialize(
         os.environ['SPT_SIM_COORDINATOR'],
-        int(os.environ['SPT_SIM_WORKERS']), int(os.environ['SPT_SIM_WORKER']))
+        int(os.environ['SPT_SIM_WORKERS']),
+        int(os.environ['SPT_SIM_WORKER']),
+    )
