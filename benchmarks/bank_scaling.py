@@ -154,6 +154,31 @@ def _compiled_step(model, optimizer, batch, mesh, rules):
   return step, create, init_params, compile_s
 
 
+def _model_and_optimizer(t5, num_memories, memory_length, variant, platform):
+  """The SPT model of one row and its optimizer (see the module docstring)."""
+  from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import config  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import models  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
+  from spt_jax.optim import sparse_updates  # pylint: disable=g-import-not-at-top
+
+  spt = config.SptConfig(
+      num_memories=num_memories,
+      memory_length=memory_length,
+      top_k=TOP_K,
+      key_dim=KEY_DIM,
+      top_k_chunks=DEVICES if platform == 'cpu' else 1,
+      key_gradient='sampled' if variant == 'sampled' else 'dense',
+  )
+  model = models.SptModel(network.SptTransformer(t5, spt))
+  optimizer = trainer.adafactor()
+  if variant in ('sparse', 'sampled'):
+    optimizer = sparse_updates.sparse_bank_optimizer(
+        optimizer, 'adam', 1e-3, keys=variant == 'sampled'
+    )
+  return model, optimizer
+
+
 def worker(
     num_memories: int,
     memory_length: int,
@@ -170,34 +195,16 @@ def worker(
 ) -> dict:
   """One (bank, variant) in this process; returns its row."""
   import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-  from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
   from spt_jax.model import config  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import models  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import network  # pylint: disable=g-import-not-at-top
   from spt_jax.model import partitioning  # pylint: disable=g-import-not-at-top
-  from spt_jax.optim import sparse_updates  # pylint: disable=g-import-not-at-top
-
-  del optax
 
   t5 = config.t5_1_1_config(size, dropout_rate=0.0, dtype=dtype)
   devices = jax.device_count()
   partitions = model_partitions if platform == 'cpu' else 1
-  spt = config.SptConfig(
-      num_memories=num_memories,
-      memory_length=memory_length,
-      top_k=TOP_K,
-      key_dim=KEY_DIM,
-      top_k_chunks=DEVICES if platform == 'cpu' else 1,
-      key_gradient='sampled' if variant == 'sampled' else 'dense',
+  model, optimizer = _model_and_optimizer(
+      t5, num_memories, memory_length, variant, platform
   )
-  model = models.SptModel(network.SptTransformer(t5, spt))
-  optimizer = trainer.adafactor()
-  if variant in ('sparse', 'sampled'):
-    optimizer = sparse_updates.sparse_bank_optimizer(
-        optimizer, 'adam', 1e-3, keys=variant == 'sampled'
-    )
   shapes = common.Shapes(size, batch_size, inputs, targets)
   batch = step_time.random_batch(shapes, t5.vocab_size)
 
@@ -349,7 +356,7 @@ def _result_name(args) -> str:
   return name
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--size', default='base')
@@ -398,7 +405,11 @@ def main() -> None:
       'holds them all; saves a process start and jax import per row).',
   )
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def main() -> None:
+  args = _parse_args()
   banks = [tuple(int(x) for x in b.split(':')) for b in args.banks.split(',')]
   variants = args.variants.split(',')
   if args.worker:

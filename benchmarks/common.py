@@ -187,17 +187,10 @@ def log(message: str) -> None:
 
 
 def t5_train_flops(
-    emb_dim: int,
-    num_heads: int,
-    head_dim: int,
-    mlp_dim: int,
-    num_encoder_layers: int,
-    num_decoder_layers: int,
-    vocab_size: int,
+    cfg: Any,
     batch: int,
     encoder_length: int,
     decoder_length: int,
-    num_mlp_inputs: int = 2,
     weight_gradients: bool = True,
 ) -> float:
   """Matmul FLOPs of one T5 1.1 training step.
@@ -208,9 +201,13 @@ def t5_train_flops(
   estimate). The backward pass costs the forward once for the activation
   gradients and once more for the weight gradients, which a frozen backbone
   skips (`weight_gradients=False`). `encoder_length` includes any prepended
-  prompt positions.
+  prompt positions; `cfg` is a `config.T5Config`.
   """
-  inner = num_heads * head_dim
+  emb_dim, mlp_dim, vocab_size = cfg.emb_dim, cfg.mlp_dim, cfg.vocab_size
+  num_mlp_inputs = len(cfg.mlp_activations)
+  num_encoder_layers = cfg.num_encoder_layers
+  num_decoder_layers = cfg.num_decoder_layers
+  inner = cfg.num_heads * cfg.head_dim
   t_enc, t_dec = encoder_length, decoder_length
   mlp = 2 * emb_dim * mlp_dim * (num_mlp_inputs + 1)
   attention = 2 * 4 * emb_dim * inner  # q, k, v, o projections per token.

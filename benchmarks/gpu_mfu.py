@@ -35,11 +35,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
-from spt_jax.checkpoints import spt_params  # pylint: disable=g-import-not-at-top
 from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
 from spt_jax.model import config  # pylint: disable=g-import-not-at-top
-from spt_jax.model import models  # pylint: disable=g-import-not-at-top
-from spt_jax.model import network  # pylint: disable=g-import-not-at-top
 
 # Dense bfloat16 tensor-core peaks, FLOP/s, by device-kind substring.
 PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
@@ -109,30 +106,10 @@ def main() -> None:
   for name in variants:
     spt = step_time.VARIANTS[name]
     common.log(f'compiling {name}')
-    params = backbone
-    if spt.prefix_length:
-      params = spt_params.initialize_spt_params(
-          backbone, jax.random.PRNGKey(1), spt
-      )
-    model = models.SptModel(network.SptTransformer(cfg, spt))
-    compiled, state = step_time.compiled_step(model, optimizer, params, batch)
-    steps[name] = common.stepper(compiled, state, batch)
-    cost = common.xla_cost(compiled)
-    flops[name] = {
-        'analytic_flops': common.t5_train_flops(
-            cfg.emb_dim,
-            cfg.num_heads,
-            cfg.head_dim,
-            cfg.mlp_dim,
-            cfg.num_encoder_layers,
-            cfg.num_decoder_layers,
-            cfg.vocab_size,
-            shapes.batch,
-            shapes.inputs + spt.prefix_length,
-            shapes.targets,
-        ),
-        'xla_flops': float(cost.get('flops', float('nan'))),
-    }
+    compiled, steps[name] = step_time.variant_step(
+        cfg, spt, backbone, optimizer, batch, seed=1
+    )
+    flops[name] = step_time.compiled_info(compiled, cfg, spt, shapes, 'all')
 
   times = common.time_interleaved(
       steps, args.repeats, jax.block_until_ready, warmup=2

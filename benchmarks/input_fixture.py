@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 
 import numpy as np
@@ -235,6 +235,17 @@ def t0_record(dataset: str, g: TextGenerator) -> Dict[str, Any]:
   template drops by design (e.g. WikiQA's negative answers for the question
   writing template).
   """
+  for generate in (_multiple_choice_record, _reading_or_other_record):
+    record = generate(dataset, g)
+    if record is not None:
+      return record
+  raise ValueError(f'No fixture generator for {dataset!r}.')
+
+
+def _multiple_choice_record(
+    dataset: str, g: TextGenerator
+) -> Optional[Dict[str, Any]]:
+  """A record of T0's multiple-choice QA datasets; None for the others."""
   text = g.text
   if dataset == 'commonsense_qa':
     labels = _labels(5)
@@ -295,6 +306,15 @@ def t0_record(dataset: str, g: TextGenerator) -> Dict[str, Any]:
         'correct_answer': text(2),
         'support': text(80),
     }
+  return None
+
+
+def _reading_or_other_record(
+    dataset: str, g: TextGenerator
+) -> Optional[Dict[str, Any]]:
+  """A record of the other T0 datasets (extractive QA, summaries,
+  classification); None for the rest."""
+  text = g.text
   if dataset == 'wiki_hop':
     candidates = g.texts(g.integer(2, 30), 2)
     relation = '_'.join(g.sample_words(g.integer(1, 3)))
@@ -348,7 +368,7 @@ def t0_record(dataset: str, g: TextGenerator) -> Dict[str, Any]:
     return {'text': text(21), 'label': g.integer(0, 1)}
   if dataset == 'dbpedia_14':
     return {'title': text(3), 'content': text(46), 'label': g.integer(0, 13)}
-  raise ValueError(f'No fixture generator for {dataset!r}.')
+  return None
 
 
 @dataclasses.dataclass(frozen=True)

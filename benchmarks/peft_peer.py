@@ -49,7 +49,6 @@ import optax  # pylint: disable=g-import-not-at-top
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import step_time  # pylint: disable=g-import-not-at-top
 from spt_jax.checkpoints import spt_params  # pylint: disable=g-import-not-at-top
-from spt_jax.local import trainer  # pylint: disable=g-import-not-at-top
 from spt_jax.model import config  # pylint: disable=g-import-not-at-top
 from spt_jax.model import models  # pylint: disable=g-import-not-at-top
 from spt_jax.model import network  # pylint: disable=g-import-not-at-top

@@ -100,7 +100,23 @@ def compiled_step(model, optimizer, params, batch, trainable='all'):
   return compiled, state
 
 
-def _compiled_info(compiled, cfg, spt, shapes, trainable) -> dict:
+def variant_step(cfg, spt, backbone, optimizer, batch, seed, trainable='all'):
+  """(compiled step, its `common.stepper`) of the backbone with `spt`.
+
+  The SPT parameters (if `spt` has any) are initialised from `seed` onto
+  the shared backbone, so that every variant starts from the same T5.
+  """
+  params = backbone
+  if spt.prefix_length:
+    params = spt_params.initialize_spt_params(
+        backbone, jax.random.PRNGKey(seed), spt
+    )
+  model = models.SptModel(network.SptTransformer(cfg, spt))
+  compiled, state = compiled_step(model, optimizer, params, batch, trainable)
+  return compiled, common.stepper(compiled, state, batch)
+
+
+def compiled_info(compiled, cfg, spt, shapes, trainable) -> dict:
   """Positions, FLOPs (XLA's and analytic) and XLA memory of one variant."""
   cost = common.xla_cost(compiled)
   memory = compiled.memory_analysis()
@@ -109,13 +125,7 @@ def _compiled_info(compiled, cfg, spt, shapes, trainable) -> dict:
       'encoder_positions': shapes.inputs + spt.prefix_length,
       'xla_flops': float(cost.get('flops', float('nan'))),
       'analytic_flops': common.t5_train_flops(
-          cfg.emb_dim,
-          cfg.num_heads,
-          cfg.head_dim,
-          cfg.mlp_dim,
-          cfg.num_encoder_layers,
-          cfg.num_decoder_layers,
-          cfg.vocab_size,
+          cfg,
           shapes.batch,
           shapes.inputs + spt.prefix_length,
           shapes.targets,
@@ -140,6 +150,20 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument('--inputs', type=int, help='Overrides the input length.')
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args()
+
+
+TABLE_COLUMNS = (
+    'variant',
+    'encoder_positions',
+    'median_s',
+    'min_s',
+    'max_s',
+    'cpu_median_s',
+    'tokens_per_s',
+    'xla_flops',
+    'analytic_flops',
+    'analytic_gflops_per_s',
+)
 
 
 def main() -> None:
@@ -168,17 +192,10 @@ def main() -> None:
   steps, info = {}, {}
   for name, spt in variants.items():
     common.log(f'compiling {name}')
-    params = backbone
-    if spt.prefix_length:
-      params = spt_params.initialize_spt_params(
-          backbone, jax.random.PRNGKey(args.seed + 1), spt
-      )
-    model = models.SptModel(network.SptTransformer(cfg, spt))
-    compiled, state = compiled_step(
-        model, optimizer, params, batch, args.trainable
+    compiled, steps[name] = variant_step(
+        cfg, spt, backbone, optimizer, batch, args.seed + 1, args.trainable
     )
-    steps[name] = common.stepper(compiled, state, batch)
-    info[name] = _compiled_info(compiled, cfg, spt, shapes, args.trainable)
+    info[name] = compiled_info(compiled, cfg, spt, shapes, args.trainable)
 
   times = common.time_interleaved(steps, args.repeats, jax.block_until_ready)
   tokens = shapes.batch * (shapes.inputs + shapes.targets)
@@ -203,21 +220,7 @@ def main() -> None:
   flops_ratios = {
       f'xla_flops_{a}_over_{b}': flops[a] / flops[b] for a, b in pairs
   }
-  common.print_table(
-      rows,
-      [
-          'variant',
-          'encoder_positions',
-          'median_s',
-          'min_s',
-          'max_s',
-          'cpu_median_s',
-          'tokens_per_s',
-          'xla_flops',
-          'analytic_flops',
-          'analytic_gflops_per_s',
-      ],
-  )
+  common.print_table(rows, TABLE_COLUMNS)
   print()
   common.print_ratios(ratios)
   for key, value in flops_ratios.items():

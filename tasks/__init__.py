@@ -37,4 +37,5 @@ from tasks import glue
 from tasks import p3
 from tasks import super_glue
 from tasks import synthetic
+from tasks import synthetic_study
 from tasks import t0

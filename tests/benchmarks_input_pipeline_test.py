@@ -18,6 +18,7 @@ import seqio
 from benchmarks import input_copies
 from benchmarks import input_fixture
 from benchmarks import input_pipeline as ip
+from benchmarks import input_readers
 from spt_jax import eval_protocol
 from spt_jax.local import train_data
 from spt_jax.model import feature_converters
@@ -166,7 +167,7 @@ def test_p3_copy_holds_each_tasks_examples(prepared):
 
 def test_measure_times_the_variants(prepared):
   readers = {
-      name: ip.PipelineReader(ds, BATCH)
+      name: input_readers.PipelineReader(ds, BATCH)
       for name, ds in ip.pipelines(
           prepared, ('t0', 't0_render_only', 't0_cached'), BATCH
       ).items()
@@ -178,13 +179,13 @@ def test_measure_times_the_variants(prepared):
     assert row['examples_per_call'] == 2 * BATCH
     assert row['examples_per_s'] > 0 and row['cpu_ms_per_example'] > 0
   assert set(ip.ratios(rows)) == {'t0_render_only_over_t0', 't0_cached_over_t0'}
-  ceiling = ip.render_ceiling(DATASETS, seconds=0.2)
+  ceiling = input_readers.render_ceiling(DATASETS, seconds=0.2)
   assert ceiling['examples_per_cpu_s'] > 0
   assert ceiling['rendered_chars_per_example'] > 0
 
 
 def test_render_only_yields_the_rendered_text(prepared):
-  batch = _batches(ip.render_only_batches(DATASETS, BATCH), 1)[0]
+  batch = _batches(input_readers.render_only_batches(DATASETS, BATCH), 1)[0]
   assert sorted(batch) == ['inputs', 'prompt', 'targets']
   instructions = {
       seqio.get_mixture_or_task(n)

@@ -8,6 +8,7 @@ import sentencepiece as spm
 import tasks  # pylint: disable=unused-import
 from spt_jax import eval_protocol
 from tasks import synthetic
+from tasks import synthetic_study
 from tasks import vocab
 
 _TRAINED = [f for f in synthetic.FAMILIES if not f.heldout]
@@ -214,7 +215,7 @@ def _templates_of(mixture):
 
 
 def test_study_splits_keep_dev_and_test_apart_from_training():
-  mixtures = synthetic.STUDY_MIXTURES
+  mixtures = synthetic_study.STUDY_MIXTURES
   train = _templates_of(mixtures['train'])
   dev, test = _templates_of(mixtures['dev']), _templates_of(mixtures['test'])
   assert _tasks_of(mixtures['train']) == _tasks_of(synthetic.TRAIN_MIXTURE)
@@ -233,18 +234,18 @@ def test_study_splits_keep_dev_and_test_apart_from_training():
       task = seqio.get_mixture_or_task(name)
       assert task.splits == ('validation',)
       assert task.num_input_examples('validation') == (
-          synthetic.STUDY_TEST_EXAMPLES_PER_TASK
+          synthetic_study.STUDY_TEST_EXAMPLES_PER_TASK
           if mixture == 'test'
-          else synthetic.STUDY_DEV_EXAMPLES_PER_TASK
+          else synthetic_study.STUDY_DEV_EXAMPLES_PER_TASK
       )
 
 
 def test_study_family_split_for_the_frozen_backbone():
-  mixtures = synthetic.STUDY_MIXTURES
+  mixtures = synthetic_study.STUDY_MIXTURES
   a = {f for f, _ in _templates_of(mixtures['train_a'])}
   b = {f for f, _ in _templates_of(mixtures['train_b'])}
-  assert a == set(synthetic.STUDY_FAMILIES_A)
-  assert b == set(synthetic.STUDY_FAMILIES_B)
+  assert a == set(synthetic_study.STUDY_FAMILIES_A)
+  assert b == set(synthetic_study.STUDY_FAMILIES_B)
   assert not a & b and a | b == {f.name for f in _TRAINED}
   assert {f for f, _ in _templates_of(mixtures['test_b'])} == b | {
       f.name for f in _HELDOUT
@@ -255,7 +256,7 @@ def test_study_family_split_for_the_frozen_backbone():
 def test_dev_examples_are_other_lists_of_the_evaluation_pool():
   for family in ('first', 'cipher_last'):
     dev = synthetic.SyntheticSource(
-        family, 't', ('validation',), 256, synthetic.DEV_SALT
+        family, 't', ('validation',), 256, synthetic_study.DEV_SALT
     )
     test = synthetic.SyntheticSource(family, 't', ('validation',), 256)
     dev_lists = {e['words'] for e in dev.examples('validation')}
@@ -275,7 +276,7 @@ def test_study_instructions_recombine_trained_key_words(sentencepiece):
   for family in synthetic.FAMILIES + synthetic.DEV_FAMILIES:
     is_dev = family in synthetic.DEV_FAMILIES
     study = (
-        synthetic.study_templates(family.name).templates
+        synthetic_study.study_templates(family.name).templates
         if is_dev or not family.heldout
         else ()
     )

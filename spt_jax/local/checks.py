@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from spt_jax import gin_utils
 from spt_jax.model import models
+from spt_jax.model import partitioning
 from spt_jax.model import vocabularies
 
 
@@ -336,32 +337,39 @@ def check_initial_checkpoint(path: Optional[str]) -> None:
 
 
 def check_run(
+    *,
     model: models.SptModel,
-    mesh: Any,
     model_dir: str,
     mixture_or_task_name: str,
     mixture_or_task_module: Optional[str],
     task_feature_lengths: Mapping[str, int],
     eval_mixture_or_task_name: Optional[str],
     initial_checkpoint_path: Optional[str],
-    **settings: int,
+    num_partitions: int,
+    train_steps: int,
+    batch_size: int,
+    checkpoint_period: int,
+    log_period: int,
+    eval_batch_size: int,
+    **unchecked: Any,
 ) -> None:
-  """Every check of a training run, before any model work.
+  """Every check of `train.train`'s arguments, before any model work.
 
-  Args:
-    model: the model to train.
-    mesh: its ('data', 'model') mesh.
-    model_dir: MODEL_DIR (checked on process 0 only).
-    mixture_or_task_name: the training data.
-    mixture_or_task_module: the module registering it.
-    task_feature_lengths: TASK_FEATURE_LENGTHS.
-    eval_mixture_or_task_name: evaluated after training, if given.
-    initial_checkpoint_path: INITIAL_CHECKPOINT_PATH, if given.
-    **settings: `check_settings`'s step counts and batch sizes.
+  Takes the arguments of `train.train` by name (the others, `unchecked`,
+  need no check of their own); each is described there. MODEL_DIR is checked
+  on process 0 only.
   """
-  check_settings(data_parallelism=mesh.shape['data'], **settings)
+  del unchecked
   if jax.process_index() == 0:
     check_model_dir(model_dir)
+  check_settings(
+      train_steps=train_steps,
+      batch_size=batch_size,
+      checkpoint_period=checkpoint_period,
+      log_period=log_period,
+      eval_batch_size=eval_batch_size,
+      data_parallelism=partitioning.create_mesh(num_partitions).shape['data'],
+  )
   check_feature_lengths(task_feature_lengths)
   check_initial_checkpoint(initial_checkpoint_path)
   check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)

@@ -18,6 +18,7 @@ Several hosts run the same command with `--multiprocess` (see
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import os
 import signal
@@ -89,24 +90,28 @@ def _model_input_shapes(dataset, batch_size: int) -> Dict[str, tuple]:
   }
 
 
-def _holding_run_lock(train_fn):
-  """`train_fn` holding MODEL_DIR's `run_lock.RunLock` for the whole call.
+def _checked_and_locked(train_fn):
+  """`train_fn` once `checks.check_run` passes its arguments, holding MODEL_DIR's
+  `run_lock.RunLock` for the whole call.
 
-  Only process 0 takes it: the other hosts are the same run.
+  Only process 0 takes the lock: the other hosts are the same run.
   """
+  signature = inspect.signature(train_fn)
 
   @functools.wraps(train_fn)
-  def locked(*args, model_dir: str, **kwargs):
+  def checked_and_locked(**kwargs):
+    arguments = signature.bind(**kwargs)
+    arguments.apply_defaults()
+    checks.check_run(**arguments.arguments)
     if jax.process_index() != 0:
-      return train_fn(*args, model_dir=model_dir, **kwargs)
-    checks.check_model_dir(model_dir)
-    with run_lock.RunLock(model_dir):
-      return train_fn(*args, model_dir=model_dir, **kwargs)
+      return train_fn(**kwargs)
+    with run_lock.RunLock(kwargs['model_dir']):
+      return train_fn(**kwargs)
 
-  return locked
+  return checked_and_locked
 
 
-@_holding_run_lock
+@_checked_and_locked
 def train(
     *,
     model: models.SptModel,
@@ -156,32 +161,14 @@ def train(
 
   Raises:
     run_lock.ModelDirInUse: another live run trains into MODEL_DIR.
-    gin_utils.ConfigError: a setting is unusable, or MODEL_DIR is another
+    gin_utils.ConfigError: a setting is unusable (`checks.check_run`), or MODEL_DIR is another
       model's run (nothing in it is changed).
     train_loop.TrainingDiverged: the loss is not finite.
   """
   mesh = partitioning.create_mesh(num_partitions)
-  checks.check_run(
-      model,
-      mesh,
-      model_dir,
-      mixture_or_task_name,
-      mixture_or_task_module,
-      task_feature_lengths,
-      eval_mixture_or_task_name,
-      initial_checkpoint_path,
-      train_steps=train_steps,
-      batch_size=batch_size,
-      log_period=log_period,
-      checkpoint_period=checkpoint_period,
-      eval_batch_size=eval_batch_size,
-  )
+  optimizer = optimizer or trainer.adafactor()
   sharded = trainer.ShardedTrainer(
-      model,
-      optimizer or trainer.adafactor(),
-      mesh,
-      logical_axis_rules,
-      trainable,
+      model, optimizer, mesh, logical_axis_rules, trainable
   )
   dataset = train_data.get_train_dataset(
       mixture_or_task_name,

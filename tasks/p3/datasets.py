@@ -7,9 +7,6 @@ import dataclasses
 import re
 from typing import Optional
 
-import seqio
-import tensorflow as tf
-
 from tasks import sources
 
 P3_DIR_ENV = 'SPT_P3_DIR'
