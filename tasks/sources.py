@@ -54,6 +54,16 @@ _JSON_TYPES = {
 }
 
 
+# What TFDS raises for a data set that is not prepared (or not registered).
+_NOT_PREPARED = (
+    AssertionError,
+    KeyError,
+    FileNotFoundError,
+    tf.errors.NotFoundError,
+    tfds.core.registered.DatasetNotFoundError,
+)
+
+
 class DataNotFoundError(gin_utils.InputError, FileNotFoundError):
   """The data of a task is not available; the message says how to provide it."""
 
@@ -112,26 +122,14 @@ class TfdsSource(seqio.TfdsDataSource):
   ) -> tf.data.Dataset:
     try:
       return super().get_dataset(split, *args, **kwargs)
-    except (
-        AssertionError,
-        KeyError,
-        FileNotFoundError,
-        tf.errors.NotFoundError,
-        tfds.core.registered.DatasetNotFoundError,
-    ) as e:
+    except _NOT_PREPARED as e:
       raise self._not_found(split, e) from None
 
   def list_shards(self, split: str) -> Sequence[str]:
     """The split's files; raises DataNotFoundError when it is not prepared."""
     try:
       shards = super().list_shards(split)
-    except (
-        AssertionError,
-        KeyError,
-        FileNotFoundError,
-        tf.errors.NotFoundError,
-        tfds.core.registered.DatasetNotFoundError,
-    ) as e:
+    except _NOT_PREPARED as e:
       raise self._not_found(split, e) from None
     if not shards:
       raise self._not_found(split, KeyError(f'no files for split {split!r}'))

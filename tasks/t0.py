@@ -71,6 +71,14 @@ def _dataset(
 
 
 S, I, SL = 'string', 'int', 'string_list'
+# Both DuoRC configurations' fields.
+_DUORC_FIELDS = {
+    'title': S,
+    'plot': S,
+    'question': S,
+    'answers': SL,
+    'no_answer': 'bool',
+}
 
 # T0's training datasets by task cluster.
 TRAIN_DATASETS = (
@@ -206,13 +214,7 @@ TRAIN_DATASETS = (
         _local(
             'duorc_selfrc',
             "'duorc', 'SelfRC'",
-            {
-                'title': S,
-                'plot': S,
-                'question': S,
-                'answers': SL,
-                'no_answer': 'bool',
-            },
+            _DUORC_FIELDS,
         ),
         templates='duorc',
     ),
@@ -221,13 +223,7 @@ TRAIN_DATASETS = (
         _local(
             'duorc_paraphraserc',
             "'duorc', 'ParaphraseRC'",
-            {
-                'title': S,
-                'plot': S,
-                'question': S,
-                'answers': SL,
-                'no_answer': 'bool',
-            },
+            _DUORC_FIELDS,
         ),
         templates='duorc',
     ),
