@@ -17,7 +17,7 @@ choice for scoring:
 """
 
 import json
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 import numpy as np
@@ -94,6 +94,50 @@ def _is_power_of_ten(n: int) -> bool:
   return n == 1
 
 
+def _numpy_renderer(
+    template: prompt_templates.Template, structure: Any
+) -> Callable[..., tuple]:
+  """The `tf.numpy_function` body of `apply_template`.
+
+  Args:
+    template: the template to render.
+    structure: the raw examples' element_spec, to pack the flat values.
+
+  Returns:
+    A function of an example's flattened values to (inputs, targets,
+    answer choices, keep); a record without a target gives keep False and
+    counts towards the skipped-records warning.
+  """
+  skipped = [0]
+
+  def render(*flat_values):
+    example = to_python(tf.nest.pack_sequence_as(structure, list(flat_values)))
+    rendered = template.render(example)
+    if rendered is None:
+      skipped[0] += 1
+      if _is_power_of_ten(skipped[0]):
+        logging.warning(
+            'Template %r: skipped %d record(s) without a target so far (a '
+            'label outside its answer_choices, e.g. -1 for unlabelled '
+            'records, or an empty target); the latest: %s',
+            template.name,
+            skipped[0],
+            json.dumps(example, default=str)[:200],
+        )
+      return b'', b'', np.zeros([0], dtype=object), False
+    choices = np.array(
+        [c.encode('utf-8') for c in rendered.answer_choices], dtype=object
+    )
+    return (
+        rendered.inputs.encode('utf-8'),
+        rendered.targets.encode('utf-8'),
+        choices,
+        True,
+    )
+
+  return render
+
+
 def apply_template(
     dataset: tf.data.Dataset,
     template: prompt_templates.Template,
@@ -128,32 +172,7 @@ def apply_template(
   check_template(template)
   template.check_fields(tf.nest.map_structure(_stand_in, structure))
   instruction = template.instruction
-  skipped = [0]
-
-  def render(*flat_values):
-    example = to_python(tf.nest.pack_sequence_as(structure, list(flat_values)))
-    rendered = template.render(example)
-    if rendered is None:
-      skipped[0] += 1
-      if _is_power_of_ten(skipped[0]):
-        logging.warning(
-            'Template %r: skipped %d record(s) without a target so far (a '
-            'label outside its answer_choices, e.g. -1 for unlabelled '
-            'records, or an empty target); the latest: %s',
-            template.name,
-            skipped[0],
-            json.dumps(example, default=str)[:200],
-        )
-      return b'', b'', np.zeros([0], dtype=object), False
-    choices = np.array(
-        [c.encode('utf-8') for c in rendered.answer_choices], dtype=object
-    )
-    return (
-        rendered.inputs.encode('utf-8'),
-        rendered.targets.encode('utf-8'),
-        choices,
-        True,
-    )
+  render = _numpy_renderer(template, structure)
 
   def prompt_example(example):
     inputs, targets, choices, keep = tf.numpy_function(

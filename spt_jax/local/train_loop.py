@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
 from clu import metric_writers
@@ -249,20 +249,7 @@ def run_steps(
       stopping = stop.signal_name is not None
       last = progress.step == periods.train_steps or stopping
       if progress.step % periods.log_period == 0 or last:
-        tokens_per_batch = (
-            batch['encoder_input_tokens'].size
-            + batch['decoder_target_tokens'].size
-        )
-        progress.metrics = _log_window(
-            progress, saved_step, time.time() - period_start, tokens_per_batch
-        )
-        writer.write_scalars(progress.step, progress.metrics)
-        progress.history.append((progress.step, progress.metrics))
-        bar.set_postfix(
-            loss=f'{progress.metrics["loss"]:.3f}',
-            tok_s=f'{progress.metrics["tokens_per_second"]:.0f}',
-        )
-        progress.pending, progress.carried = [], 0
+        _summarize_window(progress, batch, saved_step, period_start, writer, bar)
         period_start = time.time()
       if progress.step % periods.checkpoint_period == 0 or last:
         _save(progress, store, saved_step)
@@ -278,6 +265,39 @@ def run_steps(
         f'{progress.step} in {store.directory}; run the same command again '
         'to resume.'
     )
+
+
+def _summarize_window(
+    progress: Progress,
+    batch: Mapping[str, Any],
+    saved_step: int,
+    period_start: float,
+    writer: Any,
+    bar: tqdm.tqdm,
+) -> None:
+  """Writes the metrics of the steps since the last summary and starts anew.
+
+  Args:
+    progress: its pending step metrics become `metrics` and join `history`.
+    batch: the window's last batch, whose token count sets tokens per second.
+    saved_step: the last saved step (see `_log_window`).
+    period_start: when the window began (time.time()).
+    writer: the TensorBoard metric writer.
+    bar: shows the loss and throughput.
+  """
+  tokens_per_batch = (
+      batch['encoder_input_tokens'].size + batch['decoder_target_tokens'].size
+  )
+  progress.metrics = _log_window(
+      progress, saved_step, time.time() - period_start, tokens_per_batch
+  )
+  writer.write_scalars(progress.step, progress.metrics)
+  progress.history.append((progress.step, progress.metrics))
+  bar.set_postfix(
+      loss=f'{progress.metrics["loss"]:.3f}',
+      tok_s=f'{progress.metrics["tokens_per_second"]:.0f}',
+  )
+  progress.pending, progress.carried = [], 0
 
 
 def _save(

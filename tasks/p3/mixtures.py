@@ -236,20 +236,8 @@ def register(
   """
   p3_dir = p3_dir or os.environ.get(p3_datasets.P3_DIR_ENV)
   unregister()
-  if not p3_dir:
-    raise p3_datasets.P3ConfigError(
-        f'${p3_datasets.P3_DIR_ENV} is not set: set it to the folder holding P3 '
-        '(huggingface.co/datasets/bigscience/P3: the repository or its data/ '
-        'folder) before importing `tasks`, or pass p3_dir.'
-    )
-  promptsource_dir = promptsource_dir or os.environ.get(
-      p3_datasets.PROMPTSOURCE_DIR_ENV
-  )
-  promptsource = (
-      p3_promptsource.Promptsource(promptsource_dir)
-      if promptsource_dir
-      else None
-  )
+  _check_p3_dir_given(p3_dir)
+  promptsource = _open_promptsource(promptsource_dir)
   t0_prefixes = {d.prefix: d for d in p3_datasets.T0_DATASETS}
   prefixes = set(t0_prefixes) | set(
       promptsource.prefixes if promptsource else ()
@@ -273,24 +261,11 @@ def register(
           f'task {name}; rename one of them.'
       )
     folder_of_task[name] = folder.path
-    source = p3_source.P3Source(folder.path, folder.splits)
-    preprocessors = []
-    if promptsource:
-      preprocessors, instruction_sources[name] = _prompt_preprocessors(
-          folder, promptsource, unknown_templates
-      )
-    registry.add_task(
-        name,
-        source=source,
-        preprocessors=preprocessors,
-        output_features=features,
-        postprocess_fn=(
-            metrics.rank_classification_postprocessor if folder.score else None
-        ),
-        metric_fns=(
-            [eval_protocol.rank_classification_accuracy] if folder.score else []
-        ),
+    source, instruction_source = _register_folder_task(
+        folder, features, promptsource, unknown_templates
     )
+    if promptsource:
+      instruction_sources[name] = instruction_source
     tasks[folder.name] = name
     sources_by_folder[folder.name] = source
 
@@ -303,6 +278,69 @@ def register(
   return Registered(
       tuple(folders), tasks, mixtures, bool(promptsource), instruction_sources
   )
+
+
+def _check_p3_dir_given(p3_dir: Optional[str]) -> None:
+  """Raises P3ConfigError when neither p3_dir nor `$SPT_P3_DIR` names P3."""
+  if not p3_dir:
+    raise p3_datasets.P3ConfigError(
+        f'${p3_datasets.P3_DIR_ENV} is not set: set it to the folder holding P3 '
+        '(huggingface.co/datasets/bigscience/P3: the repository or its data/ '
+        'folder) before importing `tasks`, or pass p3_dir.'
+    )
+
+
+def _open_promptsource(
+    promptsource_dir: Optional[str],
+) -> Optional[p3_promptsource.Promptsource]:
+  """The promptsource checkout of the argument or of its env; None: none."""
+  promptsource_dir = promptsource_dir or os.environ.get(
+      p3_datasets.PROMPTSOURCE_DIR_ENV
+  )
+  return (
+      p3_promptsource.Promptsource(promptsource_dir)
+      if promptsource_dir
+      else None
+  )
+
+
+def _register_folder_task(
+    folder: p3_folders.P3Folder,
+    features: Mapping[str, seqio.Feature],
+    promptsource: Optional[p3_promptsource.Promptsource],
+    unknown_templates: list,
+) -> tuple[p3_source.P3Source, Optional[str]]:
+  """Registers the task of one P3 folder.
+
+  Args:
+    folder: the P3 folder; its `task_name` names the task.
+    features: the tasks' output features.
+    promptsource: adds the instruction preprocessors when given.
+    unknown_templates: collects the templates promptsource lacks.
+
+  Returns:
+    (the folder's P3Source, where its instructions come from: None without
+    promptsource).
+  """
+  source = p3_source.P3Source(folder.path, folder.splits)
+  preprocessors, instruction_source = [], None
+  if promptsource:
+    preprocessors, instruction_source = _prompt_preprocessors(
+        folder, promptsource, unknown_templates
+    )
+  registry.add_task(
+      folder.task_name,
+      source=source,
+      preprocessors=preprocessors,
+      output_features=features,
+      postprocess_fn=(
+          metrics.rank_classification_postprocessor if folder.score else None
+      ),
+      metric_fns=(
+          [eval_protocol.rank_classification_accuracy] if folder.score else []
+      ),
+  )
+  return source, instruction_source
 
 
 def _register_mixtures(
