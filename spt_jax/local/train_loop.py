@@ -249,7 +249,9 @@ def run_steps(
       stopping = stop.signal_name is not None
       last = progress.step == periods.train_steps or stopping
       if progress.step % periods.log_period == 0 or last:
-        _summarize_window(progress, batch, saved_step, period_start, writer, bar)
+        _summarize_window(
+            progress, batch, saved_step, period_start, writer, bar
+        )
         period_start = time.time()
       if progress.step % periods.checkpoint_period == 0 or last:
         _save(progress, store, saved_step)
