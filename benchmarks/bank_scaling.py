@@ -25,7 +25,7 @@ i.e. the sharded state and batch, plus temporaries), then, if the process
 would fit in `--max_gb`, the state is allocated and `--repeats` steps are
 timed after a warm-up step. A variant that does not fit is compiled and
 reported, not run. The ratio of each step to the 256-memory step with the
-same memory length P is the figure of merit (the issue's goal: at most 1.10
+same memory length P is the figure of merit (the goal: at most 1.10
 at 1e6 memories).
 
 Values are [M, P, 768] float32: 1e6 x 10 memories would be 30.7 GB, more than
@@ -41,8 +41,9 @@ key). The batch is small so that a T5-base step takes seconds on a CPU.
       --in_process  # a GPU: every bank in one process (benchmarks/gpu_lease.sh)
     # T0's per-device load (about 2 x 1024 input tokens per device), T5-small:
     python -m benchmarks.bank_scaling --size=small --model_partitions=2 \
-      --batch=8 --inputs=1024 --targets=256 --banks=256:1,1000000:1 \
-      --variants=sparse,sampled --repeats=2
+      --batch=8 --inputs=1024 --targets=256 \
+      --banks=256:1,100000:1,1000000:1 --variants=sparse,sampled \
+      --repeats=2 --max_gb=21.5
 
 Writes benchmarks/results/bank_scaling.json (the default banks) or
 bank_scaling_<banks>.json.
