@@ -297,24 +297,29 @@ def run_worker(bank, variant, args) -> dict:
   return json.loads(rows[-1][len('ROW_JSON ') :])
 
 
+def _worker_row(bank, variant, args) -> dict:
+  """`worker` with the command line's settings."""
+  return worker(
+      bank[0],
+      bank[1],
+      variant,
+      args.repeats,
+      args.size,
+      args.max_gb * 1e9,
+      args.dtype,
+      args.platform,
+      args.batch,
+      args.inputs,
+      args.targets,
+      args.model_partitions,
+  )
+
+
 def run_in_process(bank, variant, args) -> dict:
   """`worker` in this process; a failure becomes the row's `failed`."""
   common.log(f'{_bank_name(bank)} {variant} (in process)')
   try:
-    return worker(
-        bank[0],
-        bank[1],
-        variant,
-        args.repeats,
-        args.size,
-        args.max_gb * 1e9,
-        args.dtype,
-        args.platform,
-        args.batch,
-        args.inputs,
-        args.targets,
-        args.model_partitions,
-    )
+    return _worker_row(bank, variant, args)
   except Exception as e:  # pylint: disable=broad-except
     return {
         'num_memories': bank[0],
@@ -415,20 +420,7 @@ def main() -> None:
   variants = args.variants.split(',')
   if args.worker:
     (bank,), (variant,) = banks, variants
-    row = worker(
-        bank[0],
-        bank[1],
-        variant,
-        args.repeats,
-        args.size,
-        args.max_gb * 1e9,
-        args.dtype,
-        args.platform,
-        args.batch,
-        args.inputs,
-        args.targets,
-        args.model_partitions,
-    )
+    row = _worker_row(bank, variant, args)
     print('ROW_JSON ' + json.dumps(row, default=str), flush=True)
     return
 
