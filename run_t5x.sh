@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Sets up what is missing and runs SPT.
 #
-#   ./run_t5x.sh                 the embedded default: SPT, no memory and
-#                                prompt tuning, one seed (CPU, minutes); run
-#                                again, it prints the recorded results
-#   ./run_t5x.sh study [ARGS]    the study: those and the frozen-backbone
-#                                setting, 3 seeds each, mean +- SE
-#                                (runs/default, reusing the default's runs)
+#   ./run_t5x.sh [default ARGS]  the embedded default: SPT, no memory and
+#                                prompt tuning, two seeds (CPU, minutes), with
+#                                their paired differences; run again, it
+#                                prints the recorded results
+#   ./run_t5x.sh study [ARGS]    the study: those, 10 seeds each, mean +- SE
+#                                and paired 95% intervals (runs/default,
+#                                reusing the default's runs)
 #   ./run_t5x.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run_t5x.sh train ARGS      python -m spt_jax.local.train ARGS (local runner)
 #   ./run_t5x.sh eval ARGS       python -m spt_jax.local.eval ARGS
@@ -98,7 +99,7 @@ case "$command" in
     run_python -m spt_jax.study.compare "$@" ;;
   study)
     ensure_venv requirements.txt
-    run_python -m spt_jax.study.compare --seeds=3 --frozen_backbone "$@" ;;
+    run_python -m spt_jax.study.compare --seeds=10 "$@" ;;
   test)
     ensure_venv requirements-test.txt
     ensure_cache_writer

@@ -328,6 +328,7 @@ class SyntheticSource(seqio.DataSource):
       splits: Sequence[str] = ('train', 'validation'),
       validation_examples: int = VALIDATION_EXAMPLES_PER_TASK,
       validation_salt: str = '',
+      train_examples: int = TRAIN_EXAMPLES_PER_TASK,
   ):
     """Constructor.
 
@@ -339,9 +340,10 @@ class SyntheticSource(seqio.DataSource):
       validation_examples: the size of the `validation` split.
       validation_salt: names the stream of `validation` lists; another salt
         draws other lists of the evaluation pool (the study's dev set).
+      train_examples: the size of the `train` split.
     """
     sizes = {
-        'train': TRAIN_EXAMPLES_PER_TASK,
+        'train': train_examples,
         'validation': validation_examples,
     }
     super().__init__(

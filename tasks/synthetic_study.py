@@ -1,21 +1,36 @@
-"""The study's tasks (`spt_jax.study.compare`, `gin_configs/local/study/`).
+"""The study's benchmark (`spt_jax.study.compare`, `gin_configs/local/study/`).
 
-Per trained family of `tasks.synthetic`, a `synthetic_study_<family>.json`
-of new paraphrases that recombine the family's trained instruction words:
-one dev template and two test ones (`heldout_templates`), and a dev family
-`cipher_last` (`cipher` + `last`, `synthetic.DEV_FAMILIES`, outside
-`synthetic.FAMILIES` and the vocabulary's corpus). The study trains on the
-same 28 templates and registers `spt_study__<family>__<template>__score`:
+The families of `tasks.synthetic`, with templates composed from two parts:
+a frame shared by every family (`FRAMES`: "List: {words}. Give {task}.") and
+a phrase naming the family's task (`PHRASES`: "the first word", "the word at
+the start"). No frame tells the families apart, so a model has to read the
+phrase; and a held-out template is an unseen pairing of a trained frame and
+a trained phrase, or, for a held-out family, phrases that recombine trained
+words ("the kind of the last word").
 
-* `spt_study_test`: the 7 held-out templates above, the 14 new test
-  templates and the 2 held-out families (29 templates), each
-  `STUDY_TEST_EXAMPLES_PER_TASK` lists of the evaluation pool;
-* `spt_study_dev`: the 7 dev templates and `cipher_last` (11), each
-  `STUDY_DEV_EXAMPLES_PER_TASK` other lists of that pool (salt `DEV_SALT`),
-  on which settings are chosen;
-* the frozen-backbone setting's families A (`spt_study_train_a`) and B
-  (`spt_study_train_b`, `spt_study_test_b`: B's test templates and the
-  held-out families, `spt_study_dev_b`).
+Each trained family (the i-th of `synthetic.FAMILIES`) trains on every frame
+f, each with phrase (f + i) % 2 (8 templates, 56 in all); its held-out
+templates are the other phrase with frames 0-3 (test, 4 per family) and
+4-7 (dev, 4 per family). Held-out families are test only, with frames 0-3
+and both phrases (8 each); the dev family `cipher_last`
+(`synthetic.DEV_FAMILIES`) is dev only, with frames 4-7 and both phrases.
+Templates are named `<frame>_<phrase a|b>`.
+
+Hand-written paraphrases, each with its own wording, would let a model key
+on frame words and answer a held-out paraphrase as the family whose
+training templates share its frame: all or nothing per template
+(docs/study/README.md, "Benchmark").
+
+Registered (`STUDY_MIXTURES`):
+
+* `spt_study_train`: `spt_study__<family>__<template>`, split `train`,
+  `STUDY_TRAIN_EXAMPLES_PER_TASK` lists each (generation, exact match), and
+  `validation` for probing what a training template retrieves;
+* `spt_study_test` (44 templates) and `spt_study_dev` (36):
+  `spt_study__<family>__<template>__score` (rank classification), split
+  `validation`: `STUDY_EVAL_EXAMPLES_PER_TASK` lists of the evaluation pool
+  per template, the dev ones drawn apart from the test ones (salt
+  `DEV_SALT`).
 """
 
 from typing import Mapping
@@ -30,121 +45,152 @@ from tasks import registry
 from tasks import synthetic
 from tasks import vocab
 
-# SPT against its baselines on larger held-out sets, with settings chosen on
-# a dev set kept apart from them.
 STUDY_COLLECTION = 'spt_study'
 STUDY_MIXTURES = {
-    'train': 'spt_study_train',  # = spt_synthetic_train
-    'train_a': 'spt_study_train_a',  # the frozen backbone's families
-    'train_b': 'spt_study_train_b',  # the families adapted on it
+    'train': 'spt_study_train',
     'dev': 'spt_study_dev',
-    'dev_b': 'spt_study_dev_b',
     'test': 'spt_study_test',
-    'test_b': 'spt_study_test_b',
 }
-STUDY_FAMILIES_A = ('last', 'reverse', 'count', 'category_first')
-STUDY_FAMILIES_B = ('first', 'cipher', 'has_color')
-STUDY_TEST_EXAMPLES_PER_TASK = 256
-STUDY_DEV_EXAMPLES_PER_TASK = 256
+# (name, jinja of the input with a `{task}` slot); frames 0-3 make the test
+# templates, 4-7 the dev ones.
+FRAMES = (
+    ('give', 'List: {{ words }}. Give {task}.'),
+    ('what_is', 'What is {task}? {{ words }}'),
+    ('tell', 'Tell me {task} of {{ words }}.'),
+    ('write', 'Write {task} for {{ words }}.'),
+    ('reply', 'Words: {{ words }}. Reply with {task}.'),
+    ('read', 'Read {{ words }} and say {task}.'),
+    ('answer', 'Answer with {task}: {{ words }}'),
+    ('find', 'Find {task} in {{ words }}.'),
+)
+TEST_FRAMES, DEV_FRAMES = FRAMES[:4], FRAMES[4:]
+PHRASES = {
+    'first': ('the first word', 'the word at the start'),
+    'last': ('the last word', 'the word at the end'),
+    'reverse': ('the words in reverse order', 'the words backwards'),
+    'category_first': (
+        'the category of the first word',
+        'the kind of the first word',
+    ),
+    'count': ('the number of words', 'how many words'),
+    'cipher': ('the words in secret code', 'the code of every word'),
+    'has_color': ('yes if a color is there', 'whether there is a color'),
+    # Held out: `category_first`'s and `last`'s words; `cipher`'s and
+    # `first`'s; the dev family, `cipher`'s and `last`'s.
+    'category_last': (
+        'the category of the last word',
+        'the kind of the last word',
+    ),
+    'cipher_first': (
+        'the first word in secret code',
+        'the code of the first word',
+    ),
+    'cipher_last': (
+        'the last word in secret code',
+        'the code of the last word',
+    ),
+}
+PHRASE_NAMES = ('a', 'b')
+STUDY_TRAIN_EXAMPLES_PER_TASK = 768
+STUDY_EVAL_EXAMPLES_PER_TASK = 128
 DEV_SALT = 'dev'
 
 
-def study_templates(family: str) -> prompt_templates.TemplateCollection:
-  """A family's study templates: dev ones, and test ones (`heldout`)."""
-  return prompt_templates.load(f'synthetic_study_{family}')
+def study_template(
+    family: str, frame: int, phrase: int
+) -> prompt_templates.Template:
+  """The template of `FRAMES[frame]` with the family's `phrase`-th phrase."""
+  frame_name, jinja = FRAMES[frame]
+  return prompt_templates.Template(
+      name=f'{frame_name}_{PHRASE_NAMES[phrase]}',
+      jinja=jinja.replace('{task}', PHRASES[family][phrase])
+      + ' ||| {{ answer }}',
+      answer_choices="{{ choices | join(' ||| ') }}",
+  )
 
 
-def study_template_roles(family: synthetic.Family) -> dict[str, list[str]]:
-  """The family's template names by study role: 'train', 'dev', 'test'.
-
-  Trained families train on their seen templates, are tested on their
-  held-out template and the study file's held-out ones, and tuned on the
-  study file's others. Held-out families are test only; dev families dev only.
-  """
+def study_templates(family: synthetic.Family) -> dict[str, list]:
+  """The family's templates by study role: 'train', 'dev', 'test'."""
+  frames = range(len(FRAMES))
+  test = range(len(TEST_FRAMES))
+  dev = range(len(TEST_FRAMES), len(FRAMES))
+  both = range(len(PHRASES[family.name]))
   if family in synthetic.DEV_FAMILIES:
-    return {'train': [], 'dev': study_templates(family.name).names, 'test': []}
-  if family.heldout:
-    return {'train': [], 'dev': [], 'test': family.templates.names}
-  extra = study_templates(family.name)
+    roles = {'dev': [(f, p) for f in dev for p in both]}
+  elif family.heldout:
+    roles = {'test': [(f, p) for f in test for p in both]}
+  else:
+    i = synthetic.FAMILIES.index(family)
+    trained = {f: (f + i) % 2 for f in frames}
+    roles = {
+        'train': list(trained.items()),
+        'test': [(f, 1 - trained[f]) for f in test],
+        'dev': [(f, 1 - trained[f]) for f in dev],
+    }
   return {
-      'train': family.templates.seen,
-      'dev': extra.seen,
-      'test': list(family.templates.heldout) + list(extra.heldout),
+      role: [study_template(family.name, f, p) for f, p in pairs]
+      for role, pairs in roles.items()
   }
 
 
-def _study_template(family: str, name: str) -> prompt_templates.Template:
-  """A template of the family's own file, or else of its study file."""
-  spec = synthetic.FAMILIES_BY_NAME[family]
-  if spec in synthetic.FAMILIES and name in spec.templates.names:
-    return spec.templates[name]
-  return study_templates(family)[name]
-
-
 def _register_study_task(
-    family: str, template: str, role: str, features: Mapping[str, seqio.Feature]
+    family: str,
+    template: prompt_templates.Template,
+    role: str,
+    features: Mapping[str, seqio.Feature],
 ) -> str:
-  """Registers a dev or test rank-classification task of the study."""
-  name = eval_protocol.task_name(STUDY_COLLECTION, family, template, score=True)
+  """Registers a training task, or a dev or test rank-classification task."""
+  score = role != 'train'
+  name = eval_protocol.task_name(
+      STUDY_COLLECTION, family, template.name, score=score
+  )
+  if score:
+    source = synthetic.SyntheticSource(
+        family,
+        template.name,
+        ('validation',),
+        validation_examples=STUDY_EVAL_EXAMPLES_PER_TASK,
+        validation_salt=DEV_SALT if role == 'dev' else '',
+    )
+  else:
+    # `validation`: probes of the training templates' retrieval.
+    source = synthetic.SyntheticSource(
+        family,
+        template.name,
+        validation_examples=STUDY_EVAL_EXAMPLES_PER_TASK,
+        train_examples=STUDY_TRAIN_EXAMPLES_PER_TASK,
+    )
   registry.add_task(
       name,
-      source=synthetic.SyntheticSource(
-          family,
-          template,
-          ('validation',),
-          validation_examples=(
-              STUDY_TEST_EXAMPLES_PER_TASK
-              if role == 'test'
-              else STUDY_DEV_EXAMPLES_PER_TASK
-          ),
-          validation_salt=DEV_SALT if role == 'dev' else '',
-      ),
-      preprocessors=prompted.preprocessors_for(
-          _study_template(family, template), score=True
-      ),
+      source=source,
+      preprocessors=prompted.preprocessors_for(template, score=score),
       output_features=features,
-      postprocess_fn=metrics.rank_classification_postprocessor,
-      metric_fns=[eval_protocol.rank_classification_accuracy],
+      postprocess_fn=(
+          metrics.rank_classification_postprocessor
+          if score
+          else metrics.normalized_text
+      ),
+      metric_fns=[
+          eval_protocol.rank_classification_accuracy
+          if score
+          else metrics.accuracy
+      ],
   )
   return name
 
 
 def register_study() -> None:
-  """Registers the study's mixtures (`STUDY_MIXTURES`; idempotent)."""
+  """Registers the study's tasks and mixtures (`STUDY_MIXTURES`; idempotent)."""
   features = vocab.output_features(vocab.synthetic_vocabulary())
-  names = {role: {} for role in ('train', 'dev', 'test')}
+  names = {role: [] for role in STUDY_MIXTURES}
   for family in synthetic.FAMILIES + synthetic.DEV_FAMILIES:
-    for role, templates in study_template_roles(family).items():
+    for role, templates in study_templates(family).items():
       for template in templates:
-        if role == 'train':
-          name = eval_protocol.task_name(
-              synthetic.COLLECTION, family.name, template
-          )
-        else:
-          name = _register_study_task(family.name, template, role, features)
-        names[role].setdefault(family.name, []).append(name)
-
-  def pick(role, families=None):
-    return [
-        n
-        for f, ns in names[role].items()
-        if families is None
-        or f in families
-        or synthetic.FAMILIES_BY_NAME[f].heldout
-        for n in ns
-    ]
-
-  mixtures = {
-      STUDY_MIXTURES['train']: pick('train'),
-      STUDY_MIXTURES['train_a']: pick('train', STUDY_FAMILIES_A),
-      STUDY_MIXTURES['train_b']: pick('train', STUDY_FAMILIES_B),
-      STUDY_MIXTURES['dev']: pick('dev'),
-      STUDY_MIXTURES['dev_b']: pick('dev', STUDY_FAMILIES_B),
-      STUDY_MIXTURES['test']: pick('test'),
-      STUDY_MIXTURES['test_b']: pick('test', STUDY_FAMILIES_B),
-  }
-  for mixture, tasks in mixtures.items():
-    registry.add_mixture(mixture, tasks, default_rate=1.0)
+        names[role].append(
+            _register_study_task(family.name, template, role, features)
+        )
+  for role, mixture in STUDY_MIXTURES.items():
+    registry.add_mixture(mixture, names[role], default_rate=1.0)
 
 
 register_study()

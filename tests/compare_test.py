@@ -201,20 +201,9 @@ def test_default_variants_configure_the_study(tmp_path):
   assert settings['TRAINABLE'] == 'all'
   assert configured['no_memory'][0].prefix_length == 0
   # Prompt tuning prepends as many positions as SPT retrieves.
-  for name in ('prompt_tuning', 'frozen_prompt_tuning'):
-    prompt_tuning = configured[name][0]
-    assert prompt_tuning.num_memories == 0
-    assert prompt_tuning.soft_prompt_length == spt.prefix_length
-  # Stage 2 trains only SPT's parameters, from stage 1's run of its seed.
-  assert configured['backbone_a'][0].prefix_length == 0
-  for name in ('frozen_spt', 'frozen_prompt_tuning'):
-    _, settings = configured[name]
-    assert settings['TRAINABLE'] == 'spt_only'
-    assert settings['INITIAL_CHECKPOINT_PATH'] == compare.run_dir(
-        str(tmp_path), 'backbone_a', 1
-    )
-    assert settings['MIXTURE_OR_TASK_NAME'] == 'spt_study_train_b'
-  assert configured['frozen_spt'][0].num_memories == spt.num_memories
-  assert configured['backbone_a'][1]['MIXTURE_OR_TASK_NAME'] == (
-      'spt_study_train_a'
-  )
+  prompt_tuning = configured['prompt_tuning'][0]
+  assert prompt_tuning.num_memories == 0
+  assert prompt_tuning.soft_prompt_length == spt.prefix_length
+  for _, settings in configured.values():
+    assert settings['MIXTURE_OR_TASK_NAME'] == 'spt_study_train'
+    assert settings['INITIAL_CHECKPOINT_PATH'] is None

@@ -11,7 +11,6 @@ than hosts and with fewer.
 import collections
 import functools
 import json
-import os
 
 import pytest
 import seqio
@@ -30,7 +29,7 @@ LENGTHS = {'inputs': 48, 'targets': 8, 'prompt': 16}
 SEED = 3
 
 
-def _epoch(name, shard_info, prompt_length):
+def _epoch(name, shard_info, prompt_length, in_memory=False, seed=SEED):
   """The shard's first epoch, as a multiset of (encoder, target) token rows."""
   converter = functools.partial(
       feature_converters.SptEncDecFeatureConverter, prompt_length=prompt_length
@@ -40,9 +39,10 @@ def _epoch(name, shard_info, prompt_length):
       LENGTHS,
       batch_size=shard_info.num_shards,
       feature_converter_cls=converter,
-      seed=SEED,
+      seed=seed,
       shard_info=shard_info,
       num_epochs=1,
+      in_memory=in_memory,
   )
   return collections.Counter(
       (
@@ -74,6 +74,61 @@ def _check_hosts_partition_the_data(name, num_hosts, prompt_length=16):
 def test_synthetic_task():
   sizes = _check_hosts_partition_the_data(tasks_test_utils.SHORT_RUN_TASK, 2)
   assert sizes == [1024, 1024]
+
+
+def _first_rows(name, seed, in_memory, rows=64):
+  converter = functools.partial(
+      feature_converters.SptEncDecFeatureConverter, prompt_length=16
+  )
+  batches = train_data.get_train_dataset(
+      name,
+      LENGTHS,
+      rows,
+      converter,
+      seed,
+      seqio.ShardInfo(0, 1),
+      in_memory=in_memory,
+  )
+  return next(batches.as_numpy_iterator())['encoder_input_tokens']
+
+
+@pytest.fixture
+def two_task_mixture():
+  name = 'in_memory_mixture'
+  seqio.MixtureRegistry.add(
+      name,
+      [
+          (tasks_test_utils.SHORT_RUN_TASK, 3.0),
+          ('spt_synthetic__last__give_last', 1.0),
+      ],
+  )
+  yield name
+  seqio.MixtureRegistry.remove(name)
+
+
+def test_in_memory_mixture_reads_seqios_examples_at_its_rates(
+    two_task_mixture,
+):
+  """An epoch is the tasks' examples as seqio reads them, each host its own
+  share; a later run reads them from memory; the seed orders them; rates
+  are seqio's."""
+  name = two_task_mixture
+  tasks = [t.name for t in seqio.get_mixture_or_task(name).tasks]
+  for shard in (seqio.ShardInfo(0, 1), seqio.ShardInfo(1, 2)):
+    assert _epoch(name, shard, 16, in_memory=True) == sum(
+        (_epoch(t, shard, 16) for t in tasks), collections.Counter()
+    )
+  cached = len(train_data._IN_MEMORY)
+  a, b = _first_rows(name, 0, True), _first_rows(name, 1, True)
+  assert len(train_data._IN_MEMORY) == cached  # Read once per process.
+  assert (a == _first_rows(name, 0, True)).all() and (a != b).any()
+  # 3 : 1 by rate: the instruction's "first" or "last" at the row's start.
+  vocabulary = vocab.synthetic_vocabulary()
+  texts = [
+      vocabulary.decode(r.tolist()) for r in _first_rows(name, 2, True, 512)
+  ]
+  share = sum('first' in t for t in texts) / len(texts)
+  assert 0.68 < share < 0.82, share
 
 
 def _register_local(tmp_path, name, write):

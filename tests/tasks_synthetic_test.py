@@ -218,39 +218,83 @@ def test_study_splits_keep_dev_and_test_apart_from_training():
   mixtures = synthetic_study.STUDY_MIXTURES
   train = _templates_of(mixtures['train'])
   dev, test = _templates_of(mixtures['dev']), _templates_of(mixtures['test'])
-  assert _tasks_of(mixtures['train']) == _tasks_of(synthetic.TRAIN_MIXTURE)
-  assert (len(train), len(dev), len(test)) == (28, 7 + 4, 7 * 3 + 8)
+  assert (len(train), len(dev), len(test)) == (7 * 8, 7 * 4 + 8, 7 * 4 + 16)
   assert not train & dev and not train & test and not dev & test
   trained_families = {f for f, _ in train}
+  assert trained_families == {f.name for f in _TRAINED}
   # Held-out families are test only; the dev family is dev only.
   assert {f for f, _ in test} - trained_families == {
       'category_last',
       'cipher_first',
   }
   assert {f for f, _ in dev} - trained_families == {'cipher_last'}
+  for name in _tasks_of(mixtures['train']):
+    task = seqio.get_mixture_or_task(name)
+    assert task.splits == ('train', 'validation')
+    assert task.num_input_examples('train') == (
+        synthetic_study.STUDY_TRAIN_EXAMPLES_PER_TASK
+    )
   for mixture in ('dev', 'test'):
     for name in _tasks_of(mixtures[mixture]):
       assert name.endswith('__score')
       task = seqio.get_mixture_or_task(name)
       assert task.splits == ('validation',)
       assert task.num_input_examples('validation') == (
-          synthetic_study.STUDY_TEST_EXAMPLES_PER_TASK
-          if mixture == 'test'
-          else synthetic_study.STUDY_DEV_EXAMPLES_PER_TASK
+          synthetic_study.STUDY_EVAL_EXAMPLES_PER_TASK
       )
 
 
-def test_study_family_split_for_the_frozen_backbone():
-  mixtures = synthetic_study.STUDY_MIXTURES
-  a = {f for f, _ in _templates_of(mixtures['train_a'])}
-  b = {f for f, _ in _templates_of(mixtures['train_b'])}
-  assert a == set(synthetic_study.STUDY_FAMILIES_A)
-  assert b == set(synthetic_study.STUDY_FAMILIES_B)
-  assert not a & b and a | b == {f.name for f in _TRAINED}
-  assert {f for f, _ in _templates_of(mixtures['test_b'])} == b | {
-      f.name for f in _HELDOUT
+def test_study_frames_do_not_tell_families_apart():
+  """Every frame trains with every trained family, each family's phrases
+  both train, and a held-out template pairs a trained frame with a phrase
+  the family trains on with other frames."""
+  frames = [f for f, _ in synthetic_study.FRAMES]
+  trained_frames, trained_phrases = {}, {}
+  for family in _TRAINED:
+    roles = synthetic_study.study_templates(family)
+    pairs = [t.name.rsplit('_', 1) for t in roles['train']]
+    trained_frames[family.name] = {f for f, _ in pairs}
+    trained_phrases[family.name] = {p for _, p in pairs}
+    for role in ('dev', 'test'):
+      for template in roles[role]:
+        frame, phrase = template.name.rsplit('_', 1)
+        assert [frame, phrase] not in pairs
+        assert phrase in trained_phrases[family.name]
+  assert all(f == set(frames) for f in trained_frames.values())
+  assert all(p == {'a', 'b'} for p in trained_phrases.values())
+
+
+def _phrase_words(family):
+  return {
+      w
+      for phrase in synthetic_study.PHRASES[family]
+      for w in phrase.split()
+      if w not in ('the', 'of', 'in', 'a', 'at')
   }
-  assert {f for f, _ in _templates_of(mixtures['dev_b'])} == b | {'cipher_last'}
+
+
+def test_study_instructions_fit_and_recombine_trained_words(sentencepiece):
+  trained_words = set().union(*(_phrase_words(f.name) for f in _TRAINED))
+  lengths = dict(synthetic.SYNTHETIC_FEATURE_LENGTHS, inputs=24)
+  longest = ' '.join(sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS :])
+  for family in synthetic.FAMILIES + synthetic.DEV_FAMILIES:
+    if family.heldout:
+      # A held-out family's phrases are made of trained families' words.
+      assert _phrase_words(family.name) <= trained_words, family.name
+    for templates in synthetic_study.study_templates(family).values():
+      for template in templates:
+        phrase = synthetic_study.PHRASES[family.name][
+            synthetic_study.PHRASE_NAMES.index(template.name[-1])
+        ]
+        assert phrase in template.instruction, template.name
+        rendered = template.render(
+            {'words': longest, 'answer': longest, 'choices': [longest]}
+        )
+        # gin_configs/local/study/base.gin's feature lengths, with EOS.
+        assert len(sentencepiece.encode(rendered.inputs)) < lengths['inputs']
+        assert len(sentencepiece.encode(template.instruction)) < (
+            lengths['prompt']
+        )
 
 
 def test_dev_examples_are_other_lists_of_the_evaluation_pool():
@@ -267,26 +311,3 @@ def test_dev_examples_are_other_lists_of_the_evaluation_pool():
   words = example['words'].split()
   assert example['answer'] == synthetic.CIPHER[words[-1]]
   assert len(set(example['choices'])) == 4
-
-
-def test_study_instructions_recombine_trained_key_words(sentencepiece):
-  key_words = {**_KEY_WORDS, 'cipher_last': ('secret code', 'last')}
-  lengths = dict(synthetic.SYNTHETIC_FEATURE_LENGTHS, inputs=24)
-  longest = ' '.join(sorted(synthetic.WORDS, key=len)[-synthetic.MAX_WORDS :])
-  for family in synthetic.FAMILIES + synthetic.DEV_FAMILIES:
-    is_dev = family in synthetic.DEV_FAMILIES
-    study = (
-        synthetic_study.study_templates(family.name).templates
-        if is_dev or not family.heldout
-        else ()
-    )
-    own = () if is_dev else family.templates.templates
-    for template in study + own:
-      for word in key_words[family.name]:
-        assert word in template.instruction.lower(), template.name
-      rendered = template.render(
-          {'words': longest, 'answer': longest, 'choices': [longest]}
-      )
-      # gin_configs/local/study/base.gin's feature lengths, with EOS.
-      assert len(sentencepiece.encode(rendered.inputs)) < lengths['inputs']
-      assert len(sentencepiece.encode(template.instruction)) < lengths['prompt']

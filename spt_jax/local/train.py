@@ -134,6 +134,7 @@ def train(
     eval_batch_size: int = 64,
     use_cached_tasks: bool = False,
     seqio_cache_dirs: Sequence[str] = (),
+    train_data_in_memory: bool = False,
     progress_bar: bool = True,
 ) -> TrainResult:
   """Trains to `train_steps`, resuming from MODEL_DIR; evaluates at the end.
@@ -157,6 +158,7 @@ def train(
       `convert_checkpoint` output or a MODEL_DIR); others keep their init.
     eval_mixture_or_task_name, eval_batch_size: evaluated after training.
     use_cached_tasks, seqio_cache_dirs: read `./run_t5x.sh cache`'s caches.
+    train_data_in_memory: `train_data.get_train_dataset`'s `in_memory`.
     progress_bar: show a tqdm progress bar.
 
   Raises:
@@ -178,6 +180,7 @@ def train(
       random_seed,
       use_cached=use_cached_tasks,
       cache_dirs=seqio_cache_dirs,
+      in_memory=train_data_in_memory,
   )
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   store = train_checkpoints.TrainCheckpoints(model_dir, keep_checkpoints)

@@ -6,30 +6,27 @@ what it measured in `result.json` there. A second invocation reuses every
 recorded run and trains only what is missing, so running the same command
 again prints the recorded table. A variant written `NAME:FILES@OTHER` starts
 from the trained run of variant OTHER with the same seed (the local runner's
-INITIAL_CHECKPOINT_PATH): the frozen-backbone setting's stage 2.
+INITIAL_CHECKPOINT_PATH).
 
-With no flags this is the project's embedded default: one seed of the three
-fully trained variants. The full study adds the frozen-backbone setting and
-two seeds, and reuses the default's runs:
+With no flags this is the project's embedded default: `DEFAULT_SEEDS` seeds
+of the variants; the study (`./run_t5x.sh study`) runs more seeds and reuses
+the default's runs:
 
-    python -m spt_jax.study.compare                                # runs/default
-    python -m spt_jax.study.compare --seeds=3 --frozen_backbone    # the study
+    python -m spt_jax.study.compare              # runs/default
+    python -m spt_jax.study.compare --seeds=10   # the study
 
 Every invocation shows all the seeds recorded for every variant, at least
 `--seeds`.
 
-The variants (gin_configs/local/study/): `spt`; `no_memory`;
-`prompt_tuning` with as many prepended positions as SPT retrieves; and the
-frozen-backbone setting (`--frozen_backbone`): `backbone_a`, the backbone alone trained on families
-A, then frozen while `frozen_spt` and `frozen_prompt_tuning` adapt to families
-B. Every run is evaluated zero-shot by rank classification on the held-out
-test split (`spt_study_test`, `spt_study_test_b`), and runs with a memory bank
-report how consistently each family's templates retrieve the same memories
-(`retrieval_stats.retrieval_consistency`). `results.txt` holds accuracy per family
-and on average as mean +- standard error over seeds, then each comparison's
-paired difference over seeds with its 95% t interval
-(`results.differences_table`); `results.png` the accuracies as bars with
-error bars.
+The variants (gin_configs/local/study/): `spt`; `no_memory`; and
+`prompt_tuning` with as many prepended positions as SPT retrieves. Every run
+is evaluated zero-shot by rank classification on the held-out test split
+(`spt_study_test`), and runs with a memory bank report how consistently each
+family's templates retrieve the same memories
+(`retrieval_stats.retrieval_consistency`). `results.txt` holds accuracy per
+family and on average as mean +- standard error over seeds, then each
+comparison's paired difference over seeds with its 95% t interval
+(`results.differences_table`); `results.png` those differences.
 """
 
 import dataclasses
@@ -58,21 +55,16 @@ from spt_jax.study import results
 from spt_jax.study import retrieval_stats
 
 BASE_GIN = 'gin_configs/local/study/base.gin'
-FULL_TRAINING_VARIANTS = (
+STUDY_VARIANTS = (
     'spt:gin_configs/local/study/spt.gin',
     'no_memory:gin_configs/local/study/no_memory.gin',
     'prompt_tuning:gin_configs/local/study/prompt_tuning.gin',
 )
-FROZEN_BACKBONE_VARIANTS = (
-    'backbone_a:gin_configs/local/study/backbone_a.gin',
-    'frozen_spt:gin_configs/local/study/frozen_spt.gin@backbone_a',
-    'frozen_prompt_tuning:gin_configs/local/study/frozen_prompt_tuning.gin'
-    '@backbone_a',
-)
-STUDY_VARIANTS = FULL_TRAINING_VARIANTS + FROZEN_BACKBONE_VARIANTS
 RESULT_FILE = 'result.json'
 RESULTS_TABLE = 'results.txt'
 RESULTS_PLOT = 'results.png'
+XLA_CACHE = '.xla_cache'
+DEFAULT_SEEDS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +218,7 @@ class _Data:
   """What the runs of a study read, read once per task: rows and probes.
 
   Every variant shares the feature converter (the prompt length is common),
-  and the frozen-backbone setting evaluates a subset of the tasks, so runs
-  reuse them: reading costs more than scoring a tiny model.
+  so runs reuse them: reading costs more than scoring a tiny model.
   """
 
   PROBE_EXAMPLES = 8
@@ -415,8 +406,7 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS['verbosity'].present:
     # Progress bars and the table; --verbosity=0 shows the runner's logs.
     logging.set_verbosity(logging.WARNING)
-  defaults = STUDY_VARIANTS if FLAGS.frozen_backbone else FULL_TRAINING_VARIANTS
-  variants = [parse_variant(v) for v in FLAGS.variant or defaults]
+  variants = [parse_variant(v) for v in FLAGS.variant or STUDY_VARIANTS]
   base = FLAGS.gin_file or [BASE_GIN]
   is_chief = jax.process_index() == 0
 
@@ -425,6 +415,11 @@ def main(argv: Sequence[str]) -> None:
       write_results({k: v for k, v in runs.items() if v}, FLAGS.model_dir)
 
   start = time.time()
+  # Seeds of a variant compile the same programs: compiled once per study.
+  jax.config.update(
+      'jax_compilation_cache_dir', os.path.join(FLAGS.model_dir, XLA_CACHE)
+  )
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   # Seeds recorded beyond --seeds (the study's, when the default runs again)
   # are shown too.
   seeds = max(FLAGS.seeds, recorded_seeds(variants, FLAGS.model_dir))
@@ -460,19 +455,13 @@ if __name__ == '__main__':
       'runs/default',
       'Each run trains in MODEL_DIR/<variant>/seed_<seed>.',
   )
-  flags.DEFINE_integer('seeds', 1, 'Seeds per variant (0, 1, ...).')
+  flags.DEFINE_integer('seeds', DEFAULT_SEEDS, 'Seeds per variant (0, 1, ...).')
   flags.DEFINE_multi_string(
       'variant',
       [],
       'NAME:GIN_FILE[,GIN_FILE][@VARIANT] added to the base configuration; '
       "@VARIANT starts from that variant's run of the same seed (default: "
-      f'{", ".join(FULL_TRAINING_VARIANTS)}).',
-  )
-  flags.DEFINE_bool(
-      'frozen_backbone',
-      False,
-      'Add the frozen-backbone setting to the default variants: '
-      f'{", ".join(FROZEN_BACKBONE_VARIANTS)}.',
+      f'{", ".join(STUDY_VARIANTS)}).',
   )
   FLAGS = flags.FLAGS
   gin_utils.run(main)

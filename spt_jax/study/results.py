@@ -25,7 +25,6 @@ AVERAGE = 'average'
 COMPARISONS = (
     ('spt', 'no_memory'),
     ('spt', 'prompt_tuning'),
-    ('frozen_spt', 'frozen_prompt_tuning'),
 )
 
 
@@ -111,13 +110,6 @@ def paired_difference(
   return mean, mean - float(half), mean + float(half)
 
 
-def _difference_cell(a: Sequence[float], b: Sequence[float]) -> str:
-  mean, low, high = paired_difference(a, b)
-  if math.isnan(low):
-    return f'{mean:+.1f}'
-  return f'{mean:+.1f} [{low:+.1f}, {high:+.1f}]'
-
-
 def _paired(
     runs: Mapping[str, Sequence[RunResult]], variant: str, baseline: str
 ) -> Tuple[List[RunResult], List[RunResult]]:
@@ -131,37 +123,70 @@ def _paired(
   return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+@dataclasses.dataclass(frozen=True)
+class Difference:
+  """One comparison's paired differences (accuracy points) over seeds.
+
+  Attributes:
+    variant, baseline: the compared variants.
+    seeds: how many seeds both ran.
+    datasets: dataset (and `AVERAGE`) -> (mean, 95% low, 95% high).
+  """
+
+  variant: str
+  baseline: str
+  seeds: int
+  datasets: Dict[str, Tuple[float, float, float]]
+
+
+def paired_differences(
+    runs: Mapping[str, Sequence[RunResult]],
+) -> List[Difference]:
+  """Per dataset and on average, variant - baseline over paired seeds with a
+  95% Student t interval over seeds (n - 1 degrees of freedom), for each of
+  `COMPARISONS` whose two variants have runs."""
+  differences = []
+  for variant, baseline in COMPARISONS:
+    if not (runs.get(variant) and runs.get(baseline)):
+      continue
+    a, b = _paired(runs, variant, baseline)
+    datasets = {
+        d: paired_difference(
+            [r.datasets[d] for r in a], [r.datasets[d] for r in b]
+        )
+        for d in sorted(a[0].datasets)
+        if d in b[0].datasets
+    }
+    datasets[AVERAGE] = paired_difference(
+        [r.average for r in a], [r.average for r in b]
+    )
+    differences.append(Difference(variant, baseline, len(a), datasets))
+  return differences
+
+
+def _difference_cell(mean: float, low: float, high: float) -> str:
+  if math.isnan(low):
+    return f'{mean:+.1f}'
+  return f'{mean:+.1f} [{low:+.1f}, {high:+.1f}]'
+
+
 def differences_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
-  """Per dataset and on average, variant - baseline in accuracy points over
-  paired seeds, with a 95% Student t interval over seeds (n - 1 degrees of
-  freedom), for each of `COMPARISONS` whose two variants have runs."""
-  comparisons = [(v, b) for v, b in COMPARISONS if runs.get(v) and runs.get(b)]
-  if not comparisons:
+  """`paired_differences` as a table: mean [95% t interval] per dataset."""
+  differences = paired_differences(runs)
+  if not differences:
     return ''
-  columns = [(v, b, *_paired(runs, v, b)) for v, b in comparisons]
   header = ['dataset'] + [
-      f'{v} - {b} ({len(a)} seeds)' for v, b, a, _ in columns
+      f'{d.variant} - {d.baseline} ({d.seeds} seeds)' for d in differences
   ]
-  datasets = sorted({d for _, _, a, _ in columns for d in a[0].datasets})
+  datasets = sorted({k for d in differences for k in d.datasets} - {AVERAGE})
   rows = [
-      [d]
+      [k]
       + [
-          _difference_cell(
-              [r.datasets[d] for r in a], [r.datasets[d] for r in b]
-          )
-          if d in a[0].datasets
-          else ''
-          for _, _, a, b in columns
+          _difference_cell(*d.datasets[k]) if k in d.datasets else ''
+          for d in differences
       ]
-      for d in datasets
+      for k in datasets + [AVERAGE]
   ]
-  rows.append(
-      [AVERAGE]
-      + [
-          _difference_cell([r.average for r in a], [r.average for r in b])
-          for _, _, a, b in columns
-      ]
-  )
   return _format_table(header, rows)
 
 
@@ -201,8 +226,8 @@ def _format_table(header: List[str], rows: List[List[str]]) -> str:
 def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
   """Mean ± standard error over seeds per dataset, on average and of retrieval.
 
-  One table per set of evaluated datasets (the frozen-backbone variants are
-  evaluated on fewer families). The average is taken per seed over the
+  One table per set of evaluated datasets (variants given other evaluation
+  mixtures are tabled apart). The average is taken per seed over the
   datasets, then over seeds.
   """
   tables = []
@@ -239,40 +264,75 @@ def results_table(runs: Mapping[str, Sequence[RunResult]]) -> str:
   return '\n\n'.join(tables)
 
 
+def _plot_accuracies(ax, runs, datasets, names) -> None:
+  """Bars of accuracy per dataset and on average, ± SE over seeds."""
+  labels = list(datasets) + [AVERAGE]
+  width = 0.8 / len(names)
+  for i, name in enumerate(names):
+    stats = [mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets]
+    stats.append(mean_and_se([r.average for r in runs[name]]))
+    errors = [0.0 if math.isnan(se) else se for _, se in stats]
+    x = np.arange(len(labels)) + (i - (len(names) - 1) / 2) * width
+    ax.bar(x, [m for m, _ in stats], width, yerr=errors, capsize=2, label=name)
+  ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
+  ax.set_ylabel('accuracy (%)')
+  ax.set_ylim(0, 100)
+  ax.axvline(len(datasets) - 0.5, color='gray', linewidth=0.5)
+  # Four choices for most tasks of the synthetic mixture.
+  ax.axhline(25, color='gray', linewidth=0.5, linestyle=':')
+  seeds = '/'.join(str(s) for s in sorted({len(runs[n]) for n in names}))
+  ax.set_title(
+      f'zero-shot accuracy on the held-out templates of {len(datasets)} '
+      f'families, mean ± SE over {seeds} seed(s); dotted: 1 in 4',
+      fontsize=10,
+  )
+  ax.legend(fontsize=8, ncol=len(names), loc='upper left')
+
+
+def _plot_differences(ax, differences: Sequence[Difference]) -> None:
+  """Paired differences per dataset and on average, with 95% t intervals."""
+  labels = sorted({k for d in differences for k in d.datasets} - {AVERAGE})
+  labels.append(AVERAGE)
+  width = 0.8 / len(differences)
+  for i, d in enumerate(differences):
+    x = np.arange(len(labels)) + (i - (len(differences) - 1) / 2) * width
+    cells = [d.datasets.get(k, (np.nan,) * 3) for k in labels]
+    means = np.array([c[0] for c in cells])
+    errors = np.array([[m - lo, hi - m] for m, lo, hi in cells]).T
+    ax.errorbar(
+        x,
+        means,
+        yerr=np.nan_to_num(errors),
+        fmt='o',
+        capsize=3,
+        label=f'{d.variant} - {d.baseline} ({d.seeds} seeds)',
+    )
+  ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
+  ax.set_ylabel('difference (points)')
+  ax.axhline(0, color='gray', linewidth=0.5)
+  ax.axvline(len(labels) - 1.5, color='gray', linewidth=0.5)
+  ax.set_title(
+      'paired difference over seeds, mean and 95% t interval', fontsize=10
+  )
+  ax.legend(fontsize=8, ncol=len(differences), loc='upper left')
+
+
 def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
-  """A PNG of accuracy per dataset and on average, bars ± SE over seeds."""
+  """A PNG: accuracy per dataset (bars ± SE over seeds), then the paired
+  differences with their 95% intervals (when a comparison has runs)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   groups = _groups(runs)
-  figure = Figure(figsize=(11, 3.6 * len(groups)))
+  differences = paired_differences(runs)
+  panels = len(groups) + bool(differences)
+  figure = Figure(figsize=(11, 3.6 * panels))
   FigureCanvasAgg(figure)
-  axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
+  axes = figure.subplots(panels, 1, squeeze=False)[:, 0]
   for ax, (datasets, names) in zip(axes, groups):
-    labels = list(datasets) + [AVERAGE]
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-      stats = [
-          mean_and_se([r.datasets[d] for r in runs[name]]) for d in datasets
-      ]
-      stats.append(mean_and_se([r.average for r in runs[name]]))
-      means = [m for m, _ in stats]
-      errors = [0.0 if math.isnan(se) else se for _, se in stats]
-      x = np.arange(len(labels)) + (i - (len(names) - 1) / 2) * width
-      ax.bar(x, means, width, yerr=errors, capsize=2, label=name)
-    ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
-    ax.set_ylabel('accuracy (%)')
-    ax.set_ylim(0, 100)
-    ax.axvline(len(datasets) - 0.5, color='gray', linewidth=0.5)
-    # Four choices for most tasks of the synthetic mixture.
-    ax.axhline(25, color='gray', linewidth=0.5, linestyle=':')
-    seeds = '/'.join(str(s) for s in sorted({len(runs[n]) for n in names}))
-    ax.set_title(
-        f'zero-shot accuracy on the held-out templates of {len(datasets)} '
-        f'families, mean ± SE over {seeds} seed(s); dotted: 1 in 4',
-        fontsize=10,
-    )
-    ax.legend(fontsize=8, ncol=len(names), loc='upper left')
+    _plot_accuracies(ax, runs, datasets, names)
+  if differences:
+    _plot_differences(axes[-1], differences)
   figure.tight_layout()
   figure.savefig(path, dpi=80)
   return path
