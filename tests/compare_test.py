@@ -67,7 +67,7 @@ def test_paired_difference_against_a_hand_computed_t_interval():
     results.paired_difference([1, 2], [1])
 
 
-def test_differences_table_pairs_runs_by_seed():
+def test_differences_table_pairs_runs_by_seed(tmp_path):
   runs = {
       'spt': [
           _result('spt', s, {'a': a, 'b': b})
@@ -90,6 +90,13 @@ def test_differences_table_pairs_runs_by_seed():
   assert body['b'][0] == '+0.0 [+0.0, +0.0]'
   assert body['average'] == ['+4.5 [-1.9, +10.9]', '+30.0']
   assert results.differences_table({'spt': runs['spt']}) == ''
+  first = results.paired_differences(runs)[0]
+  assert (first.variant, first.baseline, first.seeds) == ('spt', 'no_memory', 2)
+  assert first.datasets['a'] == pytest.approx((9.0, -3.706, 21.706), abs=1e-3)
+  # The plot's last panel: the differences with their intervals.
+  path = results.plot_results(runs, str(tmp_path / 'plot.png'))
+  with open(path, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
 def _rows(table):

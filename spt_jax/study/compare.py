@@ -13,7 +13,7 @@ of the variants; the study (`./run_t5x.sh study`) runs more seeds and reuses
 the default's runs:
 
     python -m spt_jax.study.compare              # runs/default
-    python -m spt_jax.study.compare --seeds=10   # the study
+    python -m spt_jax.study.compare --seeds=12   # the study
 
 Every invocation shows all the seeds recorded for every variant, at least
 `--seeds`.
