@@ -17,6 +17,7 @@ import seqio
 import tensorflow as tf
 
 from spt_jax import gin_utils
+from spt_jax.local import train_data
 from spt_jax.model import models
 from spt_jax.model import partitioning
 from spt_jax.model import vocabularies
@@ -340,14 +341,11 @@ def check_run(
     *,
     model: models.SptModel,
     model_dir: str,
-    mixture_or_task_name: str,
-    mixture_or_task_module: Optional[str],
-    task_feature_lengths: Mapping[str, int],
+    data: train_data.TrainDataConfig,
     eval_mixture_or_task_name: Optional[str],
     initial_checkpoint_path: Optional[str],
     num_partitions: int,
     train_steps: int,
-    batch_size: int,
     checkpoint_period: int,
     log_period: int,
     eval_batch_size: int,
@@ -364,17 +362,17 @@ def check_run(
     check_model_dir(model_dir)
   check_settings(
       train_steps=train_steps,
-      batch_size=batch_size,
+      batch_size=data.batch_size,
       checkpoint_period=checkpoint_period,
       log_period=log_period,
       eval_batch_size=eval_batch_size,
       data_parallelism=partitioning.create_mesh(num_partitions).shape['data'],
   )
-  check_feature_lengths(task_feature_lengths)
+  check_feature_lengths(data.task_feature_lengths)
   check_initial_checkpoint(initial_checkpoint_path)
-  check_mixture_or_task(mixture_or_task_name, mixture_or_task_module)
-  check_data(mixture_or_task_name, 'train')
-  check_vocabulary_size(model, mixture_or_task_name)
+  check_mixture_or_task(data.mixture_or_task_name, data.mixture_or_task_module)
+  check_data(data.mixture_or_task_name, 'train')
+  check_vocabulary_size(model, data.mixture_or_task_name)
   if eval_mixture_or_task_name:
     check_mixture_or_task(eval_mixture_or_task_name)
     check_data(eval_mixture_or_task_name, 'validation')

@@ -23,7 +23,7 @@ import json
 import os
 import signal
 import threading
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from absl import logging
 import gin
@@ -82,7 +82,7 @@ def _interrupts_raise(message: Callable[[str], str]):
       signal.signal(sig, handler)
 
 
-def _model_input_shapes(dataset, batch_size: int) -> Dict[str, tuple]:
+def _input_shapes(dataset, batch_size: int) -> Dict[str, tuple]:
   """{feature: [batch_size, length]} of the training batches."""
   return {
       k: (batch_size,) + tuple(spec.shape[1:])
@@ -116,13 +116,10 @@ def train(
     *,
     model: models.SptModel,
     model_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
+    data: train_data.TrainDataConfig,
     train_steps: int,
-    batch_size: int,
     optimizer: Optional[optax.GradientTransformation] = None,
     trainable: str = 'all',
-    mixture_or_task_module: Optional[str] = None,
     num_partitions: int = 1,
     logical_axis_rules: partitioning.LogicalRules = partitioning.default_rules(),
     checkpoint_period: int = 1000,
@@ -132,9 +129,6 @@ def train(
     initial_checkpoint_path: Optional[str] = None,
     eval_mixture_or_task_name: Optional[str] = None,
     eval_batch_size: int = 64,
-    use_cached_tasks: bool = False,
-    seqio_cache_dirs: Sequence[str] = (),
-    train_data_in_memory: bool = False,
     progress_bar: bool = True,
 ) -> TrainResult:
   """Trains to `train_steps`, resuming from MODEL_DIR; evaluates at the end.
@@ -142,10 +136,8 @@ def train(
   Args (the gin macros of gin_configs/local/train.gin):
     model: network and loss (`models.SptModel`).
     model_dir: checkpoints, TensorBoard logs and eval results go here.
-    mixture_or_task_name, mixture_or_task_module: the data; its module.
-    task_feature_lengths: e.g. {'inputs': 512, 'targets': 64, 'prompt': 32}.
-    train_steps, batch_size: total steps (a resumed run's count) and the
-      global batch size.
+    data: the training data and batch size (`train_data.TrainDataConfig`).
+    train_steps: total steps (a resumed run's count).
     optimizer: of the trained parameters (default: T5X's Adafactor).
     trainable: 'all' (full fine-tuning) or 'spt_only' (frozen backbone).
     num_partitions: devices per model replica (the `model` mesh axis).
@@ -157,14 +149,12 @@ def train(
     initial_checkpoint_path: parameters for a MODEL_DIR without checkpoint (a
       `convert_checkpoint` output or a MODEL_DIR); others keep their init.
     eval_mixture_or_task_name, eval_batch_size: evaluated after training.
-    use_cached_tasks, seqio_cache_dirs: read `./run_t5x.sh cache`'s caches.
-    train_data_in_memory: `train_data.get_train_dataset`'s `in_memory`.
     progress_bar: show a tqdm progress bar.
 
   Raises:
     run_lock.ModelDirInUse: another live run trains into MODEL_DIR.
-    gin_utils.ConfigError: a setting is unusable (`checks.check_run`), or MODEL_DIR is another
-      model's run (nothing in it is changed).
+    gin_utils.ConfigError: a setting is unusable (`checks.check_run`), or
+      MODEL_DIR is another model's run (nothing in it is changed).
     train_loop.TrainingDiverged: the loss is not finite.
   """
   mesh = partitioning.create_mesh(num_partitions)
@@ -172,19 +162,10 @@ def train(
   sharded = trainer.ShardedTrainer(
       model, optimizer, mesh, logical_axis_rules, trainable
   )
-  dataset = train_data.get_train_dataset(
-      mixture_or_task_name,
-      task_feature_lengths,
-      batch_size,
-      model.FEATURE_CONVERTER_CLS,
-      random_seed,
-      use_cached=use_cached_tasks,
-      cache_dirs=seqio_cache_dirs,
-      in_memory=train_data_in_memory,
-  )
+  dataset = data.dataset(model.FEATURE_CONVERTER_CLS, random_seed)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   store = train_checkpoints.TrainCheckpoints(model_dir, keep_checkpoints)
-  state = sharded.init_state(init_rng, _model_input_shapes(dataset, batch_size))
+  state = sharded.init_state(init_rng, _input_shapes(dataset, data.batch_size))
   progress = _start_or_resume(
       sharded, store, state, model_dir, initial_checkpoint_path
   )
@@ -195,17 +176,15 @@ def train(
       dataset,
       dropout_rng,
       train_loop.Periods(train_steps, log_period, checkpoint_period),
-      mixture_or_task_name,
+      data.mixture_or_task_name,
       progress_bar,
   )
   eval_results = eval_mixture_or_task_name and _final_evaluation(
       progress,
-      model,
+      sharded,
       eval_batch_size,
-      mesh,
-      logical_axis_rules,
       eval_mixture_or_task_name,
-      task_feature_lengths,
+      data.task_feature_lengths,
       store,
       model_dir,
   )
@@ -264,10 +243,8 @@ def _start_or_resume(
 
 def _final_evaluation(
     progress,
-    model,
+    sharded,
     eval_batch_size,
-    mesh,
-    rules,
     mixture_or_task_name,
     task_feature_lengths,
     store,
@@ -286,7 +263,11 @@ def _final_evaluation(
   with _interrupts_raise(interrupted):
     return eval_lib.evaluate(
         model_fns=eval_lib.ModelFns(
-            model, progress.state.params, eval_batch_size, mesh, rules
+            sharded.model,
+            progress.state.params,
+            eval_batch_size,
+            sharded.mesh,
+            sharded.rules,
         ),
         mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths,

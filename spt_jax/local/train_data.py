@@ -1,5 +1,6 @@
 """The local runner's training data: this host's shard of a mixture's examples, batched."""
 
+import dataclasses
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import jax
@@ -12,6 +13,46 @@ from spt_jax import gin_utils
 # (task, feature lengths, shard, use_cached) -> its preprocessed examples,
 # held in memory by tf.data for every later run of this process.
 _IN_MEMORY: Dict[Tuple, Tuple[tf.data.Dataset, int]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainDataConfig:
+  """What a local run trains on, as T5X's `utils.DatasetConfig`.
+
+  Attributes:
+    mixture_or_task_name: the training mixture or task.
+    task_feature_lengths: e.g. {'inputs': 512, 'targets': 64, 'prompt': 32}.
+    batch_size: the global batch size.
+    mixture_or_task_module: the module that registers it (imported first).
+    use_cached: read the tasks from a SeqIO cache
+      (`./run_t5x.sh cache`; T5X's `USE_CACHED_TASKS`).
+    cache_dirs: more folders to look for caches in (seqio's global list,
+      as T5X's `--seqio_additional_cache_dirs`).
+    in_memory: `get_train_dataset`'s `in_memory`.
+  """
+
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  batch_size: int
+  mixture_or_task_module: Optional[str] = None
+  use_cached: bool = False
+  cache_dirs: Sequence[str] = ()
+  in_memory: bool = False
+
+  def dataset(
+      self, feature_converter_cls: Type[seqio.FeatureConverter], seed: int
+  ):
+    """This host's batches (`get_train_dataset`), repeated for ever."""
+    return get_train_dataset(
+        self.mixture_or_task_name,
+        self.task_feature_lengths,
+        self.batch_size,
+        feature_converter_cls,
+        seed,
+        use_cached=self.use_cached,
+        cache_dirs=self.cache_dirs,
+        in_memory=self.in_memory,
+    )
 
 
 def host_shard() -> seqio.ShardInfo:
