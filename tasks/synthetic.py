@@ -414,6 +414,33 @@ class SyntheticSource(seqio.DataSource):
     )
 
 
+def add_template_task(
+    name: str,
+    source: seqio.DataSource,
+    template: prompt_templates.Template,
+    score: bool,
+    features: Mapping[str, seqio.Feature],
+) -> None:
+  """Registers `template`'s task: its answer as text, or (`score`) its
+  rank classification over the choices."""
+  registry.add_task(
+      name,
+      source=source,
+      preprocessors=prompted.preprocessors_for(template, score),
+      output_features=features,
+      postprocess_fn=(
+          metrics.rank_classification_postprocessor
+          if score
+          else metrics.normalized_text
+      ),
+      metric_fns=[
+          eval_protocol.rank_classification_accuracy
+          if score
+          else metrics.accuracy
+      ],
+  )
+
+
 def _register_family(
     family: Family, features: Mapping[str, seqio.Feature]
 ) -> dict[str, list[str]]:
@@ -427,26 +454,10 @@ def _register_family(
       name = eval_protocol.task_name(
           COLLECTION, family.name, template.name, score
       )
-      registry.add_task(
-          name,
-          source=SyntheticSource(
-              family.name,
-              template.name,
-              splits if not score else ('validation',),
-          ),
-          preprocessors=prompted.preprocessors_for(template, score),
-          output_features=features,
-          postprocess_fn=(
-              metrics.rank_classification_postprocessor
-              if score
-              else metrics.normalized_text
-          ),
-          metric_fns=[
-              eval_protocol.rank_classification_accuracy
-              if score
-              else metrics.accuracy
-          ],
+      source = SyntheticSource(
+          family.name, template.name, ('validation',) if score else splits
       )
+      add_template_task(name, source, template, score, features)
       if seen:
         names['seen' if score else 'train'].append(name)
       else:

@@ -38,9 +38,7 @@ from typing import Mapping
 import seqio
 
 from spt_jax import eval_protocol
-from tasks import metrics
 from tasks import prompt_templates
-from tasks import prompted
 from tasks import registry
 from tasks import synthetic
 from tasks import vocab
@@ -160,22 +158,7 @@ def _register_study_task(
         validation_examples=STUDY_EVAL_EXAMPLES_PER_TASK,
         train_examples=STUDY_TRAIN_EXAMPLES_PER_TASK,
     )
-  registry.add_task(
-      name,
-      source=source,
-      preprocessors=prompted.preprocessors_for(template, score=score),
-      output_features=features,
-      postprocess_fn=(
-          metrics.rank_classification_postprocessor
-          if score
-          else metrics.normalized_text
-      ),
-      metric_fns=[
-          eval_protocol.rank_classification_accuracy
-          if score
-          else metrics.accuracy
-      ],
-  )
+  synthetic.add_template_task(name, source, template, score, features)
   return name
 
 
