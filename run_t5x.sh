@@ -5,7 +5,7 @@
 #                                prompt tuning, two seeds (CPU, minutes), with
 #                                their paired differences; run again, it
 #                                prints the recorded results
-#   ./run_t5x.sh study [ARGS]    the study: those, 12 seeds each, mean +- SE
+#   ./run_t5x.sh study [ARGS]    the study: those, 20 seeds each, mean +- SE
 #                                and paired 95% intervals (runs/default,
 #                                reusing the default's runs)
 #   ./run_t5x.sh test [ARGS]     the test suite (pytest ARGS)
@@ -99,7 +99,7 @@ case "$command" in
     run_python -m spt_jax.study.compare "$@" ;;
   study)
     ensure_venv requirements.txt
-    run_python -m spt_jax.study.compare --seeds=12 "$@" ;;
+    run_python -m spt_jax.study.compare --seeds=20 "$@" ;;
   test)
     ensure_venv requirements-test.txt
     ensure_cache_writer

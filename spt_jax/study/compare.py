@@ -13,7 +13,7 @@ of the variants; the study (`./run_t5x.sh study`) runs more seeds and reuses
 the default's runs:
 
     python -m spt_jax.study.compare              # runs/default
-    python -m spt_jax.study.compare --seeds=12   # the study
+    python -m spt_jax.study.compare --seeds=20   # the study
 
 Every invocation shows all the seeds recorded for every variant, at least
 `--seeds`.
@@ -26,7 +26,8 @@ family's templates retrieve the same memories
 (`retrieval_stats.retrieval_consistency`). `results.txt` holds accuracy per
 family and on average as mean +- standard error over seeds, then each
 comparison's paired difference over seeds with its 95% t interval
-(`results.differences_table`); `results.png` those differences.
+(`results.differences_table`); `results.png` plots both (accuracy bars ± SE,
+then the differences with their intervals).
 """
 
 import dataclasses

@@ -276,7 +276,8 @@ def _plot_accuracies(ax, runs, datasets, names) -> None:
     ax.bar(x, [m for m, _ in stats], width, yerr=errors, capsize=2, label=name)
   ax.set_xticks(range(len(labels)), labels, fontsize=9, rotation=20)
   ax.set_ylabel('accuracy (%)')
-  ax.set_ylim(0, 100)
+  ax.set_ylim(0, 115)  # Room for the legend above 100%.
+  ax.set_yticks(range(0, 101, 20))
   ax.axvline(len(datasets) - 0.5, color='gray', linewidth=0.5)
   # Four choices for most tasks of the synthetic mixture.
   ax.axhline(25, color='gray', linewidth=0.5, linestyle=':')
@@ -314,7 +315,7 @@ def _plot_differences(ax, differences: Sequence[Difference]) -> None:
   ax.set_title(
       'paired difference over seeds, mean and 95% t interval', fontsize=10
   )
-  ax.legend(fontsize=8, ncol=len(differences), loc='upper left')
+  ax.legend(fontsize=8, ncol=len(differences), loc='upper right')
 
 
 def plot_results(runs: Mapping[str, Sequence[RunResult]], path: str) -> str:
