@@ -131,6 +131,26 @@ def test_in_memory_mixture_reads_seqios_examples_at_its_rates(
   assert 0.68 < share < 0.82, share
 
 
+def test_train_data_config_reads_what_it_names(two_task_mixture):
+  """`TrainDataConfig.dataset`, the local runner's data, is
+  `get_train_dataset` of its fields, repeated."""
+  converter = functools.partial(
+      feature_converters.SptEncDecFeatureConverter, prompt_length=16
+  )
+  config = train_data.TrainDataConfig(
+      two_task_mixture, LENGTHS, batch_size=4, in_memory=True
+  )
+  batches = config.dataset(converter, SEED).take(3).as_numpy_iterator()
+  expected = train_data.get_train_dataset(
+      two_task_mixture, LENGTHS, 4, converter, SEED, in_memory=True
+  )
+  for got, want in zip(batches, expected.as_numpy_iterator()):
+    assert got.keys() == want.keys()
+    for key in got:
+      assert (got[key] == want[key]).all(), key
+    assert got['encoder_input_tokens'].shape[0] == 4
+
+
 def _register_local(tmp_path, name, write):
   """A prompted task over a LocalSource export that `write(folder)` makes."""
   folder = tmp_path / 'data' / name
